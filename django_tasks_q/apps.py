@@ -1,0 +1,16 @@
+"""App config: ``ready()`` wires checks and autodiscovers each app's ``tasks`` module."""
+
+from django.apps import AppConfig
+
+
+class DjangoTasksQConfig(AppConfig):
+    name = "django_tasks_q"
+    verbose_name = "Tasks"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.utils.module_loading import autodiscover_modules
+
+        from . import checks  # noqa: F401  registers the system checks
+
+        autodiscover_modules("tasks")
