@@ -12,5 +12,8 @@ class DjangoTasksQConfig(AppConfig):
         from django.utils.module_loading import autodiscover_modules
 
         from . import checks  # noqa: F401  registers the system checks
+        from .broker.transport.django import register
+
+        register()  # kombu learns the django:// scheme
 
         autodiscover_modules("tasks")

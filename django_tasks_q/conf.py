@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "TASK_SERIALIZER": "json",
     "ACCEPT_CONTENT": ["json"],
     "ALWAYS_EAGER": False,
-    "EAGER_PROPAGATES": True,
+    "EAGER_PROPAGATES": False,
     "ACKS_LATE": False,
     "PREFETCH_MULTIPLIER": 4,
     "TRACK_STARTED": True,

@@ -1,0 +1,46 @@
+"""kombu ``Queue`` declarations from names and the ``QUEUES`` setting.
+
+A queue nobody configured is declared the way Celery declares it: a durable
+direct exchange of the same name bound with the queue's name as routing key,
+so a Celery worker consuming ``videos`` and ours see the same queue.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from kombu import Exchange, Queue
+
+from ..conf import settings
+from ..exceptions import ImproperlyConfigured
+
+QUEUE_KEYS = {"exchange", "exchange_type", "routing_key", "max_priority", "durable"}
+
+
+def build_queue(name: str, spec: dict | None = None) -> Queue:
+    spec = dict(spec or {})
+    unknown = set(spec) - QUEUE_KEYS
+    if unknown:
+        raise ImproperlyConfigured(
+            f"TASKS_Q['QUEUES'][{name!r}] has unknown keys {sorted(unknown)}; known: {sorted(QUEUE_KEYS)}"
+        )
+    durable = spec.get("durable", True)
+    exchange = Exchange(spec.get("exchange") or name, type=spec.get("exchange_type", "direct"), durable=durable)
+    arguments = {"x-max-priority": spec["max_priority"]} if spec.get("max_priority") else None
+    return Queue(name, exchange, routing_key=spec.get("routing_key") or name, durable=durable,
+                 queue_arguments=arguments)
+
+
+@lru_cache(maxsize=256)
+def _cached_queue(name: str, spec_key: tuple) -> Queue:
+    return build_queue(name, dict(spec_key))
+
+
+def get_queue(name: str) -> Queue:
+    """The declaration for ``name``, cached per settings value."""
+    spec = (settings.QUEUES or {}).get(name) or {}
+    return _cached_queue(name, tuple(sorted(spec.items())))
+
+
+def queues_for(names: list[str]) -> list[Queue]:
+    return [get_queue(n) for n in names]

@@ -1,0 +1,77 @@
+"""System checks for ``settings.TASKS_Q``: each error names the bad key.
+
+Run by ``manage.py check`` and before every management command, so a worker
+with a typo in its settings refuses to start with a clear message.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.core.checks import Error, Tags, register
+
+from .conf import DEFAULTS, settings
+
+BROKER_SCHEMES = {"django", "redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "memory"}
+_TYPES: dict[str, tuple[type, ...]] = {
+    "BROKER_URL": (str,), "BROKER_TRANSPORT_OPTIONS": (dict,), "BROKER_CONNECTION_TIMEOUT": (int, float),
+    "BROKER_PUBLISH_RETRIES": (int,), "RESULT_EXPIRES": (int, float, type(None)), "DEFAULT_QUEUE": (str,),
+    "QUEUES": (dict,), "ROUTES": (dict,), "BEAT_SCHEDULE": (dict,), "TIMEZONE": (str,),
+    "TASK_SERIALIZER": (str,), "ACCEPT_CONTENT": (list, tuple), "ALWAYS_EAGER": (bool,),
+    "EAGER_PROPAGATES": (bool,), "ACKS_LATE": (bool,), "PREFETCH_MULTIPLIER": (int,), "TRACK_STARTED": (bool,),
+    "SIGNING_KEY": (str, type(None)), "RESULT_BACKEND": (str, type(None)),
+}
+
+
+def _error(key: str, message: str, hint: str | None = None, number: int = 1) -> Error:
+    return Error(f"TASKS_Q[{key!r}]: {message}", hint=hint, id=f"django_tasks_q.E{number:03d}")
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    errors: list[Error] = []
+    user = settings.user_settings
+    if not isinstance(user, dict):
+        return [_error("*", f"settings.TASKS_Q must be a dict, got {type(user).__name__}")]
+    for key in sorted(set(user) - set(DEFAULTS)):
+        close = difflib.get_close_matches(key, DEFAULTS, n=1)
+        errors.append(_error(key, "unknown setting", f"did you mean {close[0]!r}?" if close else
+                             f"known settings: {', '.join(sorted(DEFAULTS))}", 1))
+    values = settings.as_dict()
+    for key, types in _TYPES.items():
+        if not isinstance(values[key], types) or (isinstance(values[key], bool) and bool not in types and int in types):
+            expected = " or ".join(t.__name__ for t in types)
+            errors.append(_error(key, f"must be {expected}, got {values[key]!r}", number=2))
+    if errors:
+        return errors
+    scheme = urlsplit(values["BROKER_URL"]).scheme
+    if scheme not in BROKER_SCHEMES:
+        errors.append(_error("BROKER_URL", f"scheme {scheme!r} is not supported",
+                             f"use one of {', '.join(sorted(s + '://' for s in BROKER_SCHEMES))}", 3))
+    backend = values["RESULT_BACKEND"]
+    if backend is not None and backend != "django":
+        errors.append(_error("RESULT_BACKEND", f"{backend!r} is not supported", "use 'django' or None", 4))
+    if values["PREFETCH_MULTIPLIER"] < 1:
+        errors.append(_error("PREFETCH_MULTIPLIER", "must be at least 1", number=5))
+    from kombu.serialization import registry as serializers
+
+    for name in [values["TASK_SERIALIZER"], *values["ACCEPT_CONTENT"]]:
+        try:
+            serializers.name_to_type[name]
+        except KeyError:
+            if name not in serializers.type_to_name:
+                errors.append(_error("TASK_SERIALIZER" if name == values["TASK_SERIALIZER"] else "ACCEPT_CONTENT",
+                                     f"serializer {name!r} is not known to kombu", number=6))
+    for name, spec in values["QUEUES"].items():
+        from .broker.queues import build_queue
+        from .exceptions import ImproperlyConfigured
+
+        try:
+            build_queue(name, spec)
+        except ImproperlyConfigured as exc:
+            errors.append(_error("QUEUES", str(exc), number=7))
+        except (TypeError, AttributeError):
+            errors.append(_error("QUEUES", f"entry {name!r} must be a dict of queue options, got {spec!r}", number=7))
+    return errors

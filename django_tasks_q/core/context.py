@@ -1,0 +1,60 @@
+"""``self.request``: what a running task knows about its own invocation."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass
+class Request:
+    """Mirrors Celery's ``Task.request`` attribute names."""
+
+    id: str | None = None
+    task: str | None = None
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    retries: int = 0
+    eta: datetime | None = None
+    expires: datetime | None = None
+    delivery_info: dict[str, Any] = field(default_factory=dict)
+    hostname: str | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    group_id: str | None = None
+    group_index: int | None = None
+    callbacks: list | None = None
+    errbacks: list | None = None
+    chain: list | None = None
+    chord: dict | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    origin: str | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    is_eager: bool = False
+    ignore_result: bool = False
+
+    @property
+    def group(self) -> str | None:  # Celery's spelling
+        return self.group_id
+
+
+_stack = threading.local()
+
+
+def push(request: Request) -> None:
+    if not hasattr(_stack, "items"):
+        _stack.items = []
+    _stack.items.append(request)
+
+
+def pop() -> None:
+    _stack.items.pop()
+
+
+def current() -> Request:
+    """The request of the task running in this thread (an empty one outside tasks)."""
+    items = getattr(_stack, "items", None)
+    return items[-1] if items else Request()

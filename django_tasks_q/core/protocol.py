@@ -1,0 +1,198 @@
+"""Celery task protocol v2: the one place messages are built and read.
+
+A message is kombu headers + a body ``[args, kwargs, embed]`` where
+``embed = {"callbacks", "errbacks", "chain", "chord"}``; ``correlation_id``
+is the task id. Celery clients and workers read and write exactly this
+(https://docs.celeryq.dev/en/stable/internals/protocol.html), which is what
+lets mixed fleets work. ``TaskMessage`` is an immutable value: build it with
+``TaskMessage(...)``, change it with ``dataclasses.replace``, read one off
+the wire with ``TaskMessage.from_wire`` which raises ``InvalidMessage``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import reprlib
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from kombu.serialization import dumps
+
+from ..exceptions import EncodeError, InvalidMessage
+
+SIGNATURE_HEADER = "x-tasks-q-signature"
+ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 256
+_repr.maxlevel = 3
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = 20
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def parse_datetime(value: Any, header: str) -> datetime | None:
+    """Read an ISO 8601 header; naive values are UTC as Celery writes them."""
+    if value in (None, ""):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise InvalidMessage(f"header {header!r} is not an ISO 8601 datetime: {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def absolute_time(seconds_or_datetime: float | datetime | None, now: datetime) -> datetime | None:
+    """``expires=120`` or ``countdown=10`` as an aware datetime from ``now``."""
+    if seconds_or_datetime is None:
+        return None
+    if isinstance(seconds_or_datetime, datetime):
+        value = seconds_or_datetime
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return now + timedelta(seconds=seconds_or_datetime)
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    """One task invocation as it travels: protocol v2 headers and body."""
+
+    id: str
+    task: str
+    args: tuple | list = ()
+    kwargs: dict = field(default_factory=dict)
+    eta: datetime | None = None
+    expires: datetime | None = None
+    retries: int = 0
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    root_id: str | None = None
+    parent_id: str | None = None
+    group_id: str | None = None
+    group_index: int | None = None
+    ignore_result: bool = False
+    callbacks: list | None = None
+    errbacks: list | None = None
+    chain: list | None = None
+    chord: dict | None = None
+    origin: str | None = None
+    reply_to: str | None = None
+    extra_headers: dict = field(default_factory=dict)
+
+    # -- writing -------------------------------------------------------
+    def headers(self) -> dict[str, Any]:
+        return {
+            **self.extra_headers,
+            "lang": "py",
+            "task": self.task,
+            "id": self.id,
+            "shadow": None,
+            "eta": _iso(self.eta),
+            "expires": _iso(self.expires),
+            "group": self.group_id,
+            "group_index": self.group_index,
+            "retries": self.retries,
+            "timelimit": [self.time_limit, self.soft_time_limit],
+            "root_id": self.root_id or self.id,
+            "parent_id": self.parent_id,
+            "argsrepr": _repr.repr(tuple(self.args)),
+            "kwargsrepr": _repr.repr(self.kwargs),
+            "origin": self.origin or ORIGIN,
+            "ignore_result": self.ignore_result,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+        }
+
+    def body(self) -> list:
+        embed = {"callbacks": self.callbacks, "errbacks": self.errbacks, "chain": self.chain, "chord": self.chord}
+        return [list(self.args), dict(self.kwargs), embed]
+
+    def encode(self, serializer: str = "json", signing_key: str | None = None) -> "EncodedMessage":
+        """Serialise now, so unserialisable arguments fail before anything is sent."""
+        try:
+            content_type, content_encoding, payload = dumps(self.body(), serializer=serializer)
+        except Exception as exc:  # kombu raises its own EncodeError wrapping the cause
+            cause = exc.__cause__ or exc
+            raise EncodeError(
+                f"arguments of task {self.task!r} (id {self.id}) cannot be serialised with {serializer!r}: "
+                f"{type(cause).__name__}: {cause}; nothing was sent"
+            ) from exc
+        headers = self.headers()
+        if signing_key:
+            headers[SIGNATURE_HEADER] = sign(signing_key, self.id, payload)
+        return EncodedMessage(headers, payload, content_type, content_encoding)
+
+    # -- reading -------------------------------------------------------
+    @classmethod
+    def from_wire(cls, headers: dict[str, Any] | None, body: Any) -> "TaskMessage":
+        """Build a message from decoded kombu headers and body, or raise ``InvalidMessage``."""
+        headers = headers or {}
+        name, task_id = headers.get("task"), headers.get("id")
+        if not name or not task_id:
+            raise InvalidMessage(
+                "not a task protocol v2 message: headers 'task' and 'id' are required "
+                f"(got headers {sorted(headers)!r})"
+            )
+        if not isinstance(body, (list, tuple)) or len(body) != 3:
+            raise InvalidMessage(f"task {name} [{task_id}]: body must be [args, kwargs, embed], got {_repr.repr(body)}")
+        args, kwargs, embed = body
+        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict) or not isinstance(embed, (dict, type(None))):
+            raise InvalidMessage(f"task {name} [{task_id}]: body must be [list, dict, dict], got {_repr.repr(body)}")
+        embed = embed or {}
+        limits = headers.get("timelimit") or (None, None)
+        if not isinstance(limits, (list, tuple)) or len(limits) != 2:
+            raise InvalidMessage(f"task {name} [{task_id}]: header 'timelimit' must be [hard, soft], got {limits!r}")
+        known = {"lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit",
+                 "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
+                 "replaced_task_nesting", "stamped_headers", "stamps", SIGNATURE_HEADER}
+        return cls(
+            id=str(task_id),
+            task=str(name),
+            args=tuple(args),
+            kwargs=kwargs,
+            eta=parse_datetime(headers.get("eta"), "eta"),
+            expires=parse_datetime(headers.get("expires"), "expires"),
+            retries=int(headers.get("retries") or 0),
+            time_limit=limits[0],
+            soft_time_limit=limits[1],
+            root_id=headers.get("root_id"),
+            parent_id=headers.get("parent_id"),
+            group_id=headers.get("group"),
+            group_index=headers.get("group_index"),
+            ignore_result=bool(headers.get("ignore_result")),
+            callbacks=embed.get("callbacks"),
+            errbacks=embed.get("errbacks"),
+            chain=embed.get("chain"),
+            chord=embed.get("chord"),
+            origin=headers.get("origin"),
+            extra_headers={k: v for k, v in headers.items() if k not in known},
+        )
+
+
+@dataclass(frozen=True)
+class EncodedMessage:
+    headers: dict[str, Any]
+    payload: bytes | str
+    content_type: str
+    content_encoding: str
+
+
+def sign(key: str, task_id: str, payload: bytes | str) -> str:
+    data = payload.encode() if isinstance(payload, str) else payload
+    return hmac.new(key.encode(), task_id.encode() + b"\0" + data, hashlib.sha256).hexdigest()
+
+
+def verify(key: str, headers: dict[str, Any], payload: bytes | str) -> None:
+    """Raise ``InvalidMessage`` unless the message carries a valid signature for ``key``."""
+    given = (headers or {}).get(SIGNATURE_HEADER)
+    task = f"{headers.get('task')} [{headers.get('id')}]"
+    if not given:
+        raise InvalidMessage(f"task {task}: unsigned message refused (SIGNING_KEY is set)")
+    if not hmac.compare_digest(str(given), sign(key, str(headers.get("id")), payload)):
+        raise InvalidMessage(f"task {task}: bad signature, message refused")

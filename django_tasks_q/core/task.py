@@ -1,0 +1,159 @@
+"""``@task`` and ``Task``: declaring, calling and retrying tasks.
+
+``@task`` turns a function into a ``Task`` instance registered under
+``"<module>.<function>"`` (or ``name=``). Hooks (``on_success`` ...) are
+methods of the task's class, so ``@task(base=Audited)`` instantiates
+``Audited`` around the function. Options are validated when the module is
+imported: a misspelled option is an error at start-up, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from django.db import transaction
+
+from ..exceptions import ImproperlyConfigured, MaxRetriesExceededError, Retry
+from . import context
+from .options import TaskOptions
+from .registry import registry
+
+if TYPE_CHECKING:
+    from ..results.async_result import AsyncResult
+
+
+class Task:
+    """A registered task. Subclass it (``base=``) to add hooks."""
+
+    def __init__(self, function: Callable[..., Any], options: TaskOptions):
+        self.function = function
+        self.options = options
+        self.name = options.name or f"{function.__module__}.{function.__name__}"
+        self.qualified_function = f"{function.__module__}.{function.__qualname__}"
+        self.__doc__ = function.__doc__
+        self.__name__ = function.__name__
+        self.__module__ = function.__module__
+        self.__wrapped__ = function
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+    # -- running -------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run in this process, like calling the function."""
+        return self.run(*args, **kwargs)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        if self.options.bind:
+            return self.function(self, *args, **kwargs)
+        return self.function(*args, **kwargs)
+
+    @property
+    def request(self) -> context.Request:
+        return context.current()
+
+    # -- hooks (override in a base class) ------------------------------
+    def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
+        """Called in the worker after the task returned."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        """Called in the worker after the task raised (and will not be retried)."""
+
+    def on_retry(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        """Called in the worker when the task is sent again by ``retry``."""
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        """Called in the worker after every run, whatever the outcome."""
+
+    # -- calling -------------------------------------------------------
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """``add.delay(2, 3)``: send with default options."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(self, args: tuple | list | None = None, kwargs: dict | None = None, **options: Any) -> AsyncResult:
+        """Send the task; see DESIGN §4 for the options."""
+        from .calling import send
+
+        return send(self.name, args, kwargs, options, task=self)
+
+    def delay_on_commit(self, *args: Any, **kwargs: Any) -> None:
+        """Send after the current transaction commits; never if it rolls back.
+
+        Returns ``None`` because the task id does not exist until the commit,
+        as with Celery's ``delay_on_commit``.
+        """
+        transaction.on_commit(lambda: self.apply_async(args, kwargs))
+
+    def apply(self, args: tuple | list | None = None, kwargs: dict | None = None, **options: Any) -> AsyncResult:
+        """Run now in this process and return an ``EagerResult`` (used by ALWAYS_EAGER)."""
+        from ..worker.executor import execute_eagerly
+
+        return execute_eagerly(self, tuple(args or ()), dict(kwargs or {}), options)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's name
+        from ..results.async_result import AsyncResult
+
+        return AsyncResult(task_id, task_name=self.name)
+
+    # -- inside a running task ----------------------------------------
+    def update_state(self, state: str, meta: Any = None, task_id: str | None = None) -> None:
+        """Record a custom state such as ``PROGRESS`` with ``meta`` (read back as ``AsyncResult.info``)."""
+        from ..results import backend
+
+        request = self.request
+        backend.get_backend().mark(task_id or request.id, state, result=meta, request=request, task_name=self.name)
+
+    def retry(self, exc: BaseException | None = None, countdown: float | None = None, eta: datetime | None = None,
+              max_retries: int | None = None, args: tuple | None = None, kwargs: dict | None = None) -> Retry:
+        """Send this task again and raise ``Retry`` so the worker records RETRY.
+
+        Past ``max_retries`` raises ``MaxRetriesExceededError`` chained to ``exc``.
+        """
+        request = self.request
+        if request.id is None:
+            raise exc if exc is not None else ImproperlyConfigured("retry() called outside a running task")
+        limit = self.options.max_retries if max_retries is None else max_retries
+        if limit is not None and request.retries >= limit:
+            raise MaxRetriesExceededError(
+                f"task {self.name} [{request.id}] gave up after {request.retries} retries"
+            ) from exc
+        if countdown is None and eta is None:
+            countdown = self.options.default_retry_delay
+        options = {"task_id": request.id, "retries": request.retries + 1,
+                   "countdown": countdown if eta is None else None, "eta": eta,
+                   "parent_id": request.parent_id, "root_id": request.root_id, "group_id": request.group_id,
+                   "queue": request.delivery_info.get("queue"), "time_limit": request.time_limit,
+                   "soft_time_limit": request.soft_time_limit}
+        if request.is_eager:  # the eager executor runs the next attempt itself
+            raise Retry(exc=exc, when=countdown)
+        self.apply_async(request.args if args is None else args, request.kwargs if kwargs is None else kwargs,
+                         **{k: v for k, v in options.items() if v is not None})
+        raise Retry(exc=exc, when=countdown)
+
+
+def task(function: Callable[..., Any] | None = None, **options: Any) -> Any:
+    """Declare a task: ``@task`` or ``@task(bind=True, queue="videos", ...)``."""
+
+    def decorate(fn: Callable[..., Any]) -> Task:
+        base = options.pop("base", Task)
+        if not (isinstance(base, type) and issubclass(base, Task)):
+            raise ImproperlyConfigured(f"@task(base=...) on {fn.__qualname__} must be a Task subclass, got {base!r}")
+        where = f"@task on {fn.__module__}.{fn.__qualname__}"
+        opts = TaskOptions.from_kwargs(where, **options)
+        if opts.bind and not inspect.signature(fn).parameters:
+            raise ImproperlyConfigured(f"{where}: bind=True needs a first parameter (self)")
+        return registry.register(base(fn, opts))
+
+    if function is not None:
+        if options:
+            raise TypeError("use @task(...) with keyword options, or @task alone")
+        return decorate(function)
+    return decorate
+
+
+#: Celery spelling, for code being moved over.
+shared_task = task
+

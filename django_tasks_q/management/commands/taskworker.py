@@ -1,0 +1,35 @@
+"""``manage.py taskworker``: parse options, run ``Worker``."""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from ...exceptions import ImproperlyConfigured
+from ...worker.logging import configure_logging
+from ...worker.worker import Worker
+
+
+class Command(BaseCommand):
+    help = "Consume task queues and run their tasks."
+
+    def add_arguments(self, parser):
+        parser.add_argument("-Q", "--queues", default=None,
+                            help="comma-separated queues to consume (default: TASKS_Q['DEFAULT_QUEUE'])")
+        parser.add_argument("-c", "--concurrency", type=int, default=None, help="pool size (default: CPU count)")
+        parser.add_argument("-P", "--pool", choices=["prefork", "threads", "solo"], default="prefork")
+        parser.add_argument("-n", "--hostname", default=None, help="worker name; %%h is the host name")
+        parser.add_argument("-l", "--loglevel", default="INFO")
+        parser.add_argument("--prefetch-multiplier", type=int, default=None)
+        parser.add_argument("--max-tasks-per-child", type=int, default=None)
+        parser.add_argument("--max-memory-per-child", type=int, default=None, help="KB of resident memory")
+
+    def handle(self, *args, **options):
+        configure_logging(options["loglevel"])
+        queues = [q.strip() for q in (options["queues"] or "").split(",") if q.strip()] or None
+        try:
+            worker = Worker(queues=queues, concurrency=options["concurrency"], pool=options["pool"],
+                            hostname=options["hostname"], prefetch_multiplier=options["prefetch_multiplier"],
+                            max_tasks_per_child=options["max_tasks_per_child"],
+                            max_memory_per_child=options["max_memory_per_child"])
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc
+        worker.install_signal_handlers()
+        worker.run()

@@ -1,0 +1,128 @@
+"""``AsyncResult``: the caller's handle on a task's state and outcome."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ..core.states import EXCEPTION_STATES, PROPAGATE_STATES, TaskState
+from .backend import ResultBackend, ResultMeta, get_backend, rebuild_exception
+
+
+class AsyncResult:
+    """Reads a task's result from the configured backend; caches it once ready."""
+
+    def __init__(self, id: str, backend: ResultBackend | None = None, task_name: str | None = None):  # noqa: A002
+        self.id = str(id)
+        self.task_id = self.id
+        self.task_name = task_name
+        self._backend = backend
+        self._ready_meta: ResultMeta | None = None
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult: {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def backend(self) -> ResultBackend:
+        return self._backend or get_backend()
+
+    def _meta(self) -> ResultMeta:
+        if self._ready_meta is not None:
+            return self._ready_meta
+        meta = self.backend.meta(self.id) or ResultMeta(task_id=self.id, state=TaskState.PENDING)
+        if meta.ready:
+            self._ready_meta = meta
+        return meta
+
+    @property
+    def state(self) -> str:
+        return self._meta().state
+
+    status = state
+
+    def ready(self) -> bool:
+        return self._meta().ready
+
+    def successful(self) -> bool:
+        return self.state == TaskState.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == TaskState.FAILURE
+
+    @property
+    def info(self) -> Any:
+        """The return value, the exception, or a custom state's ``meta``."""
+        meta = self._meta()
+        if meta.state in EXCEPTION_STATES:
+            return rebuild_exception(meta.result)
+        return meta.result
+
+    result = info
+
+    @property
+    def traceback(self) -> str | None:
+        return self._meta().traceback or None
+
+    @property
+    def date_done(self) -> datetime | None:
+        return self._meta().date_done
+
+    @property
+    def retries(self) -> int:
+        return self._meta().retries
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.1) -> Any:
+        """Wait for the outcome; re-raise the task's exception when ``propagate``."""
+        if self._ready_meta is None:
+            self._ready_meta = self.backend.wait(self.id, timeout, interval)
+        meta = self._ready_meta
+        if meta.state in PROPAGATE_STATES:
+            exc = rebuild_exception(meta.result)
+            if propagate:
+                raise exc
+            return exc
+        return meta.result
+
+    wait = get
+
+    def forget(self) -> None:
+        self._ready_meta = None
+        self.backend.forget(self.id)
+
+
+class EagerResult(AsyncResult):
+    """The outcome of a task run in this process (``apply()`` / ALWAYS_EAGER)."""
+
+    def __init__(self, id: str, state: str, value: Any, traceback: str = "", task_name: str | None = None,  # noqa: A002
+                 exception: BaseException | None = None):
+        super().__init__(id, task_name=task_name)
+        self._state = state
+        self._value = value
+        self._exception = exception
+        self._traceback = traceback
+
+    def _meta(self) -> ResultMeta:
+        return ResultMeta(task_id=self.id, state=self._state, result=self._value, traceback=self._traceback,
+                          task_name=self.task_name or "")
+
+    @property
+    def info(self) -> Any:
+        return self._exception if self._exception is not None else self._value
+
+    result = info
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.1) -> Any:
+        if self._exception is not None:
+            if propagate:
+                raise self._exception
+            return self._exception
+        return self._value
+
+    def forget(self) -> None:
+        return None

@@ -1,0 +1,158 @@
+"""The result backend interface and the factory that picks one from settings.
+
+A backend records task states (``mark``) and reads them back (``meta``,
+``wait``). ``RESULT_BACKEND``: ``"django"`` (the ORM ``TaskResult`` table,
+default) or ``None`` (results are not kept: ``AsyncResult`` stays PENDING).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..conf import settings
+from ..core.states import EXCEPTION_STATES, READY_STATES
+from ..exceptions import ImproperlyConfigured, TaskError, TimeoutError
+
+
+@dataclass(frozen=True)
+class ResultMeta:
+    """What a backend knows about one task id."""
+
+    task_id: str
+    state: str
+    result: Any = None
+    traceback: str = ""
+    date_done: datetime | None = None
+    task_name: str = ""
+    retries: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.state in READY_STATES
+
+
+def describe_exception(exc: BaseException) -> dict[str, Any]:
+    """Celery's JSON layout for an exception, so both sides can rebuild it."""
+    return {"exc_type": type(exc).__name__, "exc_message": list(_safe_args(exc)), "exc_module": type(exc).__module__}
+
+
+def _safe_args(exc: BaseException) -> tuple:
+    import json
+
+    try:
+        json.dumps(exc.args)
+        return exc.args
+    except (TypeError, ValueError):
+        return (str(exc),)
+
+
+def rebuild_exception(description: Any) -> BaseException:
+    """The exception a task raised, as the same type when that type can be imported here."""
+    if not isinstance(description, dict) or "exc_type" not in description:
+        return TaskError(repr(description))
+    name, module = description["exc_type"], description.get("exc_module") or "builtins"
+    message = description.get("exc_message") or []
+    args = tuple(message) if isinstance(message, (list, tuple)) else (message,)
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            return cls(*args)
+    except Exception:  # not importable, or a constructor with another signature
+        pass
+    return TaskError(f"{module}.{name}: {', '.join(map(str, args))}")
+
+
+class ResultBackend:
+    """Base class: subclasses implement ``mark``, ``meta``, ``forget``, ``cleanup``."""
+
+    #: polls back off from this many seconds up to ``interval``
+    first_poll = 0.005
+
+    def mark(self, task_id: str, state: str, *, result: Any = None, traceback: str = "",
+             request: Any = None, task_name: str = "", runtime: float | None = None) -> None:
+        raise NotImplementedError
+
+    def meta(self, task_id: str) -> ResultMeta | None:
+        raise NotImplementedError
+
+    def forget(self, task_id: str) -> None:
+        raise NotImplementedError
+
+    def cleanup(self, older_than: datetime) -> int:
+        """Delete finished results done before ``older_than``; return how many."""
+        raise NotImplementedError
+
+    def wait(self, task_id: str, timeout: float | None, interval: float) -> ResultMeta:
+        """Poll with back-off until the task is ready or ``timeout`` passes."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = min(self.first_poll, interval)
+        while True:
+            found = self.meta(task_id)
+            if found is not None and found.ready:
+                return found
+            if deadline is not None and time.monotonic() + delay > deadline:
+                remaining = deadline - time.monotonic()
+                if remaining > 0:
+                    time.sleep(remaining)
+                    found = self.meta(task_id)
+                    if found is not None and found.ready:
+                        return found
+                raise TimeoutError(f"task {task_id} not ready after {timeout}s (state {found.state if found else 'PENDING'})")
+            time.sleep(delay)
+            delay = min(delay * 2, interval)
+
+
+class DisabledBackend(ResultBackend):
+    """``RESULT_BACKEND = None``: nothing is stored."""
+
+    def mark(self, task_id, state, **kwargs) -> None:
+        return None
+
+    def meta(self, task_id: str) -> ResultMeta | None:
+        return None
+
+    def forget(self, task_id: str) -> None:
+        return None
+
+    def cleanup(self, older_than: datetime) -> int:
+        return 0
+
+    def wait(self, task_id: str, timeout: float | None, interval: float) -> ResultMeta:
+        raise ImproperlyConfigured("RESULT_BACKEND is None: results are not stored, so get() cannot wait for one")
+
+
+_cache: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def get_backend() -> ResultBackend:
+    """The configured backend, one instance per process and setting value."""
+    key = repr(settings.RESULT_BACKEND)
+    backend = _cache.get(key)
+    if backend is None:
+        with _lock:
+            backend = _cache.get(key) or _make(settings.RESULT_BACKEND)
+            _cache.clear()
+            _cache[key] = backend
+    return backend
+
+
+def _make(value: Any) -> ResultBackend:
+    if value is None:
+        return DisabledBackend()
+    if value == "django":
+        from .database import DatabaseBackend
+
+        return DatabaseBackend()
+    raise ImproperlyConfigured(
+        f"TASKS_Q['RESULT_BACKEND'] = {value!r} is not supported; use 'django' or None"
+    )
+
+
+def is_exception_state(state: str) -> bool:
+    return state in EXCEPTION_STATES

@@ -1,0 +1,233 @@
+"""Run one task and decide its outcome: the whole execution policy in one ladder.
+
+``execute()`` is called by every pool (in the worker process, a thread or a
+prefork child). Each outcome -- success, retry, reject, failure -- decides
+the stored state, the hooks and signals, and what the worker does with the
+message, in one readable place. Nothing raised by a task, a hook or a
+receiver escapes: a worker never dies from a task.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+import time
+import traceback as tb
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections
+
+from .. import signals
+from ..conf import settings
+from ..core import context
+from ..core.calling import send
+from ..core.protocol import TaskMessage
+from ..core.registry import registry
+from ..core.states import TaskState
+from ..core.task import Task
+from ..exceptions import EncodeError, MaxRetriesExceededError, Reject, Retry
+from ..results.async_result import EagerResult
+from ..results.backend import describe_exception, get_backend
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened, and what the worker should do with the message."""
+
+    state: str
+    requeue: bool = False  # only for Reject(requeue=True)
+    runtime: float = 0.0
+
+
+def make_request(message: TaskMessage, delivery_info: dict, hostname: str | None, eager: bool = False) -> context.Request:
+    return context.Request(
+        id=message.id, task=message.task, args=tuple(message.args), kwargs=dict(message.kwargs),
+        retries=message.retries, eta=message.eta, expires=message.expires, delivery_info=delivery_info,
+        hostname=hostname, parent_id=message.parent_id, root_id=message.root_id or message.id,
+        group_id=message.group_id, group_index=message.group_index, callbacks=message.callbacks,
+        errbacks=message.errbacks, chain=message.chain, chord=message.chord, time_limit=message.time_limit,
+        soft_time_limit=message.soft_time_limit, origin=message.origin, headers=message.extra_headers,
+        is_eager=eager, ignore_result=message.ignore_result,
+    )
+
+
+def _explain_type_error(task: Task, exc: TypeError, args: tuple, kwargs: dict) -> TypeError:
+    """A call with the wrong arguments becomes a TypeError that names the task."""
+    try:
+        inspect.signature(task.function).bind(*(((task,) if task.options.bind else ()) + tuple(args)), **kwargs)
+    except TypeError as bind_error:
+        return TypeError(f"task {task.name} called with wrong arguments: {bind_error}")
+    return exc  # the TypeError came from inside the task
+
+
+def _autoretry(task: Task, exc: Exception) -> None:
+    """Turn an exception listed in ``autoretry_for`` into ``self.retry``."""
+    opts = task.options
+    if not opts.autoretry_for or not isinstance(exc, opts.autoretry_for):
+        return
+    if opts.dont_autoretry_for and isinstance(exc, opts.dont_autoretry_for):
+        return
+    countdown = None
+    if opts.retry_backoff:
+        factor = 1 if opts.retry_backoff is True else opts.retry_backoff
+        countdown = min(opts.retry_backoff_max, factor * (2 ** task.request.retries))
+        if opts.retry_jitter:
+            countdown = random.randrange(int(countdown) + 1)
+    task.retry(exc=exc, countdown=countdown)
+
+
+def _safely(what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+    try:
+        fn(*args, **kwargs)
+    except Exception:
+        logger.exception("%s raised; the task's outcome stands", what)
+
+
+def _send_links(links: list | None, first_arg: Any, parent: context.Request) -> None:
+    for link in links or []:
+        args = list(link.get("args") or ())
+        if not link.get("immutable"):
+            args = [first_arg, *args]
+        options = {k: v for k, v in (link.get("options") or {}).items() if k in ("queue", "routing_key", "priority")}
+        _safely(f"link {link.get('task')}", send, link["task"], args, link.get("kwargs") or {},
+                {**options, "parent_id": parent.id, "root_id": parent.root_id})
+
+
+def execute(message: TaskMessage, delivery_info: dict, hostname: str | None,
+            track_started: bool | None = None) -> Outcome:
+    """Run ``message`` in this thread, store its state, run its hooks; never raise."""
+    backend = get_backend()
+    task = registry[message.task]  # the consumer already refused unknown names
+    request = make_request(message, delivery_info, hostname)
+    args, kwargs = request.args, request.kwargs
+    track = settings.TRACK_STARTED if track_started is None else track_started
+    store = not (message.ignore_result or task.options.ignore_result)
+    started = time.monotonic()
+    state, retval, einfo = TaskState.SUCCESS, None, None
+    requeue = False
+    _db_hygiene()
+    context.push(request)
+    try:
+        if track and store:
+            backend.mark(request.id, TaskState.STARTED, request=request, task_name=task.name)
+        _safely("task_prerun receiver", signals.task_prerun.send, sender=task, task_id=request.id, task=task,
+                args=args, kwargs=kwargs)
+        try:
+            try:
+                retval = task.run(*args, **kwargs)
+            except TypeError as exc:
+                raise _explain_type_error(task, exc, args, kwargs) from exc
+            except (Retry, Reject):
+                raise
+            except Exception as exc:
+                _autoretry(task, exc)
+                raise
+        except Retry as exc:
+            state, einfo = TaskState.RETRY, tb.format_exc()
+            cause = exc.exc or exc
+            if store:
+                backend.mark(request.id, state, result=describe_exception(cause), traceback=einfo,
+                             request=request, task_name=task.name)
+            _safely("on_retry", task.on_retry, cause, request.id, args, kwargs, einfo)
+            _safely("task_retry receiver", signals.task_retry.send, sender=task, request=request,
+                    reason=cause, einfo=einfo)
+            retval = cause
+        except Reject as exc:
+            state, requeue, retval = TaskState.REVOKED if not exc.requeue else TaskState.RECEIVED, exc.requeue, exc
+            logger.warning("task %s[%s] rejected itself (requeue=%s): %s", task.name, request.id, exc.requeue, exc)
+        except Exception as exc:
+            state, retval, einfo = TaskState.FAILURE, exc, tb.format_exc()
+            logger.error("task %s[%s] raised %s: %s", task.name, request.id, type(exc).__name__, exc)
+            _store_failure(backend, request, task, exc, einfo, store)
+            _safely("on_failure", task.on_failure, exc, request.id, args, kwargs, einfo)
+            _safely("task_failure receiver", signals.task_failure.send, sender=task, task_id=request.id,
+                    exception=exc, args=args, kwargs=kwargs, traceback=einfo, einfo=einfo)
+            _send_links(message.errbacks, request.id, request)
+        else:
+            runtime = time.monotonic() - started
+            if store:
+                try:
+                    backend.mark(request.id, state, result=retval, request=request, task_name=task.name,
+                                 runtime=runtime)
+                except (TypeError, ValueError) as exc:  # the return value is not JSON
+                    state, einfo = TaskState.FAILURE, tb.format_exc()
+                    error = EncodeError(f"task {task.name} returned {type(retval).__name__} which cannot be "
+                                        f"stored as a result: {exc}")
+                    _store_failure(backend, request, task, error, einfo, store)
+            if state == TaskState.SUCCESS:
+                logger.info("task %s[%s] succeeded in %.4fs: %r", task.name, request.id, runtime, retval)
+                _safely("on_success", task.on_success, retval, request.id, args, kwargs)
+                _safely("task_success receiver", signals.task_success.send, sender=task, result=retval)
+                _send_links(message.callbacks, retval, request)
+    except Exception:  # the result store itself failed: log it, keep serving
+        logger.exception("task %s[%s]: could not record its state", message.task, message.id)
+        state = TaskState.FAILURE
+    finally:
+        context.pop()
+        _safely("after_return", task.after_return, state, retval, request.id, args, kwargs, einfo)
+        _safely("task_postrun receiver", signals.task_postrun.send, sender=task, task_id=request.id, task=task,
+                args=args, kwargs=kwargs, retval=retval, state=state)
+        _db_hygiene()
+    return Outcome(state=state, requeue=requeue, runtime=time.monotonic() - started)
+
+
+def _store_failure(backend: Any, request: context.Request, task: Task, exc: BaseException, einfo: str,
+                   store: bool) -> None:
+    if store:
+        backend.mark(request.id, TaskState.FAILURE, result=describe_exception(exc), traceback=einfo,
+                     request=request, task_name=task.name, runtime=None)
+
+
+def _db_hygiene() -> None:
+    """Drop connections a task broke or left mid-transaction, so the next task starts clean."""
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is None:
+            continue
+        if conn.in_atomic_block or (conn.errors_occurred and not conn.is_usable()):
+            logger.warning("closing database connection %r left broken or inside a transaction", conn.alias)
+            conn.close()
+        elif conn.settings_dict.get("CONN_MAX_AGE"):
+            conn.close_if_unusable_or_obsolete()
+
+
+def execute_eagerly(task: Task, args: tuple, kwargs: dict, options: dict[str, Any]) -> EagerResult:
+    """``task.apply()``: run here and now, retries included, nothing stored."""
+    task_id = options.get("task_id") or str(uuid.uuid4())
+    retries = 0
+    while True:
+        message = TaskMessage(id=task_id, task=task.name, args=args, kwargs=kwargs, retries=retries)
+        request = make_request(message, {"queue": None, "is_eager": True}, None, eager=True)
+        context.push(request)
+        try:
+            value = task.run(*args, **kwargs)
+        except Retry:
+            retries += 1
+            continue
+        except TypeError as exc:
+            error = _explain_type_error(task, exc, args, kwargs)
+            return _eager_failure(task, task_id, error)
+        except MaxRetriesExceededError as exc:
+            return _eager_failure(task, task_id, exc)
+        except Exception as exc:
+            try:
+                _autoretry(task, exc)
+            except Retry:
+                retries += 1
+                continue
+            except Exception as final:
+                return _eager_failure(task, task_id, final)
+            return _eager_failure(task, task_id, exc)
+        finally:
+            context.pop()
+        return EagerResult(task_id, TaskState.SUCCESS, value, task_name=task.name)
+
+
+def _eager_failure(task: Task, task_id: str, exc: BaseException) -> EagerResult:
+    if settings.EAGER_PROPAGATES:
+        raise exc
+    return EagerResult(task_id, TaskState.FAILURE, None, tb.format_exc(), task_name=task.name, exception=exc)

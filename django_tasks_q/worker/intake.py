@@ -1,0 +1,70 @@
+"""From a raw broker message to a ``Job``, or a clear refusal.
+
+Every refusal -- undecodable body, refused content type, missing or bad
+signature, unknown task name -- is logged with the task id and name, sent as
+the ``task_rejected`` signal, recorded as FAILURE when the id is known (so a
+caller waiting on ``get()`` hears why instead of hanging), and the message
+is rejected without requeue. Nothing is executed and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kombu.exceptions import ContentDisallowed, DecodeError
+
+from .. import signals
+from ..conf import settings
+from ..core.protocol import TaskMessage, verify
+from ..core.registry import registry
+from ..core.states import TaskState
+from ..exceptions import InvalidMessage, NotRegistered
+from ..results.backend import describe_exception, get_backend
+from .pools.base import Job
+
+logger = logging.getLogger(__name__)
+
+
+def read(kombu_message: Any, queue: str) -> Job | None:
+    """Decode and check one message; ``None`` means it was refused (and already rejected)."""
+    headers = kombu_message.headers or {}
+    try:
+        if settings.SIGNING_KEY:
+            verify(settings.SIGNING_KEY, headers, kombu_message.body)
+        body = kombu_message.decode()
+        message = TaskMessage.from_wire(headers, body)
+        task = registry[message.task]
+    except (InvalidMessage, NotRegistered, ContentDisallowed, DecodeError) as exc:
+        refuse(kombu_message, headers, exc)
+        return None
+    info = kombu_message.delivery_info or {}
+    delivery_info = {
+        "exchange": info.get("exchange"),
+        "routing_key": info.get("routing_key"),
+        "queue": queue,
+        "priority": kombu_message.properties.get("priority"),
+        "redelivered": bool(info.get("redelivered")),
+    }
+    acks_late = task.options.acks_late if task.options.acks_late is not None else settings.ACKS_LATE
+    return Job(message=message, delivery_info=delivery_info, acks_late=acks_late, kombu_message=kombu_message)
+
+
+def refuse(kombu_message: Any, headers: dict, exc: BaseException) -> None:
+    name, task_id = headers.get("task"), headers.get("id")
+    logger.error("refused message %s[%s] (content type %s): %s", name or "<no task name>", task_id or "<no id>",
+                 getattr(kombu_message, "content_type", None), exc)
+    try:
+        signals.task_rejected.send(sender=name, message=kombu_message, reason=exc)
+    except Exception:
+        logger.exception("task_rejected receiver raised")
+    if task_id and isinstance(exc, NotRegistered):
+        try:
+            get_backend().mark(str(task_id), TaskState.FAILURE, result=describe_exception(exc),
+                               task_name=str(name or ""))
+        except Exception:
+            logger.exception("could not record the refusal of %s", task_id)
+    try:
+        kombu_message.reject(requeue=False)
+    except Exception:
+        logger.exception("could not reject message %s", task_id)

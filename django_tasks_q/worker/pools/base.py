@@ -1,0 +1,55 @@
+"""The pool interface every worker pool implements.
+
+A pool runs jobs and reports them finished. The worker's main thread owns
+the broker connection, so pools never ack: ``poll()`` hands finished jobs
+back to the main thread, which acks them there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..executor import Outcome
+
+
+@dataclass(eq=False)
+class Job:
+    """A received task on its way through the worker."""
+
+    message: Any  # core.protocol.TaskMessage
+    delivery_info: dict
+    acks_late: bool
+    kombu_message: Any = field(default=None, repr=False)
+    started_at: float | None = None
+
+
+class Pool:
+    name = "base"
+
+    def __init__(self, concurrency: int, hostname: str, **options: Any):
+        self.concurrency = concurrency
+        self.hostname = hostname
+
+    def start(self) -> None:
+        """Create threads or processes."""
+
+    def free_slots(self) -> int:
+        raise NotImplementedError
+
+    def in_flight(self) -> int:
+        raise NotImplementedError
+
+    def apply(self, job: Job) -> None:
+        """Start running ``job`` (the caller checked there is a free slot)."""
+        raise NotImplementedError
+
+    def poll(self, timeout: float = 0) -> list[tuple[Job, Outcome]]:
+        """Finished jobs, waiting up to ``timeout`` seconds for the first one."""
+        raise NotImplementedError
+
+    def stop(self, wait: bool = True) -> None:
+        """Finish running jobs (``wait``) or abandon them, then release resources."""
+
+    def info(self) -> dict[str, Any]:
+        return {"pool": self.name, "concurrency": self.concurrency}
