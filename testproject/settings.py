@@ -6,10 +6,13 @@ the test that started them:
 
 - ``TASKS_Q_BROKER_URL`` / ``TASKS_Q_RESULT_BACKEND``: read by django_tasks_q.conf
 - ``TESTPROJECT_DATABASE_URL``: ``postgres://user@host:port/name`` for PostgreSQL,
-  otherwise SQLite at ``TESTPROJECT_SQLITE`` (default ``db.sqlite3`` beside manage.py)
+  otherwise SQLite at ``TESTPROJECT_SQLITE`` (default ``db.sqlite3`` beside manage.py);
+  the test suite's SQLite database is a temp file that tests hand to workers
+  through ``TESTPROJECT_SQLITE``.
 """
 
 import os
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -80,7 +83,8 @@ def _database() -> dict:
             "transaction_mode": "IMMEDIATE",
             "timeout": 20,
         },
-        "TEST": {"NAME": path if os.environ.get("TESTPROJECT_SQLITE") else None},
+        # A file, not :memory:, so worker subprocesses started by tests share it.
+        "TEST": {"NAME": os.path.join(tempfile.gettempdir(), f"tasksq-test-{os.getpid()}.sqlite3")},
     }
 
 
