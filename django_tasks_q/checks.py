@@ -72,6 +72,6 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             build_queue(name, spec)
         except ImproperlyConfigured as exc:
             errors.append(_error("QUEUES", str(exc), number=7))
-        except (TypeError, AttributeError):
+        except (TypeError, ValueError, AttributeError):  # dict("videos") is a ValueError
             errors.append(_error("QUEUES", f"entry {name!r} must be a dict of queue options, got {spec!r}", number=7))
     return errors

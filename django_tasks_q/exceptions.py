@@ -46,7 +46,7 @@ class Retry(TasksQError):
     """Raised by ``self.retry()``: the executor re-sends the task and records RETRY."""
 
     def __init__(self, message: str = "", exc: BaseException | None = None, when: float | None = None):
-        super().__init__(message or f"Retry in {when}s" if when is not None else "Retry")
+        super().__init__(message or (f"Retry in {when}s" if when is not None else "Retry"))
         self.exc = exc
         self.when = when
 

@@ -20,6 +20,8 @@ _local = threading.local()
 
 def mask_url(url: str) -> str:
     """``redis://:secret@h:6379/0`` -> ``redis://:**@h:6379/0``; passwords never reach logs."""
+    if ";" in url:  # a kombu failover list: "sentinel://:pw@h1;sentinel://:pw@h2"
+        return ";".join(mask_url(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -97,6 +97,9 @@ class TaskOptions:
             if not all(isinstance(v, type) and issubclass(v, BaseException) for v in value):
                 raise InvalidTaskOptions(f"{name} must be a tuple of exception classes, got {value!r}")
         parse_rate_limit(self.rate_limit)
+        if self.expires is not None and (isinstance(self.expires, bool)
+                                         or not isinstance(self.expires, (int, float, datetime))):
+            raise InvalidTaskOptions(f"expires must be seconds or a datetime, got {self.expires!r}")
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,12 @@ class TaskMessage:
         limits = headers.get("timelimit") or (None, None)
         if not isinstance(limits, (list, tuple)) or len(limits) != 2:
             raise InvalidMessage(f"task {name} [{task_id}]: header 'timelimit' must be [hard, soft], got {limits!r}")
+        if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in limits):
+            raise InvalidMessage(
+                f"task {name} [{task_id}]: header 'timelimit' must hold numbers or null, got {limits!r}")
+        retries = headers.get("retries") or 0
+        if isinstance(retries, bool) or not isinstance(retries, int):
+            raise InvalidMessage(f"task {name} [{task_id}]: header 'retries' must be an integer, got {retries!r}")
         known = {"lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit",
                  "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
                  "replaced_task_nesting", "stamped_headers", "stamps", SIGNATURE_HEADER}
@@ -158,7 +164,7 @@ class TaskMessage:
             kwargs=kwargs,
             eta=parse_datetime(headers.get("eta"), "eta"),
             expires=parse_datetime(headers.get("expires"), "expires"),
-            retries=int(headers.get("retries") or 0),
+            retries=retries,
             time_limit=limits[0],
             soft_time_limit=limits[1],
             root_id=headers.get("root_id"),

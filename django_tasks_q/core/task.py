@@ -138,11 +138,12 @@ def task(function: Callable[..., Any] | None = None, **options: Any) -> Any:
     """Declare a task: ``@task`` or ``@task(bind=True, queue="videos", ...)``."""
 
     def decorate(fn: Callable[..., Any]) -> Task:
-        base = options.pop("base", Task)
+        given = dict(options)  # not options.pop(): the decorator may be applied to several functions
+        base = given.pop("base", Task)
         if not (isinstance(base, type) and issubclass(base, Task)):
             raise ImproperlyConfigured(f"@task(base=...) on {fn.__qualname__} must be a Task subclass, got {base!r}")
         where = f"@task on {fn.__module__}.{fn.__qualname__}"
-        opts = TaskOptions.from_kwargs(where, **options)
+        opts = TaskOptions.from_kwargs(where, **given)
         if opts.bind and not inspect.signature(fn).parameters:
             raise ImproperlyConfigured(f"{where}: bind=True needs a first parameter (self)")
         return registry.register(base(fn, opts))

@@ -168,11 +168,13 @@ def execute(message: TaskMessage, delivery_info: dict, hostname: str | None,
         logger.exception("task %s[%s]: could not record its state", message.task, message.id)
         state = TaskState.FAILURE
     finally:
-        context.pop()
-        _safely("after_return", task.after_return, state, retval, request.id, args, kwargs, einfo)
-        _safely("task_postrun receiver", signals.task_postrun.send, sender=task, task_id=request.id, task=task,
-                args=args, kwargs=kwargs, retval=retval, state=state)
-        _db_hygiene()
+        try:  # self.request stays set for after_return and task_postrun, as in Celery
+            _safely("after_return", task.after_return, state, retval, request.id, args, kwargs, einfo)
+            _safely("task_postrun receiver", signals.task_postrun.send, sender=task, task_id=request.id, task=task,
+                    args=args, kwargs=kwargs, retval=retval, state=state)
+        finally:
+            context.pop()
+            _db_hygiene()
     return Outcome(state=state, requeue=requeue, runtime=time.monotonic() - started)
 
 

@@ -1,0 +1,51 @@
+# django-tasks-q -- developer and CI entry points.
+#   make test [PYTEST_ARGS="..."]   whole suite against real servers (CI=true: missing servers fail)
+#   make demo                       the testproject demo on the embedded default broker
+#   make venv | servers | clean
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.ONESHELL:
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: venv servers test demo clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Redis, RabbitMQ and PostgreSQL binaries for the session fixtures in tests/servers.py,
+# which run their own private instances; the system services are never started.
+servers:
+	@pkgs=""
+	command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || pkgs="$$pkgs redis-server"
+	command -v rabbitmq-server >/dev/null || [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || pkgs="$$pkgs rabbitmq-server"
+	command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || pkgs="$$pkgs postgresql"
+	[ -n "$$pkgs" ] || exit 0
+	if ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ]; then
+		echo "make servers: missing$$pkgs; not installing (needs root on Debian)." \
+		     "Tests that need them skip, or fail when CI=true." >&2
+		exit 0
+	fi
+	# Keep apt from starting the system services.
+	[ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; }
+	echo "make servers: installing$$pkgs"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get -o DPkg::Lock::Timeout=600 update -qq
+	apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $$pkgs
+
+test: venv servers
+	CI=$${CI:-} $(PY) -m pytest $(PYTEST_ARGS)
+
+demo: venv
+	$(PY) testproject/demo.py
+
+clean:
+	rm -rf $(VENV) db.sqlite3 db.sqlite3-*

@@ -1,0 +1,3 @@
+"""Admin registrations, one module per model family."""
+
+from . import results  # noqa: F401

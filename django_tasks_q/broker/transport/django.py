@@ -1,0 +1,361 @@
+"""``django://`` -- a kombu transport that keeps messages in the project's database.
+
+Zero servers: each message is a row of
+:class:`~django_tasks_q.models.BrokerMessage` in a database Django already
+uses (SQLite for a fresh checkout, PostgreSQL in production).
+
+Connection string
+=================
+::
+
+    django://
+
+Transport options (``Connection("django://", transport_options={...})``):
+
+* ``database`` -- the Django database alias (default ``"default"``).
+* ``visibility_timeout`` -- seconds a claimed message stays reserved for its
+  consumer (default 60). While the consumer drains events it extends the
+  deadline of every message it holds unacked, every third of this, so a
+  long ``acks_late`` task keeps its message; a dead consumer's messages are
+  delivered again once the deadline passes.
+* ``polling_interval`` -- the longest sleep between polls of idle queues, in
+  seconds (default 1). Polling starts at 5 ms, doubles while the queues stay
+  empty and drops back to 5 ms after a delivery or an ack.
+* ``body_encoding`` -- as for every kombu virtual transport (``base64``).
+
+Features
+========
+* Type: virtual, synchronous (Celery uses its polling loop).
+* Exchanges: direct and topic. Exchanges and bindings live in the declaring
+  process's memory, so publishers declare the queues they send to (kombu
+  and Celery do by default). No fanout, hence no broadcast remote control.
+* Priority: the ``priority`` message property, 0-255, higher first; FIFO
+  within a priority.
+* Claims: ``SELECT ... FOR UPDATE SKIP LOCKED`` where the database has it
+  (PostgreSQL, MySQL 8, Oracle); elsewhere (SQLite) an optimistic
+  compare-and-set ``UPDATE``. Either way one message goes to one consumer.
+* Transactions: a publish inside the caller's ``transaction.atomic()`` is an
+  INSERT in that transaction. Consumers see the message only once it
+  commits, and a rollback sends nothing -- so a task about a row being
+  created needs no ``on_commit``.
+
+Delivery guarantee
+==================
+At least once. Ack deletes the row; reject deletes it, or with ``requeue``
+clears the claim; ``recover`` and closing a channel with unacked messages
+clear their claims too. A message keeps its place in the queue and is never
+copied. A message whose claim expired (its consumer died) is delivered again
+with ``delivery_info["redelivered"]`` set, as is any message claimed before.
+Deadlines are extended only while the connection drains events: a consumer
+that blocks for longer than ``visibility_timeout`` without draining (a solo
+pool running a long task) may see its message delivered elsewhere too.
+Deadlines use the hosts' clocks, which must agree to well within the timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import threading
+from datetime import datetime, timedelta
+from queue import Empty
+from time import monotonic
+from typing import Any, Callable, TypeVar
+
+import django
+from django.apps import apps
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
+from django.db.models import F, Model, Q, QuerySet
+from django.utils import timezone
+from kombu.transport import TRANSPORT_ALIASES, virtual
+from kombu.utils.json import dumps, loads
+from kombu.utils.uuid import uuid
+
+__all__ = ["Channel", "Transport", "register"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEME = "django"
+TRANSPORT_PATH = "django_tasks_q.broker.transport.django:Transport"
+
+#: Rows read per optimistic claim attempt, and attempts before giving up a poll.
+CLAIM_BATCH = 5
+CLAIM_ROUNDS = 3
+#: Delivery tags per UPDATE when extending claims (SQLite's parameter limit).
+EXTEND_CHUNK = 500
+
+
+def register() -> None:
+    """Teach kombu the ``django://`` scheme. Idempotent."""
+    TRANSPORT_ALIASES[SCHEME] = TRANSPORT_PATH
+
+
+def _unclaimed(now: datetime) -> Q:
+    """Rows no consumer holds: never claimed, released, or the claim expired."""
+    return Q(reserved_until__isnull=True) | Q(reserved_until__lt=now)
+
+
+class Channel(virtual.Channel):
+    """A virtual channel whose queues are rows of ``BrokerMessage``."""
+
+    from_transport_options = (*virtual.Channel.from_transport_options, "database", "visibility_timeout")
+    database: str = "default"
+    visibility_timeout: float = 60.0
+    max_priority = 255
+
+    def __init__(self, connection: Transport, **kwargs: Any) -> None:
+        super().__init__(connection, **kwargs)
+        self.visibility_timeout = float(self.visibility_timeout)
+        if self.visibility_timeout <= 0:
+            raise ValueError(f"django:// visibility_timeout must be positive, got {self.visibility_timeout!r}")
+        self.model: type[Model] = apps.get_model("django_tasks_q", "BrokerMessage")
+        self._no_ack_consumers: dict[str, str] = {}  # consumer tag -> queue
+        self._next_extension = monotonic() + self.extension_interval
+
+    @property
+    def extension_interval(self) -> float:
+        """Seconds between extensions of the claims this channel holds."""
+        return self.visibility_timeout / 3
+
+    @property
+    def _rows(self) -> QuerySet:
+        return self.model.objects.using(self.database)
+
+    # -- kombu's storage interface --------------------------------------------------
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        # One tag per row: a message routed to two queues is two rows, acked apart.
+        tag = uuid()
+        message = {**message, "properties": {**message["properties"], "delivery_tag": tag}}
+        priority = self._get_message_priority(message)
+        self._retrying(self._rows.create, queue=queue, payload=dumps(message), priority=priority, delivery_tag=tag)
+
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        """Claim the first deliverable message of ``queue`` or raise ``Empty``."""
+        now = timezone.now()
+        deadline = now + timedelta(seconds=self.visibility_timeout)
+        ready = (
+            self._rows.filter(_unclaimed(now), Q(visible_at__isnull=True) | Q(visible_at__lte=now), queue=queue)
+            .order_by("-priority", "id")
+            .only("id", "payload", "delivery_count")
+        )
+        if connections[self.database].features.has_select_for_update_skip_locked:
+            row = self._claim_locked(ready, deadline)
+        else:
+            row = self._claim_optimistic(ready, now, deadline)
+        if row is None:
+            raise Empty()
+        message = loads(row.payload)
+        if row.delivery_count:  # claimed before: its consumer died, rejected or restored it
+            message["redelivered"] = True
+            message["properties"].setdefault("delivery_info", {})["redelivered"] = True
+            if isinstance(message.get("headers"), dict):
+                message["headers"]["redelivered"] = True
+        return message
+
+    def _claim_locked(self, ready: QuerySet, deadline: datetime) -> Model | None:
+        """Row-lock the first candidate, skipping rows other consumers are claiming."""
+        with transaction.atomic(using=self.database):
+            row = ready.select_for_update(skip_locked=True).first()
+            if row is not None:
+                self._rows.filter(pk=row.pk).update(reserved_until=deadline, delivery_count=F("delivery_count") + 1)
+        return row
+
+    def _claim_optimistic(self, ready: QuerySet, now: datetime, deadline: datetime) -> Model | None:
+        """Compare-and-set: the UPDATE matches only if nobody claimed the row since we read it."""
+        for _ in range(CLAIM_ROUNDS):
+            candidates = list(ready[:CLAIM_BATCH])
+            for row in candidates:
+                won = self._rows.filter(_unclaimed(now), pk=row.pk, delivery_count=row.delivery_count).update(
+                    reserved_until=deadline, delivery_count=row.delivery_count + 1
+                )
+                if won:
+                    return row
+            if len(candidates) < CLAIM_BATCH:  # lost every race there was
+                return None
+        return None
+
+    def _get_and_deliver(self, queue: str, callback: Callable[[dict[str, Any], str], None]) -> None:
+        try:
+            message = self._get(queue)
+        except DatabaseError as exc:  # the poller must survive; try again next poll
+            self._recover(exc)
+            raise Empty() from exc
+        if queue in self._no_ack_consumers.values():
+            self._retrying(self._delete_message, message["properties"]["delivery_tag"])
+        callback(message, queue)
+
+    def _restore(self, message: virtual.Message) -> None:
+        """Give an unacked message back: clear its claim. Never inserts a copy."""
+        tag = message.delivery_tag
+        try:
+            self._retrying(self._rows.filter(delivery_tag=tag).update, reserved_until=None)
+        except DatabaseError as exc:
+            logger.warning("django:// could not restore %s (%s); it returns when its claim expires", tag, exc)
+
+    def _size(self, queue: str) -> int:
+        return self._rows.filter(_unclaimed(timezone.now()), queue=queue).count()
+
+    def _purge(self, queue: str) -> int:
+        """Delete the waiting messages of ``queue``; claimed ones stay with their consumers."""
+        deleted, _ = self._rows.filter(_unclaimed(timezone.now()), queue=queue).delete()
+        return deleted
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        self._rows.filter(queue=queue).delete()
+        if self.connection is not None:
+            self.connection.declared_queues.discard(queue)
+
+    def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        self.connection.declared_queues.add(queue)  # rows need no table per queue
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        return queue in self.connection.declared_queues or self._rows.filter(queue=queue).exists()
+
+    # -- AMQP methods whose virtual defaults would lose or copy a row ---------------
+
+    def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False, **kwargs: Any) -> None:
+        # The default deletes once per binding, so an unbound queue would keep its rows.
+        if if_empty and self._size(queue):
+            return
+        self._delete(queue)
+        self.state.queue_bindings_delete(queue)
+
+    def basic_consume(self, queue: str, no_ack: bool, callback: Callable, consumer_tag: str, **kwargs: Any) -> None:
+        if no_ack:
+            self._no_ack_consumers[consumer_tag] = queue
+        super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+
+    def basic_cancel(self, consumer_tag: str) -> None:
+        self._no_ack_consumers.pop(consumer_tag, None)
+        super().basic_cancel(consumer_tag)
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> virtual.Message | None:
+        try:
+            message = super().basic_get(queue, no_ack=no_ack, **kwargs)
+        except DatabaseError as exc:
+            self._recover(exc)
+            raise
+        if message is not None and no_ack:
+            self._retrying(self._delete_message, message.delivery_tag)
+        return message
+
+    def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
+        self._retrying(self._delete_message, delivery_tag)
+        super().basic_ack(delivery_tag, multiple)
+        self._wake()
+
+    def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if not requeue:
+            self._retrying(self._delete_message, delivery_tag)
+        super().basic_reject(delivery_tag, requeue=requeue)  # requeue: QoS calls _restore
+        self._wake()
+
+    # -- claims held by this channel ---------------------------------------------------
+
+    def extend_reservations(self) -> None:
+        """Push back the deadline of every message this channel holds unacked, when due."""
+        if self._qos is None or monotonic() < self._next_extension:
+            return
+        self._next_extension = monotonic() + self.extension_interval
+        dirty = self._qos._dirty  # acked from another thread, not yet flushed
+        held = [tag for tag in list(self._qos._delivered) if tag not in dirty]
+        if not held:
+            return
+        deadline = timezone.now() + timedelta(seconds=self.visibility_timeout)
+        for start in range(0, len(held), EXTEND_CHUNK):
+            chunk = held[start : start + EXTEND_CHUNK]
+            self._rows.filter(delivery_tag__in=chunk, reserved_until__isnull=False).update(reserved_until=deadline)
+        logger.debug("django:// extended %d claim(s) to %s", len(held), deadline)
+
+    def _delete_message(self, delivery_tag: str) -> None:
+        self._rows.filter(delivery_tag=delivery_tag).delete()
+
+    # -- database hygiene ----------------------------------------------------------------
+
+    def _retrying(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one statement; if the connection went away, reconnect and retry once.
+
+        Inside the caller's transaction there is nothing to retry: the error
+        is the caller's.
+        """
+        try:
+            return fn(*args, **kwargs)
+        except (InterfaceError, OperationalError) as exc:
+            if connections[self.database].in_atomic_block:
+                raise
+            self._recover(exc)
+            return fn(*args, **kwargs)
+
+    def _recover(self, exc: BaseException) -> None:
+        """Log a database error and drop the connection if it is no longer usable."""
+        logger.warning("django:// database %r error: %s; retrying", self.database, exc)
+        connection = connections[self.database]
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
+
+    def _wake(self) -> None:
+        if self.connection is not None:
+            self.connection.wake()
+
+
+class Transport(virtual.Transport):
+    """The ``django://`` transport: polls with backoff and keeps claims alive."""
+
+    Channel = Channel
+    driver_type = driver_name = "django"
+    #: First sleep of an idle poller; it doubles up to ``polling_interval``.
+    min_polling_interval = 0.005
+    connection_errors = (*virtual.Transport.connection_errors, InterfaceError, OperationalError)
+    channel_errors = (*virtual.Transport.channel_errors, DatabaseError)
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        self.declared_queues: set[str] = set()
+        self._wakeup = threading.Event()
+        self._delay = self.min_polling_interval
+
+    def driver_version(self) -> str:
+        return django.get_version()
+
+    def wake(self) -> None:
+        """Cut the current idle sleep short (an ack freed prefetch capacity)."""
+        self._wakeup.set()
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+        """Deliver one message; while every queue is empty sleep, backing off.
+
+        Raises ``socket.timeout`` once ``timeout`` seconds pass without a message.
+        """
+        start = monotonic()
+        while True:
+            self._extend_reservations()
+            try:
+                self.cycle.get(self._deliver, timeout=timeout)
+            except Empty:
+                pass
+            else:
+                self._delay = self.min_polling_interval
+                return
+            remaining = math.inf if timeout is None else timeout - (monotonic() - start)
+            if remaining <= 0:
+                raise socket.timeout()
+            nap = min(self._delay, remaining, self._extension_interval())
+            if self._wakeup.wait(nap):
+                self._wakeup.clear()
+                self._delay = self.min_polling_interval
+            else:
+                self._delay = min(self._delay * 2, self.polling_interval or self.min_polling_interval)
+
+    def _extend_reservations(self) -> None:
+        for channel in list(self.channels):
+            try:
+                channel.extend_reservations()
+            except DatabaseError as exc:
+                channel._recover(exc)
+
+    def _extension_interval(self) -> float:
+        return min((channel.extension_interval for channel in self.channels), default=math.inf)

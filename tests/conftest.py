@@ -1,0 +1,43 @@
+"""Session fixtures that start real servers (logic lives in tests/servers.py)."""
+
+import pytest
+
+from tests import servers
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """``redis://127.0.0.1:PORT/0`` of a private redis-server."""
+    with servers.serve(servers.RedisServer()) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def amqp_url():
+    """``amqp://guest:guest@127.0.0.1:PORT//`` of a private RabbitMQ node."""
+    with servers.serve(servers.RabbitMQServer()) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """``postgres://postgres@127.0.0.1:PORT/postgres`` of a private PostgreSQL cluster."""
+    with servers.serve(servers.PostgresServer()) as url:
+        yield url
+
+
+_MARKERS = {"redis_url": "redis", "amqp_url": "amqp", "postgres_url": "postgres"}
+
+
+def pytest_collection_modifyitems(items):
+    # Tests that use a server fixture get its marker, so `-m "not amqp"` works.
+    for item in items:
+        for fixture, marker in _MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if servers.STARTUP_TIMES:
+        started = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in servers.STARTUP_TIMES)
+        terminalreporter.write_line(f"real servers started: {started}")

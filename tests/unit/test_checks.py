@@ -1,0 +1,133 @@
+"""System checks on ``settings.TASKS_Q``: every error names the key."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+from django_tasks_q.checks import check_settings
+
+
+def errors_for(tasks_q) -> list:
+    with override_settings(TASKS_Q=tasks_q):
+        return check_settings()
+
+
+def test_clean_config_has_no_errors():
+    assert errors_for({}) == []
+    assert errors_for({
+        "BROKER_URL": "redis://:secret@localhost:6379/0",
+        "RESULT_BACKEND": None,
+        "QUEUES": {"videos": {"max_priority": 10, "exchange_type": "topic", "routing_key": "media.#"}},
+        "ROUTES": {"videos.*": "videos"},
+        "PREFETCH_MULTIPLIER": 1,
+        "ACKS_LATE": True,
+        "SIGNING_KEY": "s3cret",
+        "RESULT_EXPIRES": None,
+    }) == []
+
+
+def test_testproject_settings_are_clean():
+    assert check_settings() == []
+
+
+def test_unknown_key_is_named_with_a_hint():
+    errors = errors_for({"BROKER_ULR": "redis://"})
+    assert len(errors) == 1
+    assert errors[0].id == "django_tasks_q.E001"
+    assert "'BROKER_ULR'" in errors[0].msg
+    assert "unknown setting" in errors[0].msg
+    assert errors[0].hint == "did you mean 'BROKER_URL'?"
+
+
+def test_unknown_key_without_a_close_match_lists_the_known_ones():
+    errors = errors_for({"ZZZZZZZ": 1})
+    assert "BROKER_URL" in errors[0].hint and "PREFETCH_MULTIPLIER" in errors[0].hint
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("PREFETCH_MULTIPLIER", "4", "must be int"),
+    ("PREFETCH_MULTIPLIER", True, "must be int"),
+    ("ACKS_LATE", "yes", "must be bool"),
+    ("QUEUES", ["videos"], "must be dict"),
+    ("BROKER_URL", 6379, "must be str"),
+    ("RESULT_EXPIRES", "1d", "must be int or float or NoneType"),
+])
+def test_wrong_type_is_named(key, value, expected):
+    errors = errors_for({key: value})
+    assert [e.id for e in errors] == ["django_tasks_q.E002"]
+    assert f"TASKS_Q[{key!r}]" in errors[0].msg
+    assert expected in errors[0].msg
+    assert repr(value) in errors[0].msg
+
+
+def test_wrong_type_from_the_environment_is_reported(monkeypatch):
+    monkeypatch.setenv("TASKS_Q_ACKS_LATE", '"sometimes"')
+    errors = errors_for({})
+    assert len(errors) == 1 and "TASKS_Q['ACKS_LATE']" in errors[0].msg
+
+
+def test_bad_broker_scheme():
+    errors = errors_for({"BROKER_URL": "kafka://broker:9092"})
+    assert [e.id for e in errors] == ["django_tasks_q.E003"]
+    assert "'kafka'" in errors[0].msg and "BROKER_URL" in errors[0].msg
+    assert "redis://" in errors[0].hint and "django://" in errors[0].hint
+
+
+@pytest.mark.parametrize("url", ["django://", "redis://h:6379/0", "rediss://h/0", "amqp://u:p@h//", "memory://",
+                                 "sentinel://h:26379"])
+def test_supported_broker_schemes(url):
+    assert errors_for({"BROKER_URL": url}) == []
+
+
+def test_unsupported_result_backend():
+    errors = errors_for({"RESULT_BACKEND": "mongodb://localhost/results"})
+    assert [e.id for e in errors] == ["django_tasks_q.E004"]
+    assert "RESULT_BACKEND" in errors[0].msg and "mongodb://localhost/results" in errors[0].msg
+
+
+def test_prefetch_multiplier_must_be_positive():
+    errors = errors_for({"PREFETCH_MULTIPLIER": 0})
+    assert [e.id for e in errors] == ["django_tasks_q.E005"]
+
+
+def test_unknown_serializer():
+    errors = errors_for({"TASK_SERIALIZER": "jsonn"})
+    assert [e.id for e in errors] == ["django_tasks_q.E006"]
+    assert "TASK_SERIALIZER" in errors[0].msg and "'jsonn'" in errors[0].msg
+    errors = errors_for({"ACCEPT_CONTENT": ["json", "bogus"]})
+    assert "ACCEPT_CONTENT" in errors[0].msg and "'bogus'" in errors[0].msg
+
+
+def test_content_type_spelling_is_accepted():
+    assert errors_for({"ACCEPT_CONTENT": ["application/json"]}) == []
+
+
+def test_queue_entry_with_unknown_key():
+    errors = errors_for({"QUEUES": {"videos": {"max_prio": 10}}})
+    assert [e.id for e in errors] == ["django_tasks_q.E007"]
+    assert "'videos'" in errors[0].msg and "max_prio" in errors[0].msg
+
+
+@pytest.mark.parametrize("entry", [5, ["durable"], "videos"])
+def test_queue_entry_that_is_not_a_dict(entry):
+    errors = errors_for({"QUEUES": {"videos": entry}})
+    assert [e.id for e in errors] == ["django_tasks_q.E007"]
+    assert "'videos'" in errors[0].msg and "must be a dict" in errors[0].msg
+
+
+def test_settings_not_a_dict():
+    errors = errors_for(["BROKER_URL"])
+    assert len(errors) == 1 and "must be a dict" in errors[0].msg
+
+
+def test_check_command_fails_on_a_bad_key():
+    with override_settings(TASKS_Q={"BROKER_ULR": "redis://"}):
+        with pytest.raises(SystemCheckError, match="BROKER_ULR"):
+            call_command("check")
+
+
+def test_check_command_passes_on_the_testproject():
+    call_command("check")
