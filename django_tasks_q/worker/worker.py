@@ -140,7 +140,7 @@ class Worker:
                 consumer.declare()
                 consumer.consume()
             logger.info("%s ready: consuming %s from %s", self.hostname, ", ".join(self.queue_names),
-                        mask_url(connection.as_uri()))
+                        mask_url(settings.BROKER_URL))
             try:
                 while not self.stopping:
                     self._tick()

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from django_tasks_q.core.states import TaskState
 from django_tasks_q.models import TaskResult
-from testproject.videos.tasks import add, audited, sleep, write_row
+from testproject.videos.tasks import add, audited, compress, sleep, write_row
 from tests.workers import WorkerProcess
 
 from .test_spine import wait_until
@@ -129,3 +129,17 @@ def test_banner_masks_the_broker_password(redis_url, settings, transactional_db)
     assert "hunter2" not in out and ":**@" in out
     assert "queues:      videos, reports" in out
     assert "testproject.videos.tasks.add" in out and "reports.build" in out
+
+
+def test_long_acks_late_task_is_not_redelivered_past_the_visibility_timeout(settings, transactional_db):
+    """django://: a solo worker busy for 3 visibility timeouts keeps its message."""
+    settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": "django://"}
+    options = {"TASKS_Q_BROKER_TRANSPORT_OPTIONS": '{"visibility_timeout": 1}'}
+    with WorkerProcess("django://", "-P", "solo", "-Q", "videos", "-n", "one@%h", env=options) as one, \
+            WorkerProcess("django://", "-P", "solo", "-Q", "videos", "-n", "two@%h", env=options) as two:
+        results = [compress.delay(1, steps=1, delay=3)]  # one runs it, the other idles and would steal
+        assert results[0].get(timeout=30)["video_id"] == 1
+        time.sleep(1.5)
+        for result in results:
+            runs = one.output().count(f"[{result.id}] succeeded") + two.output().count(f"[{result.id}] succeeded")
+            assert runs == 1, f"{result.id} ran {runs} times"

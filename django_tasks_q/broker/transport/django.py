@@ -14,10 +14,10 @@ Transport options (``Connection("django://", transport_options={...})``):
 
 * ``database`` -- the Django database alias (default ``"default"``).
 * ``visibility_timeout`` -- seconds a claimed message stays reserved for its
-  consumer (default 60). While the consumer drains events it extends the
-  deadline of every message it holds unacked, every third of this, so a
-  long ``acks_late`` task keeps its message; a dead consumer's messages are
-  delivered again once the deadline passes.
+  consumer (default 60). A keeper thread in the consumer's process extends
+  the deadline of every message it holds unacked, every third of this, so a
+  long ``acks_late`` task keeps its message however long it runs; a dead
+  consumer's messages are delivered again once the deadline passes.
 * ``polling_interval`` -- the longest sleep between polls of idle queues, in
   seconds (default 1). Polling starts at 5 ms, doubles while the queues stay
   empty and drops back to 5 ms after a delivery or an ack.
@@ -46,10 +46,9 @@ clears the claim; ``recover`` and closing a channel with unacked messages
 clear their claims too. A message keeps its place in the queue and is never
 copied. A message whose claim expired (its consumer died) is delivered again
 with ``delivery_info["redelivered"]`` set, as is any message claimed before.
-Deadlines are extended only while the connection drains events: a consumer
-that blocks for longer than ``visibility_timeout`` without draining (a solo
-pool running a long task) may see its message delivered elsewhere too.
-Deadlines use the hosts' clocks, which must agree to well within the timeout.
+Deadlines are extended by a thread, so a consumer blocked in a long task
+keeps its claims; only a process that stops running (killed, or frozen for
+longer than ``visibility_timeout``) loses them. Deadlines use the hosts' clocks, which must agree to well within the timeout.
 """
 
 from __future__ import annotations
@@ -113,7 +112,6 @@ class Channel(virtual.Channel):
             raise ValueError(f"django:// visibility_timeout must be positive, got {self.visibility_timeout!r}")
         self.model: type[Model] = apps.get_model("django_tasks_q", "BrokerMessage")
         self._no_ack_consumers: dict[str, str] = {}  # consumer tag -> queue
-        self._next_extension = monotonic() + self.extension_interval
 
     @property
     def extension_interval(self) -> float:
@@ -186,6 +184,8 @@ class Channel(virtual.Channel):
             raise Empty() from exc
         if queue in self._no_ack_consumers.values():
             self._retrying(self._delete_message, message["properties"]["delivery_tag"])
+        else:
+            self.connection.keep_claims()
         callback(message, queue)
 
     def _restore(self, message: virtual.Message) -> None:
@@ -257,12 +257,22 @@ class Channel(virtual.Channel):
     # -- claims held by this channel ---------------------------------------------------
 
     def extend_reservations(self) -> None:
-        """Push back the deadline of every message this channel holds unacked, when due."""
-        if self._qos is None or monotonic() < self._next_extension:
+        """Push back the deadline of every message this channel holds unacked.
+
+        Called from the transport's keeper thread, so it must only read the
+        QoS bookkeeping the consumer thread mutates: a copy is retried if the
+        dict changes under it.
+        """
+        if self._qos is None:
             return
-        self._next_extension = monotonic() + self.extension_interval
-        dirty = self._qos._dirty  # acked from another thread, not yet flushed
-        held = [tag for tag in list(self._qos._delivered) if tag not in dirty]
+        held: list[str] = []
+        for _ in range(5):
+            try:
+                dirty = set(self._qos._dirty)  # acked, not yet flushed
+                held = [tag for tag in list(self._qos._delivered) if tag not in dirty]
+                break
+            except RuntimeError:  # changed size during iteration
+                continue
         if not held:
             return
         deadline = timezone.now() + timedelta(seconds=self.visibility_timeout)
@@ -317,6 +327,8 @@ class Transport(virtual.Transport):
         self.declared_queues: set[str] = set()
         self._wakeup = threading.Event()
         self._delay = self.min_polling_interval
+        self._keeper: threading.Thread | None = None
+        self._keeper_stop = threading.Event()
 
     def driver_version(self) -> str:
         return django.get_version()
@@ -332,7 +344,6 @@ class Transport(virtual.Transport):
         """
         start = monotonic()
         while True:
-            self._extend_reservations()
             try:
                 self.cycle.get(self._deliver, timeout=timeout)
             except Empty:
@@ -343,19 +354,48 @@ class Transport(virtual.Transport):
             remaining = math.inf if timeout is None else timeout - (monotonic() - start)
             if remaining <= 0:
                 raise socket.timeout()
-            nap = min(self._delay, remaining, self._extension_interval())
-            if self._wakeup.wait(nap):
+            if self._wakeup.wait(min(self._delay, remaining)):
                 self._wakeup.clear()
                 self._delay = self.min_polling_interval
             else:
                 self._delay = min(self._delay * 2, self.polling_interval or self.min_polling_interval)
 
-    def _extend_reservations(self) -> None:
-        for channel in list(self.channels):
-            try:
-                channel.extend_reservations()
-            except DatabaseError as exc:
-                channel._recover(exc)
+    # -- the keeper: claims stay alive while this process lives ---------------------------
+
+    def keep_claims(self) -> None:
+        """Start the keeper thread on the first claim (publishers never start one).
+
+        A thread, not the polling loop, extends deadlines, so a worker busy
+        with a long task -- a solo pool runs it in the polling thread itself --
+        keeps its messages for as long as the process lives.
+        """
+        if self._keeper is None or not self._keeper.is_alive():
+            self._keeper_stop.clear()
+            self._keeper = threading.Thread(target=self._keep, name="django-transport-keeper", daemon=True)
+            self._keeper.start()
+
+    def _keep(self) -> None:
+        try:
+            while not self._keeper_stop.wait(self._extension_interval()):
+                for channel in list(self.channels):
+                    try:
+                        channel.extend_reservations()
+                    except DatabaseError as exc:
+                        channel._recover(exc)
+                    except Exception:
+                        logger.exception("django:// could not extend claims; retrying next round")
+        finally:
+            connections.close_all()  # this thread's own connections
+
+    def stop_keeping_claims(self) -> None:
+        self._keeper_stop.set()
+        if self._keeper is not None and self._keeper is not threading.current_thread():
+            self._keeper.join(timeout=5)
+        self._keeper = None
+
+    def close_connection(self, connection: Any) -> None:
+        self.stop_keeping_claims()
+        super().close_connection(connection)
 
     def _extension_interval(self) -> float:
-        return min((channel.extension_interval for channel in self.channels), default=math.inf)
+        return min((channel.extension_interval for channel in self.channels), default=1.0)
