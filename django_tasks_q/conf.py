@@ -4,7 +4,8 @@ Read settings through ``django_tasks_q.conf.settings.KEY``. Defaults are
 filled in here and nowhere else; a key missing from ``settings.TASKS_Q`` is
 taken from the environment variable ``TASKS_Q_<KEY>`` when set (parsed as
 JSON when it looks like JSON, so ``TASKS_Q_ACKS_LATE=true`` is a bool), then
-from the defaults. The cache is dropped on Django's ``setting_changed`` so
+from the defaults. String settings (URLs, names, keys) are never parsed, so
+``TASKS_Q_SIGNING_KEY=20240517`` stays a string. The cache is dropped on Django's ``setting_changed`` so
 ``override_settings(TASKS_Q=...)`` works in tests. Validation lives in
 ``checks.py`` so a bad value is reported by ``manage.py check`` with the key.
 """
@@ -41,16 +42,21 @@ DEFAULTS: dict[str, Any] = {
 }
 
 ENV_PREFIX = "TASKS_Q_"
+#: Keys whose environment value is taken as the string it is ("null" still means None).
+STRING_KEYS = frozenset({"BROKER_URL", "RESULT_BACKEND", "DEFAULT_QUEUE", "TIMEZONE", "TASK_SERIALIZER",
+                         "SIGNING_KEY"})
 
 
 def _from_env(key: str) -> tuple[bool, Any]:
     raw = os.environ.get(ENV_PREFIX + key)
     if raw is None:
         return False, None
+    if key in STRING_KEYS:
+        return True, None if raw == "null" else raw
     try:
         return True, json.loads(raw)
     except ValueError:
-        return True, raw  # a plain string such as redis://host:6379/0
+        return True, raw  # not JSON: the checks report it against the key's type
 
 
 class Settings:

@@ -30,6 +30,10 @@ class InvalidMessage(TasksQError, ValueError):
     """A broker message is not a task message we can run (bad body, type, signature)."""
 
 
+class InvalidSignature(InvalidMessage):
+    """A message is unsigned or its signature does not match while SIGNING_KEY is set."""
+
+
 class BrokerUnavailable(TasksQError, ConnectionError):
     """The broker could not be reached after the bounded publish retries."""
 
@@ -45,10 +49,14 @@ class TaskError(TasksQError):
 class Retry(TasksQError):
     """Raised by ``self.retry()``: the executor re-sends the task and records RETRY."""
 
-    def __init__(self, message: str = "", exc: BaseException | None = None, when: float | None = None):
+    def __init__(self, message: str = "", exc: BaseException | None = None, when: float | None = None,
+                 retry_args: tuple | list | None = None, retry_kwargs: dict | None = None):
         super().__init__(message or (f"Retry in {when}s" if when is not None else "Retry"))
         self.exc = exc
         self.when = when
+        #: new arguments for the next attempt (``self.retry(args=..., kwargs=...)``), None to keep them
+        self.retry_args = retry_args
+        self.retry_kwargs = retry_kwargs
 
 
 class MaxRetriesExceededError(TasksQError):

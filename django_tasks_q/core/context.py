@@ -35,6 +35,8 @@ class Request:
     headers: dict[str, Any] = field(default_factory=dict)
     is_eager: bool = False
     ignore_result: bool = False
+    #: where ``update_state`` writes: the eager run's in-memory backend, else the configured one
+    backend: Any = field(default=None, repr=False, compare=False)
 
     @property
     def group(self) -> str | None:  # Celery's spelling

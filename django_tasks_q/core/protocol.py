@@ -22,7 +22,7 @@ from typing import Any
 
 from kombu.serialization import dumps
 
-from ..exceptions import EncodeError, InvalidMessage
+from ..exceptions import EncodeError, InvalidMessage, InvalidSignature
 
 SIGNATURE_HEADER = "x-tasks-q-signature"
 ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
@@ -199,6 +199,6 @@ def verify(key: str, headers: dict[str, Any], payload: bytes | str) -> None:
     given = (headers or {}).get(SIGNATURE_HEADER)
     task = f"{headers.get('task')} [{headers.get('id')}]"
     if not given:
-        raise InvalidMessage(f"task {task}: unsigned message refused (SIGNING_KEY is set)")
+        raise InvalidSignature(f"task {task}: unsigned message refused (SIGNING_KEY is set)")
     if not hmac.compare_digest(str(given), sign(key, str(headers.get("id")), payload)):
-        raise InvalidMessage(f"task {task}: bad signature, message refused")
+        raise InvalidSignature(f"task {task}: bad signature, message refused")

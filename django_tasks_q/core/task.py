@@ -89,7 +89,7 @@ class Task:
 
     def apply(self, args: tuple | list | None = None, kwargs: dict | None = None, **options: Any) -> AsyncResult:
         """Run now in this process and return an ``EagerResult`` (used by ALWAYS_EAGER)."""
-        from ..worker.executor import execute_eagerly
+        from ..worker.eager import execute_eagerly
 
         return execute_eagerly(self, tuple(args or ()), dict(kwargs or {}), options)
 
@@ -104,7 +104,8 @@ class Task:
         from ..results import backend
 
         request = self.request
-        backend.get_backend().mark(task_id or request.id, state, result=meta, request=request, task_name=self.name)
+        target = request.backend or backend.get_backend()
+        target.mark(task_id or request.id, state, result=meta, request=request, task_name=self.name)
 
     def retry(self, exc: BaseException | None = None, countdown: float | None = None, eta: datetime | None = None,
               max_retries: int | None = None, args: tuple | None = None, kwargs: dict | None = None) -> Retry:
@@ -128,7 +129,7 @@ class Task:
                    "queue": request.delivery_info.get("queue"), "time_limit": request.time_limit,
                    "soft_time_limit": request.soft_time_limit}
         if request.is_eager:  # the eager executor runs the next attempt itself
-            raise Retry(exc=exc, when=countdown)
+            raise Retry(exc=exc, when=countdown, retry_args=args, retry_kwargs=kwargs)
         self.apply_async(request.args if args is None else args, request.kwargs if kwargs is None else kwargs,
                          **{k: v for k, v in options.items() if v is not None})
         raise Retry(exc=exc, when=countdown)

@@ -126,6 +126,26 @@ class DisabledBackend(ResultBackend):
         raise ImproperlyConfigured("RESULT_BACKEND is None: results are not stored, so get() cannot wait for one")
 
 
+class MemoryBackend(ResultBackend):
+    """Keeps states in a dict: the result store of one eager run."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, ResultMeta] = {}
+
+    def mark(self, task_id, state, *, result=None, traceback="", request=None, task_name="", runtime=None) -> None:
+        self.rows[task_id] = ResultMeta(task_id=task_id, state=state, result=result, traceback=traceback or "",
+                                        task_name=task_name)
+
+    def meta(self, task_id: str) -> ResultMeta | None:
+        return self.rows.get(task_id)
+
+    def forget(self, task_id: str) -> None:
+        self.rows.pop(task_id, None)
+
+    def cleanup(self, older_than: datetime) -> int:
+        return 0
+
+
 _cache: dict[str, Any] = {}
 _lock = threading.Lock()
 

@@ -14,8 +14,7 @@ import logging
 import random
 import time
 import traceback as tb
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import connections
@@ -28,23 +27,35 @@ from ..core.protocol import TaskMessage
 from ..core.registry import registry
 from ..core.states import TaskState
 from ..core.task import Task
-from ..exceptions import EncodeError, MaxRetriesExceededError, Reject, Retry
-from ..results.async_result import EagerResult
-from ..results.backend import describe_exception, get_backend
+from ..exceptions import EncodeError, Reject, Retry
+from ..results.backend import ResultBackend, describe_exception, get_backend
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened, and what the worker should do with the message."""
+    """What happened, and what the worker should do with the message.
+
+    ``retval``, ``exception``, ``traceback`` and ``retry`` are for callers in
+    the same process (eager mode); ``slim()`` drops them before an outcome
+    crosses a pipe, since a return value need not pickle.
+    """
 
     state: str
     requeue: bool = False  # only for Reject(requeue=True)
     runtime: float = 0.0
+    retval: Any = field(default=None, compare=False, repr=False)
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
+    traceback: str = field(default="", compare=False, repr=False)
+    retry: Retry | None = field(default=None, compare=False, repr=False)
+
+    def slim(self) -> "Outcome":
+        return Outcome(self.state, self.requeue, self.runtime)
 
 
-def make_request(message: TaskMessage, delivery_info: dict, hostname: str | None, eager: bool = False) -> context.Request:
+def make_request(message: TaskMessage, delivery_info: dict, hostname: str | None, eager: bool = False,
+                 backend: Any = None) -> context.Request:
     return context.Request(
         id=message.id, task=message.task, args=tuple(message.args), kwargs=dict(message.kwargs),
         retries=message.retries, eta=message.eta, expires=message.expires, delivery_info=delivery_info,
@@ -52,7 +63,7 @@ def make_request(message: TaskMessage, delivery_info: dict, hostname: str | None
         group_id=message.group_id, group_index=message.group_index, callbacks=message.callbacks,
         errbacks=message.errbacks, chain=message.chain, chord=message.chord, time_limit=message.time_limit,
         soft_time_limit=message.soft_time_limit, origin=message.origin, headers=message.extra_headers,
-        is_eager=eager, ignore_result=message.ignore_result,
+        is_eager=eager, ignore_result=message.ignore_result, backend=backend,
     )
 
 
@@ -98,19 +109,24 @@ def _send_links(links: list | None, first_arg: Any, parent: context.Request) -> 
                 {**options, "parent_id": parent.id, "root_id": parent.root_id})
 
 
-def execute(message: TaskMessage, delivery_info: dict, hostname: str | None,
-            track_started: bool | None = None) -> Outcome:
-    """Run ``message`` in this thread, store its state, run its hooks; never raise."""
-    backend = get_backend()
+def execute(message: TaskMessage, delivery_info: dict, hostname: str | None, *,
+            backend: ResultBackend | None = None, eager: bool = False) -> Outcome:
+    """Run ``message`` in this thread, store its state, run its hooks; never raise.
+
+    ``eager``: called by ``task.apply()`` in the caller's process, so the
+    caller's database connections and transactions are left alone.
+    """
+    backend = backend or get_backend()
     task = registry[message.task]  # the consumer already refused unknown names
-    request = make_request(message, delivery_info, hostname)
+    request = make_request(message, delivery_info, hostname, eager=eager, backend=backend)
     args, kwargs = request.args, request.kwargs
-    track = settings.TRACK_STARTED if track_started is None else track_started
+    track = settings.TRACK_STARTED
     store = not (message.ignore_result or task.options.ignore_result)
     started = time.monotonic()
     state, retval, einfo = TaskState.SUCCESS, None, None
-    requeue = False
-    _db_hygiene()
+    requeue, retry = False, None
+    if not eager:
+        _db_hygiene()
     context.push(request)
     try:
         if track and store:
@@ -136,7 +152,7 @@ def execute(message: TaskMessage, delivery_info: dict, hostname: str | None,
             _safely("on_retry", task.on_retry, cause, request.id, args, kwargs, einfo)
             _safely("task_retry receiver", signals.task_retry.send, sender=task, request=request,
                     reason=cause, einfo=einfo)
-            retval = cause
+            retval, retry = cause, exc
         except Reject as exc:
             state, requeue, retval = TaskState.REVOKED if not exc.requeue else TaskState.RECEIVED, exc.requeue, exc
             logger.warning("task %s[%s] rejected itself (requeue=%s): %s", task.name, request.id, exc.requeue, exc)
@@ -159,6 +175,7 @@ def execute(message: TaskMessage, delivery_info: dict, hostname: str | None,
                     error = EncodeError(f"task {task.name} returned {type(retval).__name__} which cannot be "
                                         f"stored as a result: {exc}")
                     _store_failure(backend, request, task, error, einfo, store)
+                    retval = error
             if state == TaskState.SUCCESS:
                 logger.info("task %s[%s] succeeded in %.4fs: %r", task.name, request.id, runtime, retval)
                 _safely("on_success", task.on_success, retval, request.id, args, kwargs)
@@ -174,8 +191,12 @@ def execute(message: TaskMessage, delivery_info: dict, hostname: str | None,
                     args=args, kwargs=kwargs, retval=retval, state=state)
         finally:
             context.pop()
-            _db_hygiene()
-    return Outcome(state=state, requeue=requeue, runtime=time.monotonic() - started)
+            if not eager:
+                _db_hygiene()
+    failed = state == TaskState.FAILURE and isinstance(retval, BaseException)
+    return Outcome(state=state, requeue=requeue, runtime=time.monotonic() - started,
+                   retval=None if failed else retval, exception=retval if failed else None,
+                   traceback=einfo or "", retry=retry)
 
 
 def _store_failure(backend: Any, request: context.Request, task: Task, exc: BaseException, einfo: str,
@@ -195,41 +216,3 @@ def _db_hygiene() -> None:
             conn.close()
         elif conn.settings_dict.get("CONN_MAX_AGE"):
             conn.close_if_unusable_or_obsolete()
-
-
-def execute_eagerly(task: Task, args: tuple, kwargs: dict, options: dict[str, Any]) -> EagerResult:
-    """``task.apply()``: run here and now, retries included, nothing stored."""
-    task_id = options.get("task_id") or str(uuid.uuid4())
-    retries = 0
-    while True:
-        message = TaskMessage(id=task_id, task=task.name, args=args, kwargs=kwargs, retries=retries)
-        request = make_request(message, {"queue": None, "is_eager": True}, None, eager=True)
-        context.push(request)
-        try:
-            value = task.run(*args, **kwargs)
-        except Retry:
-            retries += 1
-            continue
-        except TypeError as exc:
-            error = _explain_type_error(task, exc, args, kwargs)
-            return _eager_failure(task, task_id, error)
-        except MaxRetriesExceededError as exc:
-            return _eager_failure(task, task_id, exc)
-        except Exception as exc:
-            try:
-                _autoretry(task, exc)
-            except Retry:
-                retries += 1
-                continue
-            except Exception as final:
-                return _eager_failure(task, task_id, final)
-            return _eager_failure(task, task_id, exc)
-        finally:
-            context.pop()
-        return EagerResult(task_id, TaskState.SUCCESS, value, task_name=task.name)
-
-
-def _eager_failure(task: Task, task_id: str, exc: BaseException) -> EagerResult:
-    if settings.EAGER_PROPAGATES:
-        raise exc
-    return EagerResult(task_id, TaskState.FAILURE, None, tb.format_exc(), task_name=task.name, exception=exc)

@@ -2,9 +2,11 @@
 
 Every refusal -- undecodable body, refused content type, missing or bad
 signature, unknown task name -- is logged with the task id and name, sent as
-the ``task_rejected`` signal, recorded as FAILURE when the id is known (so a
-caller waiting on ``get()`` hears why instead of hanging), and the message
-is rejected without requeue. Nothing is executed and the worker goes on.
+the ``task_rejected`` signal and rejected without requeue. Nothing is
+executed and the worker goes on. When the message names a task id it is
+recorded as FAILURE with the reason, so a caller waiting on ``get()`` hears
+why instead of hanging -- except for signature failures: an unsigned or
+forged message must not be able to write results.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ..conf import settings
 from ..core.protocol import TaskMessage, verify
 from ..core.registry import registry
 from ..core.states import TaskState
-from ..exceptions import InvalidMessage, NotRegistered
+from ..exceptions import InvalidMessage, InvalidSignature, NotRegistered
 from ..results.backend import describe_exception, get_backend
 from .pools.base import Job
 
@@ -58,7 +60,7 @@ def refuse(kombu_message: Any, headers: dict, exc: BaseException) -> None:
         signals.task_rejected.send(sender=name, message=kombu_message, reason=exc)
     except Exception:
         logger.exception("task_rejected receiver raised")
-    if task_id and isinstance(exc, NotRegistered):
+    if task_id and not isinstance(exc, InvalidSignature):
         try:
             get_backend().mark(str(task_id), TaskState.FAILURE, result=describe_exception(exc),
                                task_name=str(name or ""))

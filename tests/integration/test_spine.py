@@ -100,7 +100,13 @@ def test_malformed_messages_are_refused_and_nothing_runs(worker, use_broker, bod
                 content_type=content_type, content_encoding="binary")
     worker.wait_for(task_id)
     assert why in worker.output()
-    assert AsyncResult(task_id).state == "PENDING"  # nothing executed, nothing stored
+    refused = AsyncResult(task_id)
+    # the caller hears why instead of waiting forever; nothing ran
+    with pytest.raises(Exception) as excinfo:
+        refused.get(timeout=15)
+    assert refused.state == "FAILURE" and type(excinfo.value).__name__ in (
+        "InvalidMessage", "DecodeError", "ContentDisallowed")
+    assert TaskResult.objects.get(task_id=task_id).date_started is None
     assert add.delay(2, 2).get(timeout=15) == 4
 
 

@@ -96,8 +96,6 @@ def test_missing_tasks_q_setting_means_all_defaults():
         assert conf.BROKER_URL == "django://"
 
 
-@pytest.mark.xfail(strict=True, reason="env values are JSON-parsed whatever the key's type, so a digits-only "
-                   "SIGNING_KEY (or DEFAULT_QUEUE) becomes an int and fails the str type check / HMAC")
 def test_string_setting_from_environment_stays_a_string(monkeypatch):
     monkeypatch.setenv("TASKS_Q_SIGNING_KEY", "20240517")
     conf.reload()

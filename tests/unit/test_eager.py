@@ -107,8 +107,6 @@ def test_retry_past_max_retries_fails_chained_to_the_cause(eager, no_broker):
     assert "2 retries" in str(excinfo.value)
 
 
-@pytest.mark.xfail(strict=True, reason="execute_eagerly re-runs with the original args: Retry does not carry "
-                   "the args/kwargs given to self.retry(args=..., kwargs=...) (a worker honours them)")
 def test_retry_with_new_args_runs_again_with_them(eager, no_broker, clean_registry):
     @task(bind=True, max_retries=5)
     def count_up(self, x):
@@ -192,8 +190,6 @@ def test_delay_on_commit_runs_only_after_commit(eager, no_broker, db, django_cap
     assert ran == [7]
 
 
-@pytest.mark.xfail(strict=True, reason="execute_eagerly runs no hooks (on_success/on_failure/after_return); "
-                   "Celery's apply() runs them, so base=... auditing is silent under ALWAYS_EAGER")
 def test_hooks_run_in_eager_mode(eager, no_broker, clean_registry):
     from django_tasks_q import Task
 
@@ -214,9 +210,6 @@ def test_hooks_run_in_eager_mode(eager, no_broker, clean_registry):
     assert calls == [("on_success", 7), ("after_return", TaskState.SUCCESS)]
 
 
-@pytest.mark.xfail(strict=True, reason="update_state() writes a PROGRESS row in eager mode, but the eager "
-                   "outcome is never stored: the row stays PROGRESS forever and cleanup() (finished rows only) "
-                   "never removes it; without DB access the eager task fails instead")
 def test_eager_update_state_leaves_no_orphan_row(eager, no_broker, db):
     from django_tasks_q.models import TaskResult
     from testproject.videos.tasks import compress

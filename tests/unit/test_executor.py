@@ -66,7 +66,8 @@ def test_success_is_stored():
     assert AsyncResult("exec-1").get(timeout=1) == 5
 
 
-def test_track_started_off_skips_started(monkeypatch):
+def test_track_started_off_skips_started(monkeypatch, settings):
+    settings.TASKS_Q = {**settings.TASKS_Q, "TRACK_STARTED": False}
     states = []
     original = DatabaseBackend.mark
 
@@ -75,8 +76,7 @@ def test_track_started_off_skips_started(monkeypatch):
         return original(self, task_id, state, **kwargs)
 
     monkeypatch.setattr(DatabaseBackend, "mark", spy)
-    execute(TaskMessage(id="exec-ts", task="testproject.videos.tasks.add", args=(1, 1)), DELIVERY, HOST,
-            track_started=False)
+    execute(TaskMessage(id="exec-ts", task="testproject.videos.tasks.add", args=(1, 1)), DELIVERY, HOST)
     assert states == [TaskState.SUCCESS]
     assert TaskResult.objects.get(task_id="exec-ts").date_started is None
 

@@ -53,7 +53,7 @@ def _child_main(pipe: Connection, hostname: str, max_tasks: int | None, max_memo
         if max_memory_kb and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > max_memory_kb:
             logger.warning("child %s passed --max-memory-per-child (%s KB); replacing it", os.getpid(), max_memory_kb)
             retiring = True
-        pipe.send((key, outcome, retiring))
+        pipe.send((key, outcome.slim(), retiring))
         if retiring:  # told the parent first, so it never hands us another job
             return
 
