@@ -38,25 +38,46 @@ def new_connection(url: str | None = None) -> Connection:
     from .transport.django import register
 
     register()  # the django:// scheme
-    timeout = settings.BROKER_CONNECTION_TIMEOUT
-    return Connection(
-        url or settings.BROKER_URL,
-        connect_timeout=timeout,
+    url = url or settings.BROKER_URL
+    connection = Connection(
+        url,
+        connect_timeout=settings.BROKER_CONNECTION_TIMEOUT,
         transport_options=dict(settings.BROKER_TRANSPORT_OPTIONS or {}),
     )
+    if url.split("://", 1)[0] in ("redis", "rediss"):
+        from .transport.redis import Transport as RedisTransport
+
+        connection.transport_cls = RedisTransport  # kombu's, minus per-message client set-up
+    return connection
 
 
-def producer() -> Producer:
-    """This thread's producer on this thread's connection (created on first use)."""
+class PublishState:
+    """What one thread keeps between publishes: connection, producer, declared queues."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.pid = os.getpid()
+        self.connection = new_connection(url)
+        self.producer = Producer(self.connection, auto_declare=False)
+        #: queue names declared on this connection: declaring again on every publish
+        #: would cost kombu a binding copy (and AMQP a round trip) per message
+        self.declared: set[str] = set()
+        self.retry_policy = {"max_retries": settings.BROKER_PUBLISH_RETRIES, "interval_start": 0,
+                             "interval_step": 0.2, "interval_max": 1.0}
+
+    def release(self) -> None:
+        self.connection.release()
+
+
+def current() -> PublishState:
+    """This thread's publish state for the configured broker (created on first use)."""
     state = getattr(_local, "state", None)
     url = settings.BROKER_URL
-    if state is None or state[0] != url or state[1] != os.getpid():
-        if state is not None and state[1] == os.getpid():
-            state[2].release()
-        connection = new_connection(url)
-        state = (url, os.getpid(), connection, Producer(connection, auto_declare=False))
-        _local.state = state
-    return state[3]
+    if state is None or state.url != url or state.pid != os.getpid():
+        if state is not None and state.pid == os.getpid():
+            state.release()
+        state = _local.state = PublishState(url)
+    return state
 
 
 def reset() -> None:

@@ -16,33 +16,29 @@ from .queues import get_queue
 logger = logging.getLogger(__name__)
 
 
-def _retry_policy() -> dict:
-    return {"max_retries": settings.BROKER_PUBLISH_RETRIES, "interval_start": 0,
-            "interval_step": 0.2, "interval_max": 1.0}
-
-
 def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: str | None = None) -> None:
     """Publish to ``route``; raise ``BrokerUnavailable`` (never hang) if the broker is down."""
     queue = get_queue(route.queue)
-    exchange = route.exchange if route.exchange is not None else queue.exchange
     properties = {"correlation_id": task_id, "delivery_mode": 2}
     if reply_to:
         properties["reply_to"] = reply_to
     if route.priority is not None:
         properties["priority"] = route.priority
     try:
-        connection.producer().publish(
+        state = connection.current()
+        state.producer.publish(
             message.payload,
-            exchange=exchange,
+            exchange=route.exchange if route.exchange is not None else queue.exchange.name,
             routing_key=route.routing_key or queue.routing_key,
             content_type=message.content_type,
             content_encoding=message.content_encoding,
             headers=message.headers,
-            declare=[queue],
+            declare=[] if queue.name in state.declared else [queue],
             retry=True,
-            retry_policy=_retry_policy(),
+            retry_policy=state.retry_policy,
             **properties,
         )
+        state.declared.add(queue.name)
     except (OperationalError, OSError) as exc:
         connection.reset()
         url = connection.mask_url(settings.BROKER_URL)

@@ -183,10 +183,14 @@ class Worker:
         if job is None:
             return
         logger.debug("received task %s[%s]", job.message.task, job.message.id)
-        if settings.TRACK_STARTED and not job.message.ignore_result:
-            self._record(job, TaskState.RECEIVED)
         eta = job.message.eta
-        if eta is not None and eta > timezone.now():
+        delayed = eta is not None and eta > timezone.now()
+        # RECEIVED is written only for a task that will wait (eta, or every slot busy):
+        # one that starts at once gets its receipt date with the STARTED write.
+        waits = delayed or bool(self.ready) or self.pool.free_slots() == 0
+        if waits and settings.TRACK_STARTED and not job.message.ignore_result:
+            self._record(job, TaskState.RECEIVED)
+        if delayed:
             heapq.heappush(self.timers, (eta.timestamp(), next(self._seq), job))
             self._update_qos()
         else:

@@ -50,10 +50,10 @@ def test_publish_to_memory_broker(broker):
 
 def test_the_producer_is_reused_per_thread_and_url(broker):
     broker("memory://")
-    assert connection.producer() is connection.producer()
-    first = connection.producer()
+    assert connection.current().producer is connection.current().producer
+    first = connection.current().producer
     broker("memory://localhost/")
-    assert connection.producer() is not first
+    assert connection.current().producer is not first
 
 
 @pytest.mark.parametrize("url", ["redis://:s3cret@127.0.0.1:1/0", "amqp://guest:s3cret@127.0.0.1:1//"])
