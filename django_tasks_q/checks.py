@@ -11,8 +11,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.core.checks import Error, Tags, register
+from kombu.serialization import registry as serializers
 
+from .broker.queues import build_queue
 from .conf import DEFAULTS, settings
+from .exceptions import ImproperlyConfigured
 
 BROKER_SCHEMES = {"django", "redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "memory"}
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -55,19 +58,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         errors.append(_error("RESULT_BACKEND", f"{backend!r} is not supported", "use 'django' or None", 4))
     if values["PREFETCH_MULTIPLIER"] < 1:
         errors.append(_error("PREFETCH_MULTIPLIER", "must be at least 1", number=5))
-    from kombu.serialization import registry as serializers
-
     for name in [values["TASK_SERIALIZER"], *values["ACCEPT_CONTENT"]]:
-        try:
-            serializers.name_to_type[name]
-        except KeyError:
-            if name not in serializers.type_to_name:
-                errors.append(_error("TASK_SERIALIZER" if name == values["TASK_SERIALIZER"] else "ACCEPT_CONTENT",
-                                     f"serializer {name!r} is not known to kombu", number=6))
+        if name not in serializers.name_to_type and name not in serializers.type_to_name:
+            errors.append(_error("TASK_SERIALIZER" if name == values["TASK_SERIALIZER"] else "ACCEPT_CONTENT",
+                                 f"serializer {name!r} is not known to kombu", number=6))
     for name, spec in values["QUEUES"].items():
-        from .broker.queues import build_queue
-        from .exceptions import ImproperlyConfigured
-
         try:
             build_queue(name, spec)
         except ImproperlyConfigured as exc:

@@ -9,13 +9,13 @@ from django.utils import timezone
 
 from ..broker.publisher import publish
 from ..conf import settings
+from ..results.async_result import AsyncResult
 from .options import CallOptions, TaskOptions
 from .protocol import TaskMessage, absolute_time
 from .registry import registry
 from .routing import resolve
 
 if TYPE_CHECKING:
-    from ..results.async_result import AsyncResult
     from .task import Task
 
 
@@ -38,8 +38,6 @@ def _first(call_value: Any, task_opts: TaskOptions | None, name: str, default: A
 
 def send(name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Task | None = None) -> AsyncResult:
     """Validate, route, encode and publish one call; return its ``AsyncResult``."""
-    from ..results.async_result import AsyncResult
-
     conf = settings.as_dict()  # one read of the settings per call
     call = CallOptions.from_kwargs(f"{name}.apply_async()", **options)
     task = task or registry.get(name)

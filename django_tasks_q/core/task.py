@@ -12,17 +12,17 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import transaction
 
 from ..exceptions import ImproperlyConfigured, MaxRetriesExceededError, Retry
+from ..results.async_result import AsyncResult
+from ..results.backend import get_backend
 from . import context
+from .calling import send
 from .options import TaskOptions
 from .registry import registry
-
-if TYPE_CHECKING:
-    from ..results.async_result import AsyncResult
 
 
 class Task:
@@ -75,8 +75,6 @@ class Task:
 
     def apply_async(self, args: tuple | list | None = None, kwargs: dict | None = None, **options: Any) -> AsyncResult:
         """Send the task; see DESIGN §4 for the options."""
-        from .calling import send
-
         return send(self.name, args, kwargs, options, task=self)
 
     def delay_on_commit(self, *args: Any, **kwargs: Any) -> None:
@@ -94,17 +92,13 @@ class Task:
         return execute_eagerly(self, tuple(args or ()), dict(kwargs or {}), options)
 
     def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's name
-        from ..results.async_result import AsyncResult
-
-        return AsyncResult(task_id, task_name=self.name)
+        return AsyncResult(task_id, task_name=self.name)  # the module's class, not this method
 
     # -- inside a running task ----------------------------------------
     def update_state(self, state: str, meta: Any = None, task_id: str | None = None) -> None:
         """Record a custom state such as ``PROGRESS`` with ``meta`` (read back as ``AsyncResult.info``)."""
-        from ..results import backend
-
         request = self.request
-        target = request.backend or backend.get_backend()
+        target = request.backend or get_backend()
         target.mark(task_id or request.id, state, result=meta, request=request, task_name=self.name)
 
     def retry(self, exc: BaseException | None = None, countdown: float | None = None, eta: datetime | None = None,

@@ -21,6 +21,7 @@ from django.db.utils import DatabaseError, InterfaceError, OperationalError
 from django.utils import timezone
 
 from ..core.states import READY_STATES, TaskState
+from ..models import TaskResult
 from .backend import ResultBackend, ResultMeta
 
 _COMMON = ("state", "task_name", "result", "traceback", "retries")
@@ -40,8 +41,6 @@ def _update_fields(state: str) -> tuple[str, ...]:
 
 @lru_cache(maxsize=32)
 def _upsert_sql(alias: str, update: tuple[str, ...]) -> tuple[str, list]:
-    from ..models import TaskResult
-
     connection = connections[alias]
     quote = connection.ops.quote_name
     table = quote(TaskResult._meta.db_table)
@@ -63,8 +62,6 @@ def _upsert_sql(alias: str, update: tuple[str, ...]) -> tuple[str, list]:
 class DatabaseBackend(ResultBackend):
     def mark(self, task_id: str, state: str, *, result: Any = None, traceback: str = "",
              request: Any = None, task_name: str = "", runtime: float | None = None) -> None:
-        from ..models import TaskResult
-
         now = timezone.now()
         row = TaskResult(task_id=task_id, state=state, result=result, traceback=traceback or "",
                          task_name=task_name or getattr(request, "task", "") or "", runtime=runtime,
@@ -103,8 +100,6 @@ class DatabaseBackend(ResultBackend):
             cursor.execute(sql, params)
 
     def meta(self, task_id: str) -> ResultMeta | None:
-        from ..models import TaskResult
-
         row = (TaskResult.objects.filter(task_id=task_id)
                .values("state", "result", "traceback", "date_done", "task_name", "retries").first())
         if row is None:
@@ -112,13 +107,9 @@ class DatabaseBackend(ResultBackend):
         return ResultMeta(task_id=task_id, **row)
 
     def forget(self, task_id: str) -> None:
-        from ..models import TaskResult
-
         TaskResult.objects.filter(task_id=task_id).delete()
 
     def cleanup(self, older_than: datetime) -> int:
-        from ..models import TaskResult
-
         deleted, _ = TaskResult.objects.filter(state__in=READY_STATES, date_done__lt=older_than).delete()
         return deleted
 
