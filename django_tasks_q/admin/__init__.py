@@ -1,3 +1,4 @@
 """Admin registrations, one module per model family."""
 
 from . import results  # noqa: F401
+from . import schedules  # noqa: F401

@@ -1,6 +1,9 @@
 """ORM models, one module per family; imported here so Django finds them."""
 
+from .beat import BeatLease
 from .results import TaskResult
+from .schedules import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 from .transport import BrokerMessage
 
-__all__ = ["BrokerMessage", "TaskResult"]
+__all__ = ["BeatLease", "BrokerMessage", "ClockedSchedule", "CrontabSchedule", "IntervalSchedule", "PeriodicTask",
+           "SolarSchedule", "TaskResult"]

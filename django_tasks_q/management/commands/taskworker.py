@@ -1,5 +1,7 @@
 """``manage.py taskworker``: parse options, run ``Worker``."""
 
+import threading
+
 from django.core.management.base import BaseCommand, CommandError
 
 from ...exceptions import ImproperlyConfigured
@@ -20,6 +22,8 @@ class Command(BaseCommand):
         parser.add_argument("--prefetch-multiplier", type=int, default=None)
         parser.add_argument("--max-tasks-per-child", type=int, default=None)
         parser.add_argument("--max-memory-per-child", type=int, default=None, help="KB of resident memory")
+        parser.add_argument("-B", "--beat", action="store_true",
+                            help="also run the periodic task scheduler in this process (development)")
 
     def handle(self, *args, **options):
         configure_logging(options["loglevel"])
@@ -32,4 +36,18 @@ class Command(BaseCommand):
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
         worker.install_signal_handlers()
-        worker.run()
+        scheduler = start_embedded_beat() if options["beat"] else None
+        try:
+            worker.run()
+        finally:
+            if scheduler is not None:
+                scheduler.stop()
+
+
+def start_embedded_beat():
+    """``--beat``: the scheduler in a thread of the worker, as ``celery worker -B``."""
+    from ...beat.scheduler import Scheduler
+
+    scheduler = Scheduler()
+    threading.Thread(target=scheduler.run, name="beat", daemon=True).start()
+    return scheduler

@@ -1,0 +1,1 @@
+"""Periodic tasks: pure schedule arithmetic, the database scheduler and its leader lock."""

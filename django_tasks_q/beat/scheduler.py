@@ -1,0 +1,116 @@
+"""``Scheduler``: the loop behind ``manage.py taskbeat`` and ``taskworker --beat``.
+
+Each tick (at least every ``poll_interval`` seconds, default 1) it reads
+every periodic task with its schedule in one query. That read is both the
+change detection -- an edit made through the admin, ``QuerySet.update()`` or
+raw SQL shows up on the next tick, with no signal involved -- and the input
+for what is due. Due runs are claimed (compare-and-set on ``last_run_at``)
+and sent through the normal calling path. Then it sleeps until the next due
+time, capped by ``poll_interval``. Only the lease holder sends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+
+from django.db import close_old_connections
+from django.utils import timezone
+
+from ..core.calling import send
+from ..models import PeriodicTask
+from . import entries
+from .lock import Lease
+
+logger = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, poll_interval: float = 1.0, lease_ttl: float = 6.0):
+        self.poll_interval = poll_interval
+        self.lease_ttl = lease_ttl
+        self.stop_event = threading.Event()
+        self.leading = False
+
+    def run(self) -> None:
+        """Tick until ``stop()``; every error is logged and the loop goes on."""
+        from .sync import sync_settings_schedule
+
+        sync_settings_schedule()
+        lease = Lease(ttl=self.lease_ttl)
+        logger.info("beat started (lease holder %s)", lease.holder)
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    wait = self.tick(lease, timezone.now())
+                except Exception:
+                    logger.exception("beat tick failed; retrying")
+                    close_old_connections()
+                    wait = self.poll_interval
+                self.stop_event.wait(wait)
+        finally:
+            try:
+                lease.release()
+            except Exception:
+                logger.exception("could not release the beat lease")
+            logger.info("beat stopped")
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def tick(self, lease: Lease, now: datetime) -> float:
+        """Send what is due; return how long to sleep."""
+        leading = lease.acquire(now)
+        if leading != self.leading:
+            logger.info("beat %s the lease", "holds" if leading else "does not hold")
+            self.leading = leading
+        if not leading:
+            return self.poll_interval
+        next_due = None
+        tasks = PeriodicTask.objects.filter(enabled=True).select_related("interval", "crontab", "clocked", "solar")
+        for task in tasks:
+            self._rebase_if_changed(task, now)
+            due = entries.next_run_at(task, now)
+            if due is None:
+                continue
+            if due <= now:
+                self._run(task, due, now)
+                due = entries.next_run_at(task, now)
+            if due is not None and (next_due is None or due < next_due):
+                next_due = due
+        if next_due is None:
+            return self.poll_interval
+        return max(0.01, min(self.poll_interval, (next_due - timezone.now()).total_seconds()))
+
+    def _rebase_if_changed(self, task: PeriodicTask, now: datetime) -> None:
+        """A new or edited schedule counts from now: it does not fire at once."""
+        digest = entries.fingerprint(task)
+        if digest == task.schedule_fingerprint:
+            return
+        PeriodicTask.objects.filter(pk=task.pk).update(schedule_fingerprint=digest, baseline_at=now)
+        task.schedule_fingerprint, task.baseline_at = digest, now
+        logger.info("periodic task %r: schedule is %s; counting from now", task.name,
+                    task.schedule_row.as_schedule().describe() if task.schedule_row else "missing")
+
+    def _run(self, task: PeriodicTask, due: datetime, now: datetime) -> None:
+        decision = entries.decide(task, due, now)
+        if not entries.claim(task, decision.slot, counted=decision.send):
+            task.refresh_from_db()  # another beat sent this run
+            return
+        if not decision.send:
+            logger.warning("periodic task %r missed its run at %s; skipped (catch_up=none)", task.name,
+                           due.isoformat())
+            task.last_run_at = decision.slot
+            return
+        try:
+            result = send(task.task, task.args, task.kwargs, entries.send_options(task))
+        except Exception:
+            entries.unclaim(task, decision.slot)
+            logger.exception("periodic task %r: could not send %s; will retry", task.name, task.task)
+            return
+        logger.info("periodic task %r: sent %s[%s] for %s", task.name, task.task, result.id, due.isoformat())
+        task.last_run_at = decision.slot
+        task.total_run_count += 1
+        if task.one_off or task.clocked_id:
+            task.enabled = False

@@ -1,0 +1,97 @@
+"""End to end: ``manage.py taskbeat`` and ``manage.py taskworker`` subprocesses
+on the embedded broker run periodic tasks; edits and disabling take effect
+without restarts; two beats never send a slot twice."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from django_tasks_q.models import IntervalSchedule, PeriodicTask, TaskResult
+from tests.workers import ROOT, WorkerProcess, worker_env
+
+from .test_spine import wait_until
+
+ECHO = "testproject.videos.tasks.echo"
+
+
+class BeatProcess(WorkerProcess):
+    """``manage.py taskbeat`` in a subprocess (same harness as workers)."""
+
+    def __init__(self, broker_url: str, *args: str, env: dict | None = None):
+        super().__init__(broker_url, *args, env=env)
+        self.args = [sys.executable, str(ROOT / "manage.py"), "taskbeat", *args]
+
+    def start(self, timeout: float = 30) -> "BeatProcess":
+        self.process = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=self.log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_for("beat started", timeout)
+        return self
+
+
+@pytest.fixture
+def embedded(settings, transactional_db):
+    settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": "django://"}
+    return "django://"
+
+
+def every(seconds: int) -> IntervalSchedule:
+    return IntervalSchedule.objects.get_or_create(every=seconds, period="seconds")[0]
+
+
+def runs(tag: str) -> list:
+    return list(TaskResult.objects.filter(task_name=ECHO, args=[tag], state="SUCCESS")
+                .order_by("date_started").values_list("date_started", flat=True))
+
+
+def test_beat_runs_every_second_and_picks_up_edits_without_restart(embedded):
+    task = PeriodicTask.objects.create(name="e2e", task=ECHO, args=["e2e"], interval=every(1))
+    with WorkerProcess(embedded, "-P", "solo"), BeatProcess(embedded):
+        wait_until(lambda: len(runs("e2e")) >= 3, timeout=20)
+        PeriodicTask.objects.filter(pk=task.pk).update(interval=every(3))  # no signal fires for update()
+        time.sleep(2.5)  # the beat sees the edit within its poll interval
+        before = len(runs("e2e"))
+        time.sleep(6.5)
+        assert 1 <= len(runs("e2e")) - before <= 3  # every 3 s now, not every second
+        PeriodicTask.objects.filter(pk=task.pk).update(enabled=False)
+        time.sleep(2.0)
+        stopped_at = len(runs("e2e"))
+        time.sleep(3.0)
+        assert len(runs("e2e")) == stopped_at
+    task.refresh_from_db()
+    assert task.total_run_count == stopped_at
+
+
+def test_two_beats_send_each_slot_once_and_the_survivor_takes_over(embedded):
+    PeriodicTask.objects.create(name="pair", task=ECHO, args=["pair"], interval=every(1))
+    with WorkerProcess(embedded, "-P", "threads", "-c", "2"):
+        first = BeatProcess(embedded).start()
+        second = BeatProcess(embedded).start()
+        try:
+            wait_until(lambda: len(runs("pair")) >= 5, timeout=20)
+            leader, follower = (first, second) if "holds the lease" in first.output() else (second, first)
+            assert "holds the lease" in leader.output() and "holds the lease" not in follower.output()
+            leader.kill()  # SIGKILL: the lease is not released, it must run out
+            killed_at = len(runs("pair"))
+            follower.wait_for("holds the lease", timeout=15)
+            wait_until(lambda: len(runs("pair")) >= killed_at + 3, timeout=20)
+        finally:
+            first.kill()
+            second.kill()
+    started = runs("pair")
+    gaps = [(b - a).total_seconds() for a, b in zip(started, started[1:])]
+    assert min(gaps) > 0.5, f"two runs {min(gaps):.3f}s apart: a slot was sent twice"
+    assert PeriodicTask.objects.get(name="pair").total_run_count == len(started)
+
+
+def test_worker_beat_flag_embeds_the_scheduler(embedded):
+    PeriodicTask.objects.create(name="embedded", task=ECHO, args=["embedded"], interval=every(1))
+    with WorkerProcess(embedded, "-P", "solo", "--beat") as worker:
+        wait_until(lambda: len(runs("embedded")) >= 2, timeout=20)
+        assert "beat started" in worker.output()
+
+
+__all__ = ["worker_env"]

@@ -1,0 +1,245 @@
+"""The scheduler's decisions, driven tick by tick with explicit times.
+
+``Scheduler.tick(lease, now)`` takes the clock as an argument, so these
+tests move time by passing it; messages go to kombu's in-process
+``memory://`` broker and are read back from there.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from kombu import Connection
+
+from django_tasks_q.beat.entries import claim, next_run_at
+from django_tasks_q.beat.lock import Lease
+from django_tasks_q.beat.scheduler import Scheduler
+from django_tasks_q.beat.sync import crontab, sync_settings_schedule
+from django_tasks_q.broker import connection
+from django_tasks_q.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
+
+T0 = datetime(2026, 3, 2, 12, 0, 0, tzinfo=timezone.utc)
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def sent(settings):
+    """Messages the scheduler published, read back from the memory broker."""
+    settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": "memory://"}
+    connection.reset()
+
+    def drain(queue="default"):
+        messages = []
+        with Connection("memory://") as conn:
+            simple = conn.SimpleQueue(queue)
+            while True:
+                try:
+                    message = simple.get_nowait()
+                except simple.Empty:
+                    break
+                messages.append(message.headers)
+                message.ack()
+        return messages
+
+    drain()
+    yield drain
+    connection.reset()
+
+
+@pytest.fixture
+def beat():
+    scheduler = Scheduler()
+    lease = Lease(ttl=6)
+    return lambda now: scheduler.tick(lease, now)
+
+
+def every(seconds):
+    return IntervalSchedule.objects.get_or_create(every=seconds, period="seconds")[0]
+
+
+def names(headers):
+    return [h["periodic_task_name"] for h in headers]
+
+
+def test_new_interval_task_waits_one_interval_then_runs_once(sent, beat):
+    task = PeriodicTask.objects.create(name="tick", task="testproject.videos.tasks.add", interval=every(30),
+                                       args=[1, 2])
+    beat(T0)
+    assert sent() == []  # a new schedule does not fire at once
+    beat(T0 + timedelta(seconds=29))
+    assert sent() == []
+    beat(T0 + timedelta(seconds=30))
+    headers = sent()
+    assert names(headers) == ["tick"] and headers[0]["task"] == "testproject.videos.tasks.add"
+    beat(T0 + timedelta(seconds=31))
+    assert sent() == []
+    task.refresh_from_db()
+    assert task.total_run_count == 1 and task.last_run_at == T0 + timedelta(seconds=30)
+
+
+def test_downtime_fires_once_not_once_per_missed_slot(sent, beat):
+    PeriodicTask.objects.create(name="tick", task="testproject.videos.tasks.noop", interval=every(10))
+    beat(T0)
+    beat(T0 + timedelta(hours=1))  # 360 slots missed
+    assert names(sent()) == ["tick"]
+    beat(T0 + timedelta(hours=1, seconds=5))
+    assert sent() == []
+    beat(T0 + timedelta(hours=1, seconds=10))
+    assert names(sent()) == ["tick"]
+
+
+def test_catch_up_none_skips_missed_runs(sent, beat):
+    row = CrontabSchedule.objects.create(minute="0", hour="*", timezone="UTC")
+    task = PeriodicTask.objects.create(name="hourly", task="testproject.videos.tasks.noop", crontab=row,
+                                       catch_up="none")
+    beat(T0)
+    beat(T0 + timedelta(hours=5, minutes=30))  # missed 13:00 ... 17:00
+    assert sent() == []
+    task.refresh_from_db()
+    assert task.last_run_at == T0 + timedelta(hours=5) and task.total_run_count == 0
+    beat(T0 + timedelta(hours=6))  # 18:00 on time
+    assert names(sent()) == ["hourly"]
+
+
+def test_crontab_runs_at_its_slots(sent, beat):
+    row = CrontabSchedule.objects.create(minute="*/15", hour="*", timezone="UTC")
+    PeriodicTask.objects.create(name="quarter", task="testproject.videos.tasks.noop", crontab=row)
+    beat(T0 + timedelta(minutes=1))
+    beat(T0 + timedelta(minutes=14, seconds=59))
+    assert sent() == []
+    beat(T0 + timedelta(minutes=15))
+    assert names(sent()) == ["quarter"]
+
+
+def test_an_edit_by_queryset_update_rebases_instead_of_firing(sent, beat):
+    task = PeriodicTask.objects.create(name="tick", task="testproject.videos.tasks.noop", interval=every(60))
+    beat(T0)
+    beat(T0 + timedelta(seconds=60))
+    assert names(sent()) == ["tick"]
+    # 50 s later someone shortens the interval to 5 s with update(): counts from the edit
+    PeriodicTask.objects.filter(pk=task.pk).update(interval=every(5))
+    beat(T0 + timedelta(seconds=110))
+    assert sent() == []
+    beat(T0 + timedelta(seconds=115))
+    assert names(sent()) == ["tick"]
+
+
+def test_disabled_task_does_not_run(sent, beat):
+    task = PeriodicTask.objects.create(name="tick", task="testproject.videos.tasks.noop", interval=every(1))
+    beat(T0)
+    PeriodicTask.objects.filter(pk=task.pk).update(enabled=False)
+    beat(T0 + timedelta(seconds=5))
+    assert sent() == []
+
+
+def test_clocked_runs_once_then_disables(sent, beat):
+    clock = ClockedSchedule.objects.create(clocked_time=T0 + timedelta(minutes=10))
+    task = PeriodicTask.objects.create(name="once", task="testproject.videos.tasks.noop", clocked=clock)
+    beat(T0)
+    beat(T0 + timedelta(minutes=10))
+    beat(T0 + timedelta(minutes=11))
+    assert names(sent()) == ["once"]
+    task.refresh_from_db()
+    assert task.enabled is False and task.total_run_count == 1
+
+
+def test_start_time_and_expires_bound_the_runs(sent, beat):
+    PeriodicTask.objects.create(name="window", task="testproject.videos.tasks.noop", interval=every(10),
+                                start_time=T0 + timedelta(minutes=5), expires=T0 + timedelta(minutes=6))
+    beat(T0)
+    beat(T0 + timedelta(minutes=4))
+    assert sent() == []
+    beat(T0 + timedelta(minutes=5))
+    assert names(sent()) == ["window"]
+    beat(T0 + timedelta(minutes=7))
+    assert sent() == []  # past expires
+
+
+def test_runs_go_through_routing_and_expiry(sent, beat):
+    PeriodicTask.objects.create(name="routed", task="testproject.videos.tasks.noop", interval=every(10),
+                                queue="reports", priority=3, expire_seconds=30)
+    beat(T0)
+    beat(T0 + timedelta(seconds=10))
+    assert sent() == []
+    (headers,) = sent("reports")
+    assert headers["expires"] is not None
+
+
+def test_two_schedulers_claim_a_slot_once(sent):
+    task = PeriodicTask.objects.create(name="tick", task="testproject.videos.tasks.noop", interval=every(1),
+                                       last_run_at=T0)
+    mine, theirs = PeriodicTask.objects.get(pk=task.pk), PeriodicTask.objects.get(pk=task.pk)
+    assert claim(mine, T0 + timedelta(seconds=1), counted=True) is True
+    assert claim(theirs, T0 + timedelta(seconds=1), counted=True) is False
+    assert PeriodicTask.objects.get(pk=task.pk).total_run_count == 1
+
+
+def test_only_the_lease_holder_sends_and_a_dead_leader_is_replaced(sent):
+    PeriodicTask.objects.create(name="tick", task="testproject.videos.tasks.noop", interval=every(1))
+    first, second = Lease(ttl=6), Lease(ttl=6)
+    a, b = Scheduler(), Scheduler()
+    a.tick(first, T0)
+    b.tick(second, T0)
+    assert a.leading and not b.leading
+    for s in range(1, 5):
+        a.tick(first, T0 + timedelta(seconds=s))
+        b.tick(second, T0 + timedelta(seconds=s))
+    assert len(sent()) == 4
+    # the leader stops renewing (died): the other takes over once the lease runs out
+    b.tick(second, T0 + timedelta(seconds=8))
+    assert not b.leading
+    b.tick(second, T0 + timedelta(seconds=11))
+    assert b.leading and len(sent()) == 1
+
+
+def test_send_failure_gives_the_run_back(settings, beat):
+    settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": "redis://127.0.0.1:1/0", "BROKER_PUBLISH_RETRIES": 0,
+                        "BROKER_CONNECTION_TIMEOUT": 0.2}
+    connection.reset()
+    task = PeriodicTask.objects.create(name="tick", task="testproject.videos.tasks.noop", interval=every(10))
+    beat(T0)
+    beat(T0 + timedelta(seconds=10))
+    task.refresh_from_db()
+    assert task.last_run_at is None and task.total_run_count == 0 and task.enabled
+    connection.reset()
+
+
+def test_next_run_at_for_the_admin(beat):
+    task = PeriodicTask.objects.create(name="tick", task="testproject.videos.tasks.noop", interval=every(30))
+    beat(T0)
+    task.refresh_from_db()
+    assert next_run_at(task, T0) == T0 + timedelta(seconds=30)
+    task.enabled = False
+    assert next_run_at(task, T0) is None
+
+
+def test_beat_schedule_from_settings_is_synced_and_removals_disabled(settings):
+    settings.TASKS_Q = {**settings.TASKS_Q, "BEAT_SCHEDULE": {
+        "add-every-30s": {"task": "testproject.videos.tasks.add", "schedule": 30.0, "args": (16, 16)},
+        "monday-report": {"task": "reports.build", "schedule": crontab(hour=7, minute=30, day_of_week=1,
+                                                                        timezone="Asia/Shanghai"),
+                          "kwargs": {"day": "monday"}, "options": {"queue": "reports"}},
+        "daily": {"task": "testproject.videos.tasks.noop", "schedule": timedelta(days=1)},
+    }}
+    sync_settings_schedule()
+    add = PeriodicTask.objects.get(name="add-every-30s")
+    assert add.source == "settings" and add.interval.every == 30 and add.args == [16, 16]
+    report = PeriodicTask.objects.get(name="monday-report")
+    assert (report.crontab.hour, report.crontab.minute, report.crontab.day_of_week) == ("7", "30", "1")
+    assert report.crontab.timezone == "Asia/Shanghai" and report.queue == "reports"
+    assert PeriodicTask.objects.get(name="daily").interval.every == 86400
+    settings.TASKS_Q = {**settings.TASKS_Q, "BEAT_SCHEDULE": {
+        "add-every-30s": {"task": "testproject.videos.tasks.add", "schedule": 60, "args": [1, 1]}}}
+    sync_settings_schedule()
+    assert PeriodicTask.objects.get(name="add-every-30s").interval.every == 60
+    gone = PeriodicTask.objects.get(name="monday-report")
+    assert gone.enabled is False and "Removed from BEAT_SCHEDULE" in gone.description
+
+
+def test_beat_schedule_errors_name_the_entry(settings):
+    from django_tasks_q.exceptions import ImproperlyConfigured
+
+    settings.TASKS_Q = {**settings.TASKS_Q, "BEAT_SCHEDULE": {"bad": {"task": "x", "schedule": "often"}}}
+    with pytest.raises(ImproperlyConfigured, match="BEAT_SCHEDULE\\['bad'\\]\\['schedule'\\]"):
+        sync_settings_schedule()
