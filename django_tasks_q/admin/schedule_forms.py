@@ -95,9 +95,14 @@ def _column(model: type[models.Model], name: str, **kwargs: Any) -> forms.Field:
     return model._meta.get_field(name).formfield(required=False, **kwargs)
 
 
+def _existing(model: type[models.Model], values: dict[str, Any]) -> models.Model | None:
+    """The schedule row with exactly ``values``; the oldest if there are several (crontabs may repeat)."""
+    return model.objects.filter(**values).order_by("pk").first()
+
+
 def find_or_create(model: type[models.Model], values: dict[str, Any]) -> models.Model:
-    """The schedule row with exactly ``values`` (the oldest if there are several), created if none."""
-    return model.objects.filter(**values).order_by("pk").first() or model.objects.get_or_create(**values)[0]
+    """The schedule row with exactly ``values``, created if there is none."""
+    return _existing(model, values) or model.objects.get_or_create(**values)[0]
 
 
 class PeriodicTaskForm(forms.ModelForm):
@@ -173,7 +178,7 @@ class PeriodicTaskForm(forms.ModelForm):
             self.add_error(None, error)  # keyed by column: the form's field names
             return None
         values = {column: getattr(row, column) for column in columns}  # as the model normalised them
-        return SCHEDULE_MODELS[kind].objects.filter(**values).order_by("pk").first() or row
+        return _existing(SCHEDULE_MODELS[kind], values) or row
 
     def _post_clean(self) -> None:
         if self.schedule is not None:
@@ -184,7 +189,8 @@ class PeriodicTaskForm(forms.ModelForm):
         # PeriodicTask.clean() checks the schedule foreign keys by id. This form sets
         # exactly one in save() (its row may not exist until then), or already shows
         # an error on the schedule fields, so those errors say nothing new -- and the
-        # form has no field of that name to put them on.
+        # form has no field of that name to put them on. (The model's later checks,
+        # args/kwargs types and priority, are the form fields' own checks too.)
         if hasattr(errors, "error_dict"):
             for name in SCHEDULE_FIELDS:
                 errors.error_dict.pop(name, None)

@@ -147,6 +147,17 @@ def _cron_field(name: str, value: object, position: int, allowed: str, names: tu
     return _SAME_ENDS.sub(r"\1", text)
 
 
+def _is_zone(name: object) -> bool:
+    """An IANA name zoneinfo knows; not "localtime", which is whatever this machine is set to."""
+    if not isinstance(name, str) or name == "localtime":
+        return False
+    try:
+        ZoneInfo(name)
+    except (KeyError, ValueError, OSError):  # KeyError: ZoneInfoNotFoundError
+        return False
+    return True
+
+
 def _wall(moment: datetime, zone: ZoneInfo) -> datetime:
     """What the clock in ``zone`` reads at ``moment``, as a naive datetime."""
     return moment.astimezone(zone).replace(tzinfo=None, fold=0)
@@ -186,15 +197,13 @@ class Crontab:
         expression = " ".join(_cron_field(name, getattr(self, name), position, allowed, names)
                               for name, position, allowed, names in _FIELDS)
         object.__setattr__(self, "_expression", expression)
-        try:
-            ZoneInfo("" if self.timezone == "localtime" else self.timezone)  # "localtime": this machine's
-        except (KeyError, ValueError, TypeError, OSError):  # KeyError: ZoneInfoNotFoundError
-            raise InvalidSchedule("timezone", f"{self.timezone!r} is not an IANA zone like 'Europe/London'") from None
+        if not _is_zone(self.timezone):
+            raise InvalidSchedule("timezone", f"{self.timezone!r} is not an IANA zone like 'Europe/London'")
         try:
             croniter(self._expression, datetime(2000, 1, 1), day_or=False).get_next(datetime)
         except CroniterBadDateError:
             raise InvalidSchedule("day_of_month", f"{self.day_of_month!r} never falls in month_of_year "
-                                                  f"{self.month_of_year!r} on day_of_week {self.day_of_week!r}") from None
+                                  f"{self.month_of_year!r} on day_of_week {self.day_of_week!r}") from None
 
     def _next_slot(self, moment: datetime) -> tuple[datetime, datetime]:
         """(wall slot, its instant) of the first slot strictly after ``moment``.

@@ -47,16 +47,24 @@ def runs(tag: str) -> list:
                 .order_by("date_started").values_list("date_started", flat=True))
 
 
-def test_beat_runs_every_second_and_picks_up_edits_without_restart(embedded):
+def test_beat_runs_every_second_and_picks_up_edits_without_restart(embedded, admin_client):
+    from django.urls import reverse
+
+    from .test_admin_schedules import form_data
+
     task = PeriodicTask.objects.create(name="e2e", task=ECHO, args=["e2e"], interval=every(1))
     with WorkerProcess(embedded, "-P", "solo"), BeatProcess(embedded):
         wait_until(lambda: len(runs("e2e")) >= 3, timeout=20)
-        PeriodicTask.objects.filter(pk=task.pk).update(interval=every(3))  # no signal fires for update()
+        # staff change the cadence to every 3 seconds in the admin
+        change = reverse("admin:django_tasks_q_periodictask_change", args=[task.pk])
+        edited = admin_client.post(change, form_data(name="e2e", task=ECHO, args='["e2e"]', every="3"))
+        assert edited.status_code == 302
+        assert PeriodicTask.objects.get(pk=task.pk).interval.every == 3
         time.sleep(2.5)  # the beat sees the edit within its poll interval
         before = len(runs("e2e"))
         time.sleep(6.5)
         assert 1 <= len(runs("e2e")) - before <= 3  # every 3 s now, not every second
-        PeriodicTask.objects.filter(pk=task.pk).update(enabled=False)
+        PeriodicTask.objects.filter(pk=task.pk).update(enabled=False)  # update(): no signal, still seen
         time.sleep(2.0)
         stopped_at = len(runs("e2e"))
         time.sleep(3.0)

@@ -243,3 +243,17 @@ def test_beat_schedule_errors_name_the_entry(settings):
     settings.TASKS_Q = {**settings.TASKS_Q, "BEAT_SCHEDULE": {"bad": {"task": "x", "schedule": "often"}}}
     with pytest.raises(ImproperlyConfigured, match="BEAT_SCHEDULE\\['bad'\\]\\['schedule'\\]"):
         sync_settings_schedule()
+
+
+def test_an_edit_by_raw_sql_is_seen_too(sent, beat):
+    from django.db import connection as db
+
+    task = PeriodicTask.objects.create(name="tick", task="testproject.videos.tasks.noop", interval=every(60))
+    beat(T0)
+    faster = every(5)
+    with db.cursor() as cursor:
+        cursor.execute(f"UPDATE {PeriodicTask._meta.db_table} SET interval_id = %s WHERE id = %s", [faster.pk, task.pk])
+    beat(T0 + timedelta(seconds=30))  # rebased at 30 s, not fired
+    assert sent() == []
+    beat(T0 + timedelta(seconds=35))
+    assert names(sent()) == ["tick"]

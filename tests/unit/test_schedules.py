@@ -100,6 +100,7 @@ def test_naive_moments_are_refused():
     ({"day_of_week": "1#2"}, "day_of_week", "'1#2'"),
     ({"hour": 7}, "hour", "7"),
     ({"day_of_month": "31", "month_of_year": "4,6"}, "day_of_month", "'31' never falls in month_of_year '4,6'"),
+    ({"day_of_month": "30", "month_of_year": "feb", "day_of_week": "mon"}, "day_of_month", "'30'"),  # AND, not OR
 ])
 def test_crontab_rejects_each_bad_field_naming_it(fields, field, shown):
     with pytest.raises(InvalidSchedule) as excinfo:
