@@ -18,7 +18,7 @@ _EVERY_N = re.compile(r"^\*/(\d+)$")
 
 
 def _day(token: str) -> str | None:
-    """"1", "mon" or "7" -> "Monday"/"Sunday"; None for anything else."""
+    """The day named by "1", "mon" or "7" (0 and 7 are Sunday); None for anything else."""
     if _NUMBER.match(token):
         return _DAY_NAMES[int(token) % 7] if int(token) <= 7 else None
     return next((name for name in _DAY_NAMES if name[:3].lower() == token), None)
@@ -29,13 +29,14 @@ def _join(words: list[str]) -> str:
 
 
 def _days_of_week(field: str) -> str | None:
-    """ "mon-fri" -> "Monday through Friday"; "1,3,5" -> "Monday, Wednesday and Friday"."""
+    """ "mon-fri" -> "Monday through Friday", "1,3,5" -> "Monday, Wednesday and Friday"."""
     if "-" in field and "," not in field and "/" not in field:
         first, _, last = field.partition("-")
         names = [_day(first), _day(last)]
         return None if None in names else f"{names[0]} through {names[1]}"
-    names = [_day(token) for token in field.split(",")]
-    return None if None in names or "/" in field else _join(names)  # type: ignore[arg-type]
+    tokens = field.split(",")
+    known = [name for name in map(_day, tokens) if name is not None]
+    return _join(known) if len(known) == len(tokens) else None
 
 
 def _every(count: str, unit: str) -> str:

@@ -28,12 +28,11 @@ clock reads W or later*:
 - Slots are strictly increasing instants: ``next_after(x) > x``,
   ``last_at_or_before(x) <= x`` and ``next_after(last_at_or_before(x)) > x``.
 
-Day of month and day of week combine with AND, as in Celery (classic cron
-ORs them): ``day_of_month="13", day_of_week="fri"`` is every Friday the 13th.
-Fields take numbers, month and day names ("jan", "mon"), "*", ranges "a-b"
-(wrapping: "fri-mon"), steps "/n" and lists ","; day_of_week 0 and 7 are
-Sunday. croniter's extensions (L, W, #, H, R, ?) are refused: Celery does not
-have them and they are easy to misread.
+Day of month and day of week combine with AND, as in Celery (cron ORs them):
+day_of_month "13" with day_of_week "fri" is Friday the 13th. Fields take
+numbers, names ("jan", "mon"), "*", ranges (wrapping: "fri-mon"), steps and
+lists; day_of_week 0 and 7 are Sunday; croniter's extensions (L, W, #, H, R,
+?) are refused, as Celery has none of them.
 """
 
 from __future__ import annotations
@@ -43,7 +42,6 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from croniter import CroniterBadDateError, CroniterError, croniter
@@ -52,7 +50,7 @@ from ..exceptions import TasksQError
 from .describe import describe_crontab
 from .solar import EVENTS, last_event, next_event
 
-__all__ = ["Clocked", "Crontab", "Interval", "InvalidSchedule", "Schedule", "Solar"]
+__all__ = ["Clocked", "Crontab", "Interval", "InvalidSchedule", "Solar"]
 
 
 class InvalidSchedule(TasksQError, ValueError):
@@ -61,14 +59,6 @@ class InvalidSchedule(TasksQError, ValueError):
     def __init__(self, field: str, problem: str):
         super().__init__(f"{field}: {problem}")
         self.field = field
-
-
-class Schedule(Protocol):
-    """What the scheduler needs from any schedule."""
-
-    def next_after(self, moment: datetime) -> datetime | None: ...
-    def last_at_or_before(self, moment: datetime) -> datetime | None: ...
-    def describe(self) -> str: ...
 
 
 def _utc(moment: datetime) -> datetime:
@@ -208,10 +198,9 @@ class Crontab:
     def _next_slot(self, moment: datetime) -> tuple[datetime, datetime]:
         """(wall slot, its instant) of the first slot strictly after ``moment``.
 
-        Slot instants never decrease as wall slots increase, and every slot at
-        or before the wall reading of ``moment`` ran at or before ``moment``;
-        so scan forward from that reading. Only in a repeated (fall-back) hour
-        are a few slots skipped: they already ran in the first pass.
+        Instants never decrease as wall slots increase, and slots up to the
+        wall reading of ``moment`` ran by ``moment``: scan on from that reading
+        (in a repeated hour, past slots that ran in its first pass).
         """
         zone = ZoneInfo(self.timezone)
         slots = croniter(self._expression, _wall(moment, zone), day_or=False)
