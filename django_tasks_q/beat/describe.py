@@ -29,7 +29,7 @@ def _join(words: list[str]) -> str:
 
 
 def _days_of_week(field: str) -> str | None:
-    """ "mon-fri" -> "Monday through Friday", "1,3,5" -> "Monday, Wednesday and Friday"."""
+    """Days in words, e.g. "mon-fri" -> "Monday through Friday"; "1,3,5" -> "Monday, Wednesday and Friday"."""
     if "-" in field and "," not in field and "/" not in field:
         first, _, last = field.partition("-")
         names = [_day(first), _day(last)]

@@ -257,3 +257,17 @@ def test_an_edit_by_raw_sql_is_seen_too(sent, beat):
     assert sent() == []
     beat(T0 + timedelta(seconds=35))
     assert names(sent()) == ["tick"]
+
+
+@pytest.mark.parametrize("kinds", [(), ("interval", "crontab"), ("interval", "crontab", "clocked", "solar")])
+def test_the_database_refuses_anything_but_exactly_one_schedule(kinds):
+    from django.db import IntegrityError, transaction
+
+    from django_tasks_q.models import SolarSchedule
+
+    rows = {"interval": every(5), "crontab": CrontabSchedule.objects.create(),
+            "clocked": ClockedSchedule.objects.create(clocked_time=T0),
+            "solar": SolarSchedule.objects.create(event="sunrise", latitude=51.5, longitude=-0.12)}
+    with pytest.raises(IntegrityError), transaction.atomic():
+        PeriodicTask.objects.create(name="bad", task="x", **{kind: rows[kind] for kind in kinds})
+    PeriodicTask.objects.create(name="good", task="x", solar=rows["solar"])  # one is fine

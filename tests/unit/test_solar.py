@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -118,8 +119,6 @@ def test_a_year_of_events_is_strictly_increasing_about_a_day_apart(event, place,
 
 
 def test_moments_in_any_zone_and_results_in_utc():
-    from zoneinfo import ZoneInfo
-
     moment = datetime(2024, 6, 21, 0, 0, tzinfo=ZoneInfo("Europe/London"))  # 20 June 23:00 UTC
     result = Solar("sunrise", *LONDON).next_after(moment)
     assert result.tzinfo is UTC and abs(result - utc(2024, 6, 21, 3, 43, 12)) < ONE_MINUTE
