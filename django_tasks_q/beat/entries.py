@@ -47,6 +47,8 @@ def fingerprint(task: PeriodicTask) -> str:
 
 
 def reference(task: PeriodicTask) -> datetime | None:
+    if task.clocked_id:  # an explicit one-off time is the intent: it runs (once) even if first seen late
+        return task.last_run_at or datetime.min.replace(tzinfo=task.clocked.clocked_time.tzinfo)
     moments = [m for m in (task.last_run_at, task.baseline_at) if m is not None]
     return max(moments) if moments else None
 
@@ -87,8 +89,8 @@ def claim(task: PeriodicTask, slot: datetime, counted: bool) -> bool:
     changes: dict[str, Any] = {"last_run_at": slot}
     if counted:
         changes["total_run_count"] = F("total_run_count") + 1
-        if task.one_off or task.clocked_id:
-            changes["enabled"] = False
+    if task.one_off or task.clocked_id:  # its one run is used, sent or skipped
+        changes["enabled"] = False
     return rows.update(**changes) == 1
 
 

@@ -37,7 +37,7 @@ class Scheduler:
         """Tick until ``stop()``; every error is logged and the loop goes on."""
         from .sync import sync_settings_schedule
 
-        sync_settings_schedule()
+        sync_settings_schedule()  # a bad BEAT_SCHEDULE raises ImproperlyConfigured naming the entry
         lease = Lease(ttl=self.lease_ttl)
         logger.info("beat started (lease holder %s)", lease.holder)
         try:

@@ -33,12 +33,26 @@ ENTRY_KEYS = {"task", "schedule", "args", "kwargs", "options", "description", "c
 OPTION_KEYS = {"queue", "routing_key", "priority", "expires", "one_off", "start_time"}
 
 
+def _find_or_create(model: Any, **fields: Any) -> Any:
+    """The first row with exactly these fields (staff may have made duplicates), or a new one."""
+    return model.objects.filter(**fields).order_by("pk").first() or model.objects.create(**fields)
+
+
+def _seconds(name: str, key: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 1:
+        raise ImproperlyConfigured(f"BEAT_SCHEDULE[{name!r}]['options'][{key!r}]: seconds >= 1, got {value!r}")
+    return int(seconds)
+
+
 def _schedule_fields(name: str, schedule: Any) -> dict[str, Any]:
     if isinstance(schedule, (int, float, timedelta)) and not isinstance(schedule, bool):
         seconds = schedule.total_seconds() if isinstance(schedule, timedelta) else float(schedule)
         if seconds < 1 or seconds != int(seconds):
             raise ImproperlyConfigured(f"BEAT_SCHEDULE[{name!r}]['schedule']: whole seconds >= 1, got {schedule!r}")
-        interval, _ = IntervalSchedule.objects.get_or_create(every=int(seconds), period="seconds")
+        interval = _find_or_create(IntervalSchedule, every=int(seconds), period="seconds")
         return {"interval": interval, "crontab": None, "clocked": None, "solar": None}
     if isinstance(schedule, (Crontab, CrontabEntry)):
         try:
@@ -47,8 +61,8 @@ def _schedule_fields(name: str, schedule: Any) -> dict[str, Any]:
                                timezone=schedule.timezone or settings.TIMEZONE)
         except InvalidSchedule as error:
             raise ImproperlyConfigured(f"BEAT_SCHEDULE[{name!r}]['schedule']: {error}") from error
-        row, _ = CrontabSchedule.objects.get_or_create(
-            minute=schedule.minute, hour=schedule.hour, day_of_week=schedule.day_of_week,
+        row = _find_or_create(
+            CrontabSchedule, minute=schedule.minute, hour=schedule.hour, day_of_week=schedule.day_of_week,
             day_of_month=schedule.day_of_month, month_of_year=schedule.month_of_year, timezone=schedule.timezone)
         return {"interval": None, "crontab": row, "clocked": None, "solar": None}
     raise ImproperlyConfigured(
@@ -63,14 +77,20 @@ def _row_fields(name: str, entry: dict[str, Any]) -> dict[str, Any]:
     unknown |= {f"options.{k}" for k in set(options) - OPTION_KEYS}
     if unknown:
         raise ImproperlyConfigured(f"BEAT_SCHEDULE[{name!r}]: unknown keys {sorted(unknown)}")
-    expires = options.get("expires")
+    priority = options.get("priority")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 255):
+        raise ImproperlyConfigured(f"BEAT_SCHEDULE[{name!r}]['options']['priority']: 0-255, got {priority!r}")
+    catch_up = entry.get("catch_up", PeriodicTask.CatchUp.ONCE)
+    if catch_up not in PeriodicTask.CatchUp.values:
+        raise ImproperlyConfigured(f"BEAT_SCHEDULE[{name!r}]['catch_up']: one of {PeriodicTask.CatchUp.values}, "
+                                   f"got {catch_up!r}")
     return {
         "task": entry["task"], **_schedule_fields(name, entry["schedule"]),
         "args": list(entry.get("args") or ()), "kwargs": dict(entry.get("kwargs") or {}),
         "queue": options.get("queue") or "", "routing_key": options.get("routing_key") or "",
-        "priority": options.get("priority"), "expire_seconds": expires if isinstance(expires, int) else None,
+        "priority": priority, "expire_seconds": _seconds(name, "expires", options.get("expires")),
         "one_off": bool(options.get("one_off", False)), "start_time": options.get("start_time"),
-        "description": entry.get("description", ""), "catch_up": entry.get("catch_up", "once"),
+        "description": entry.get("description", ""), "catch_up": catch_up,
         "source": PeriodicTask.Source.SETTINGS, "enabled": True,
     }
 

@@ -1,4 +1,4 @@
-"""kombu ``Queue`` declarations from names and the ``QUEUES`` setting.
+"""kombu ``Queue`` declarations from names, ``Queue`` rows and the ``QUEUES`` setting.
 
 A queue nobody configured is declared the way Celery declares it: a durable
 direct exchange of the same name bound with the queue's name as routing key,
@@ -37,8 +37,10 @@ def _cached_queue(name: str, spec_key: tuple) -> Queue:
 
 
 def get_queue(name: str) -> Queue:
-    """The declaration for ``name``, cached per settings value."""
-    spec = (settings.QUEUES or {}).get(name) or {}
+    """The declaration for ``name``: its ``Queue`` row, else ``TASKS_Q["QUEUES"]``, else Celery's default."""
+    from ..core.routing import route_table
+
+    spec = route_table().queues.get(name) or (settings.QUEUES or {}).get(name) or {}
     return _cached_queue(name, tuple(sorted(spec.items())))
 
 

@@ -1,15 +1,38 @@
-"""Where a task goes: queue, routing key and priority for one call.
+"""Where a task goes: queue, routing key, exchange and priority for one call.
 
-Resolution order (DESIGN §9): explicit call option > task option > settings
-``ROUTES`` (exact name or glob such as ``videos.*``) > ``DEFAULT_QUEUE``.
+Resolution order (DESIGN §9), field by field:
+
+1. explicit ``apply_async(queue=..., routing_key=..., priority=...)``
+2. the task's own options (``@task(queue="videos")``)
+3. the first enabled ``TaskRoute`` row (lowest ``order``) whose pattern
+   matches the name (exact, or a glob such as ``videos.*``)
+4. ``TASKS_Q["ROUTES"]`` (exact name first, then globs in order)
+5. ``TASKS_Q["DEFAULT_QUEUE"]``
+
+Route rows and queue rows are read into a ``RouteTable`` that is reloaded
+at most once per ``REFRESH`` seconds: an admin edit reaches every running
+process within that time, and in the steady state a ``delay()`` costs no
+query (two small reads per process per second at most, only while tasks
+are being sent).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError
 
 from ..conf import settings
+
+logger = logging.getLogger(__name__)
+FIELDS = ("queue", "routing_key", "exchange", "priority")
+REFRESH = 1.0
 
 
 @dataclass(frozen=True)
@@ -20,31 +43,108 @@ class Route:
     priority: int | None = None
 
 
-def _settings_route(task_name: str) -> dict | None:
+@dataclass(frozen=True)
+class Step:
+    """One rule as ``explain()`` tried it (for the admin's preview)."""
+
+    rule: str
+    matched: bool
+    decided: bool
+    route: Route | None
+
+
+def matches(pattern: str, task_name: str) -> bool:
+    return pattern == task_name or fnmatchcase(task_name, pattern)
+
+
+class RouteTable:
+    """Enabled ``TaskRoute`` rows and ``Queue`` rows, cached for ``REFRESH`` seconds."""
+
+    def __init__(self) -> None:
+        self.routes: list[tuple[int, str, dict[str, Any], int]] = []  # (id, pattern, fields, order)
+        self.queues: dict[str, dict[str, Any]] = {}  # name -> QUEUES-style spec
+        self._loaded_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def fresh(self) -> "RouteTable":
+        if time.monotonic() - self._loaded_at > REFRESH:
+            with self._lock:
+                if time.monotonic() - self._loaded_at > REFRESH:
+                    self.reload()
+        return self
+
+    def reload(self) -> None:
+        from ..models import Queue, TaskRoute
+
+        try:
+            rows = TaskRoute.objects.filter(enabled=True).select_related("queue").order_by("order", "id")
+            self.routes = [(row.id, row.pattern, {"queue": row.queue.name, "routing_key": row.routing_key or None,
+                                                  "priority": row.priority}, row.order) for row in rows]
+            self.queues = {row.name: row.as_spec() for row in Queue.objects.all()}
+        except (DatabaseError, ImproperlyConfigured) as exc:  # not migrated, or no database: settings route
+            logger.warning("routing rows unavailable (%s); using TASKS_Q settings only", exc)
+            self.routes, self.queues = [], {}
+        self._loaded_at = time.monotonic()
+
+    def row_for(self, task_name: str) -> tuple[str, dict[str, Any]] | None:
+        for route_id, pattern, fields, order in self.routes:
+            if matches(pattern, task_name):
+                return f"TaskRoute #{route_id} {pattern} (order {order})", fields
+        return None
+
+
+_table = RouteTable()
+
+
+def route_table() -> RouteTable:
+    return _table.fresh()
+
+
+def _settings_route(task_name: str) -> tuple[str, dict[str, Any]] | None:
     routes = settings.ROUTES or {}
-    if task_name in routes:
-        return routes[task_name]
-    for pattern, route in routes.items():
-        if fnmatchcase(task_name, pattern):
-            return route
+    for pattern in sorted(routes, key=lambda p: p != task_name):  # the exact name first
+        if matches(pattern, task_name):
+            route = routes[pattern]
+            return f"TASKS_Q['ROUTES'][{pattern!r}]", {"queue": route} if isinstance(route, str) else dict(route)
     return None
+
+
+def _sources(task_name: str, call: dict, task: dict) -> list[tuple[str, dict[str, Any] | None]]:
+    """Every rule in precedence order, with the fields it offers (None: it does not match)."""
+    return [
+        ("call option", call if any(call.get(f) is not None for f in FIELDS) else None),
+        ("task option", task if any(task.get(f) is not None for f in FIELDS) else None),
+        *([route_table().row_for(task_name) or ("TaskRoute rows", None)]),
+        *([_settings_route(task_name) or ("TASKS_Q['ROUTES']", None)]),
+        ("DEFAULT_QUEUE", {"queue": settings.DEFAULT_QUEUE}),
+    ]
+
+
+def _merge(sources: list[tuple[str, dict[str, Any] | None]]) -> tuple[Route, str]:
+    picked: dict[str, Any] = {}
+    decided_by = "DEFAULT_QUEUE"
+    for label, fields in sources:
+        if not fields:
+            continue
+        for name in FIELDS:
+            if picked.get(name) is None and fields.get(name) is not None:
+                picked[name] = fields[name]
+                if name == "queue":
+                    decided_by = label
+    return Route(**{name: picked.get(name) for name in FIELDS}), decided_by
 
 
 def resolve(task_name: str, *, call: dict, task: dict) -> Route:
     """Pick the route for one call; ``call`` and ``task`` hold queue/routing_key/priority/exchange."""
-    configured = _settings_route(task_name) or {}
-    if isinstance(configured, str):
-        configured = {"queue": configured}
+    route, _ = _merge(_sources(task_name, call, task))
+    return route
 
-    def pick(key: str):
-        for source in (call, task, configured):
-            if source.get(key) is not None:
-                return source[key]
-        return None
 
-    return Route(
-        queue=pick("queue") or settings.DEFAULT_QUEUE,
-        routing_key=pick("routing_key"),
-        exchange=pick("exchange"),
-        priority=pick("priority"),
-    )
+def explain(task_name: str, *, call: dict | None = None, task: dict | None = None) -> list[Step]:
+    """Every rule tried for ``task_name``, which matched, and which decided the queue."""
+    sources = _sources(task_name, call or {}, task or {})
+    _, decided_by = _merge(sources)
+    return [Step(rule=label, matched=bool(fields), decided=label == decided_by,
+                 route=Route(**{f: fields.get(f) for f in FIELDS}) if fields and fields.get("queue") else
+                 (Route(queue="", **{f: fields.get(f) for f in FIELDS if f != "queue"}) if fields else None))
+            for label, fields in sources]

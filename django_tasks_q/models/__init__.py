@@ -2,8 +2,9 @@
 
 from .beat import BeatLease
 from .results import TaskResult
+from .routing import Queue, TaskRoute
 from .schedules import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 from .transport import BrokerMessage
 
 __all__ = ["BeatLease", "BrokerMessage", "ClockedSchedule", "CrontabSchedule", "IntervalSchedule", "PeriodicTask",
-           "SolarSchedule", "TaskResult"]
+           "Queue", "SolarSchedule", "TaskResult", "TaskRoute"]

@@ -28,6 +28,25 @@ def hermetic_tasks_q_settings(monkeypatch):
     tasks_q_settings.reload()
 
 
+def pytest_collection_modifyitems(items):
+    """Routing reads TaskRoute/Queue rows, so every unit test may touch the database.
+
+    The mark is added at collection, not requested at run time: pytest-django
+    only creates the test database for tests it sees needing one when it
+    collects them, and a late request would reach the real database instead.
+    """
+    for item in items:
+        if item.get_closest_marker("django_db") is None and "transactional_db" not in item.fixturenames:
+            item.add_marker(pytest.mark.django_db)
+
+
+@pytest.fixture(autouse=True)
+def fresh_route_table():
+    from django_tasks_q.core.routing import route_table
+
+    route_table().reload()
+
+
 @pytest.fixture
 def clean_registry():
     """Unregister every task a test declares, so tests do not see each other's tasks."""

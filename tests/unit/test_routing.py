@@ -71,3 +71,69 @@ def test_no_routes_setting():
     with override_settings(TASKS_Q={}):
         assert resolve("videos.tasks.compress", call={}, task={}) == Route(queue="default")
         assert resolve("x", call={}, task={"queue": "q"}).queue == "q"
+
+
+# -- TaskRoute rows (admin-edited), between task options and settings ROUTES ------------------
+
+import time as _time  # noqa: E402
+
+from django_tasks_q.core import routing  # noqa: E402
+from django_tasks_q.models import Queue, TaskRoute  # noqa: E402
+
+
+def row(pattern, queue, order=0, **fields):
+    q = Queue.objects.get_or_create(name=queue)[0]
+    made = TaskRoute.objects.create(pattern=pattern, queue=q, order=order, **fields)
+    routing.route_table().reload()
+    return made
+
+
+def test_row_beats_settings_routes_but_not_task_option(settings):
+    settings.TASKS_Q = {**settings.TASKS_Q, "ROUTES": {"videos.*": {"queue": "from-settings"}}}
+    row("videos.*", "from-row", routing_key="rk.row", priority=4)
+    assert routing.resolve("videos.compress", call={}, task={}) == routing.Route("from-row", "rk.row", None, 4)
+    assert routing.resolve("videos.compress", call={}, task={"queue": "own"}).queue == "own"
+    assert routing.resolve("videos.compress", call={"queue": "explicit"}, task={"queue": "own"}).queue == "explicit"
+
+
+def test_first_matching_row_by_order_wins_and_disabled_rows_are_skipped():
+    row("videos.*", "general", order=20)
+    specific = row("videos.compress", "heavy", order=10)
+    assert routing.resolve("videos.compress", call={}, task={}).queue == "heavy"
+    assert routing.resolve("videos.thumbnail", call={}, task={}).queue == "general"
+    TaskRoute.objects.filter(pk=specific.pk).update(enabled=False)
+    routing.route_table().reload()
+    assert routing.resolve("videos.compress", call={}, task={}).queue == "general"
+
+
+def test_explain_names_the_deciding_rule():
+    made = row("videos.*", "general", order=5)
+    steps = routing.explain("videos.compress")
+    decided = [s for s in steps if s.decided]
+    assert len(decided) == 1 and decided[0].rule == f"TaskRoute #{made.pk} videos.* (order 5)"
+    assert [s.rule for s in steps][0] == "call option" and steps[-1].rule == "DEFAULT_QUEUE"
+    assert routing.explain("other.task")[-1].decided  # nothing matched: DEFAULT_QUEUE decided
+
+
+def test_edits_are_seen_after_the_refresh_window_without_a_query_per_call(django_assert_num_queries, monkeypatch):
+    monkeypatch.setattr(routing, "REFRESH", 0.3)
+    row("videos.*", "first")
+    with django_assert_num_queries(0):  # the steady state: cached
+        for _ in range(50):
+            assert routing.resolve("videos.x", call={}, task={}).queue == "first"
+    TaskRoute.objects.update(queue=Queue.objects.get_or_create(name="second")[0])
+    _time.sleep(0.35)
+    with django_assert_num_queries(2):  # one reload: routes and queues
+        assert routing.resolve("videos.x", call={}, task={}).queue == "second"
+        assert routing.resolve("videos.x", call={}, task={}).queue == "second"
+
+
+def test_queue_rows_declare_their_exchange():
+    from django_tasks_q.broker.queues import get_queue
+
+    Queue.objects.create(name="media-all", exchange="media", exchange_type="topic", routing_key="media.#",
+                         max_priority=10)
+    routing.route_table().reload()
+    queue = get_queue("media-all")
+    assert (queue.exchange.name, queue.exchange.type, queue.routing_key) == ("media", "topic", "media.#")
+    assert queue.queue_arguments == {"x-max-priority": 10}

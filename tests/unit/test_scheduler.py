@@ -271,3 +271,29 @@ def test_the_database_refuses_anything_but_exactly_one_schedule(kinds):
     with pytest.raises(IntegrityError), transaction.atomic():
         PeriodicTask.objects.create(name="bad", task="x", **{kind: rows[kind] for kind in kinds})
     PeriodicTask.objects.create(name="good", task="x", solar=rows["solar"])  # one is fine
+
+
+def test_clocked_task_first_seen_after_its_time_runs_once(sent, beat):
+    clock = ClockedSchedule.objects.create(clocked_time=T0 - timedelta(seconds=5))
+    task = PeriodicTask.objects.create(name="late", task="testproject.videos.tasks.noop", clocked=clock)
+    beat(T0)
+    beat(T0 + timedelta(seconds=1))
+    assert names(sent()) == ["late"]
+    task.refresh_from_db()
+    assert task.enabled is False
+
+
+def test_settings_sync_reuses_duplicate_schedule_rows_and_validates_options(settings):
+    from django_tasks_q.exceptions import ImproperlyConfigured
+
+    CrontabSchedule.objects.create(minute="0", hour="7")
+    CrontabSchedule.objects.create(minute="0", hour="7")  # staff made a duplicate
+    settings.TASKS_Q = {**settings.TASKS_Q, "TIMEZONE": "UTC", "BEAT_SCHEDULE": {
+        "seven": {"task": "x", "schedule": crontab(minute=0, hour=7), "options": {"expires": timedelta(minutes=5)}}}}
+    sync_settings_schedule()
+    assert PeriodicTask.objects.get(name="seven").expire_seconds == 300
+    for bad, match in [({"options": {"priority": 300}}, "priority"), ({"catch_up": "always"}, "catch_up"),
+                       ({"options": {"expires": "soon"}}, "expires")]:
+        settings.TASKS_Q = {**settings.TASKS_Q, "BEAT_SCHEDULE": {"bad": {"task": "x", "schedule": 5, **bad}}}
+        with pytest.raises(ImproperlyConfigured, match=f"BEAT_SCHEDULE\\['bad'\\].*{match}"):
+            sync_settings_schedule()

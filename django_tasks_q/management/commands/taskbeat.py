@@ -2,9 +2,10 @@
 
 import signal
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from ...beat.scheduler import Scheduler
+from ...exceptions import ImproperlyConfigured
 from ...worker.logging import configure_logging
 
 
@@ -21,4 +22,7 @@ class Command(BaseCommand):
         scheduler = Scheduler(poll_interval=options["max_interval"])
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: scheduler.stop())
-        scheduler.run()
+        try:
+            scheduler.run()
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc

@@ -48,6 +48,12 @@ def start_embedded_beat():
     """``--beat``: the scheduler in a thread of the worker, as ``celery worker -B``."""
     from ...beat.scheduler import Scheduler
 
+    from ...beat.sync import sync_settings_schedule
+
+    try:
+        sync_settings_schedule()  # fail here, before the worker starts, not silently in the thread
+    except ImproperlyConfigured as exc:
+        raise CommandError(str(exc)) from exc
     scheduler = Scheduler()
     threading.Thread(target=scheduler.run, name="beat", daemon=True).start()
     return scheduler
