@@ -95,7 +95,7 @@ TIME_ZONE = "UTC"
 STATIC_URL = "static/"
 
 TASKS_Q = {
-    "QUEUES": {"videos": {}, "reports": {}},
+    "QUEUES": {"videos": {"max_priority": 10}, "reports": {}},
 }
 
 LOGGING = {

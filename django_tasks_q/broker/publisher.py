@@ -3,29 +3,55 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from kombu.exceptions import OperationalError
 
 from ..conf import settings
 from ..core.protocol import EncodedMessage
 from ..core.routing import Route
-from ..exceptions import BrokerUnavailable
+from ..exceptions import BrokerUnavailable, ImproperlyConfigured, InvalidTaskOptions
 from . import connection
 from .queues import get_queue
 
 logger = logging.getLogger(__name__)
 
 
+#: the highest priority each transport orders, when the queue declares no max_priority
+TRANSPORT_MAX_PRIORITY = {"redis": 9, "rediss": 9, "django": 255, "memory": 9}
+
+
+def check_priority(priority: int, queue: Any, url: str) -> None:
+    """Refuse a priority the queue cannot order, instead of letting the broker clamp or ignore it."""
+    scheme = url.split("://", 1)[0]
+    declared = (queue.queue_arguments or {}).get("x-max-priority")
+    limit = declared if declared else TRANSPORT_MAX_PRIORITY.get(scheme)
+    if limit is None:
+        raise InvalidTaskOptions(
+            f"priority {priority} for queue {queue.name!r}: RabbitMQ ignores priorities on a queue declared "
+            f"without max_priority; set max_priority on the Queue (admin) or in TASKS_Q['QUEUES']")
+    if priority > limit:
+        raise InvalidTaskOptions(f"priority {priority} is above {limit}, the highest queue {queue.name!r} "
+                                 f"orders on {scheme}://")
+
+
+def _describe(queue: Any) -> str:
+    return (f"exchange {queue.exchange.name!r} ({queue.exchange.type}), routing key {queue.routing_key!r}, "
+            f"arguments {queue.queue_arguments or {}}")
+
+
 def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: str | None = None) -> None:
     """Publish to ``route``; raise ``BrokerUnavailable`` (never hang) if the broker is down."""
     queue = get_queue(route.queue)
+    if route.priority is not None:
+        check_priority(route.priority, queue, settings.BROKER_URL)
     properties = {"correlation_id": task_id, "delivery_mode": 2}
     if reply_to:
         properties["reply_to"] = reply_to
     if route.priority is not None:
         properties["priority"] = route.priority
+    state = connection.current()
     try:
-        state = connection.current()
         state.producer.publish(
             message.payload,
             exchange=route.exchange if route.exchange is not None else queue.exchange.name,
@@ -39,6 +65,12 @@ def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: st
             **properties,
         )
         state.declared.add(queue.name)
+    except state.connection.channel_errors as exc:  # e.g. RabbitMQ's PRECONDITION_FAILED on a re-declare
+        connection.reset()  # the broker closed the channel: start clean next time
+        raise ImproperlyConfigured(
+            f"could not send task {message.headers.get('task')} [{task_id}]: the broker refused queue "
+            f"{queue.name!r} as declared here ({_describe(queue)}): {exc}"
+        ) from exc
     except (OperationalError, OSError) as exc:
         connection.reset()
         url = connection.mask_url(settings.BROKER_URL)

@@ -14,6 +14,13 @@ publish path, each something kombu redoes for every message:
   declarations are seen at once and another process's new binding within
   the TTL.
 
+Priorities: kombu's Redis channel consumes priority 0 first -- the opposite
+of RabbitMQ and of ``django://``, a known trap. This channel stores a
+message of priority ``p`` in kombu's sub-queue ``9 - p`` so that, as on every
+other broker, a higher number runs first; it uses ten steps (0-9) instead of
+kombu's four so that every priority keeps its own place. Messages from a
+Celery client keep Celery's Redis meaning on our workers and Celery's.
+
 Selected automatically for ``redis://`` and ``rediss://`` broker URLs by
 :func:`django_tasks_q.broker.connection.new_connection`.
 """
@@ -30,6 +37,11 @@ from kombu.transport import redis as kombu_redis
 class Channel(kombu_redis.Channel):
     from_transport_options = (*kombu_redis.Channel.from_transport_options, "binding_cache_ttl")
     binding_cache_ttl: float = 1.0
+    priority_steps = list(range(10))
+
+    def _get_message_priority(self, message: dict, reverse: bool = False) -> int:
+        # kombu asks for the plain value when it files a message; we file it inverted
+        return super()._get_message_priority(message, reverse=not reverse)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._sync_client: Any = None

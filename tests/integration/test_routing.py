@@ -1,0 +1,92 @@
+"""Routing end to end on the three brokers: workers per queue, admin-edited
+routes moving new tasks without restarts, and priority order."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from django_tasks_q import send_task
+from django_tasks_q.core.routing import REFRESH
+from django_tasks_q.exceptions import InvalidTaskOptions
+from django_tasks_q.models import Queue, TaskResult, TaskRoute
+from testproject.videos.tasks import add, echo, sleep
+from tests.workers import WorkerProcess
+
+from .test_spine import wait_until
+
+
+@pytest.fixture(params=["django", "redis", "amqp"])
+def broker(request, settings, transactional_db):
+    url = "django://" if request.param == "django" else request.getfixturevalue(f"{request.param}_url")
+    settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": url}
+    return url
+
+
+def worker_of(result) -> str:
+    return TaskResult.objects.get(task_id=result.id).worker
+
+
+def test_tasks_land_on_the_worker_of_their_queue_and_admin_edits_move_them(broker):
+    videos, images = Queue.objects.create(name="videos-q"), Queue.objects.create(name="images-q")
+    route = TaskRoute.objects.create(pattern="testproject.videos.tasks.echo", queue=videos, order=1)
+    time.sleep(REFRESH + 0.1)  # this process's route table sees the new rows
+    with WorkerProcess(broker, "-P", "solo", "-Q", "videos-q", "-n", "videos@%h"), \
+            WorkerProcess(broker, "-P", "solo", "-Q", "images-q", "-n", "images@%h"):
+        to_videos = [echo.delay("v", i) for i in range(3)]
+        to_images = [add.apply_async((i, i), queue="images-q") for i in range(3)]
+        for result in to_videos:
+            result.get(timeout=20)
+            assert worker_of(result).startswith("videos@")
+        for result in to_images:
+            result.get(timeout=20)
+            assert worker_of(result).startswith("images@")
+        # staff point the route at images-q: new tasks move, nothing restarts
+        TaskRoute.objects.filter(pk=route.pk).update(queue=images)
+        time.sleep(REFRESH + 0.1)
+        moved = echo.delay("moved")
+        moved.get(timeout=20)
+        assert worker_of(moved).startswith("images@")
+
+
+def test_higher_priority_runs_first_on_every_broker(broker):
+    Queue.objects.create(name="prio", max_priority=9)
+    time.sleep(REFRESH + 0.1)
+    # the worker is busy with a sleep while the queue fills, then takes them by priority
+    with WorkerProcess(broker, "-P", "solo", "-Q", "prio", "--prefetch-multiplier", "1"):
+        blocker = sleep.apply_async((1.5,), queue="prio")
+        wait_until(lambda: blocker.state == "STARTED", timeout=15)
+        sent = [echo.apply_async(("p", p), queue="prio", priority=p) for p in (1, 5, 9, 3, 7)]
+        for result in sent:
+            result.get(timeout=30)
+    started = {p: TaskResult.objects.get(task_id=r.id).date_started for p, r in zip((1, 5, 9, 3, 7), sent)}
+    order = sorted(started, key=started.get)
+    # one message may have been prefetched before the others arrived; the rest run highest first
+    assert order[1:] == sorted(order[1:], reverse=True), f"ran in priority order {order}"
+
+
+def test_priority_outside_what_the_queue_orders_is_refused(broker):
+    Queue.objects.create(name="prio-small", max_priority=3)
+    time.sleep(REFRESH + 0.1)
+    with pytest.raises(InvalidTaskOptions, match="above 3"):
+        send_task("testproject.videos.tasks.add", args=[1, 1], queue="prio-small", priority=7)
+
+
+def test_a_declaration_the_broker_refuses_is_a_clear_error_and_the_publisher_recovers(amqp_url, settings,
+                                                                                        transactional_db):
+    from django_tasks_q.exceptions import ImproperlyConfigured
+
+    settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": amqp_url,
+                        "QUEUES": {**settings.TASKS_Q["QUEUES"], "strict": {"max_priority": 5}}}
+    add.apply_async((1, 1), queue="strict")  # declared with x-max-priority 5
+    settings.TASKS_Q = {**settings.TASKS_Q, "QUEUES": {**settings.TASKS_Q["QUEUES"], "strict": {}}}
+    from django_tasks_q.broker.queues import _cached_queue
+
+    _cached_queue.cache_clear()
+    from django_tasks_q.broker import connection
+
+    connection.reset()  # a new process with other settings
+    with pytest.raises(ImproperlyConfigured, match="refused queue 'strict'.*PRECONDITION_FAILED"):
+        add.apply_async((1, 1), queue="strict")
+    assert add.apply_async((1, 1), queue="other-queue").id  # the next publish works
