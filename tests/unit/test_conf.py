@@ -18,7 +18,7 @@ def test_defaults_are_filled_in():
     assert conf.PREFETCH_MULTIPLIER == 4
     assert conf.ALWAYS_EAGER is False
     assert conf.SIGNING_KEY is None
-    assert conf.QUEUES == {"videos": {}, "reports": {}}
+    assert conf.QUEUES == {"videos": {"max_priority": 10}, "reports": {}}  # from testproject.settings
     assert set(conf.as_dict()) == set(DEFAULTS)
 
 
