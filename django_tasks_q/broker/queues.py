@@ -44,5 +44,16 @@ def get_queue(name: str) -> Queue:
     return _cached_queue(name, tuple(sorted(spec.items())))
 
 
-def queues_for(names: list[str]) -> list[Queue]:
-    return [get_queue(n) for n in names]
+def consumer_queue(name: str, hostname: str) -> Queue:
+    """What a worker consumes for ``-Q name``.
+
+    A fanout (broadcast) queue must deliver one copy to every worker, so each
+    worker consumes a queue of its own, ``name@hostname``, bound to the fanout
+    exchange and deleted when the worker goes away -- as Celery's
+    ``Broadcast`` queues do. Other queues are shared by their workers.
+    """
+    queue = get_queue(name)
+    if queue.exchange.type != "fanout":
+        return queue
+    return Queue(f"{name}@{hostname}", queue.exchange, routing_key=queue.routing_key, durable=False,
+                 auto_delete=True)

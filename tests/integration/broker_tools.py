@@ -14,6 +14,12 @@ def queue_size(url: str, name: str) -> int:
         return queue.queue_declare().message_count
 
 
+def declare(url: str, name: str) -> None:
+    """Declare the queue, its exchange and its binding, as a worker consuming it would."""
+    with new_connection(url) as conn:
+        get_queue(name)(conn.default_channel).declare()
+
+
 def purge(url: str, name: str) -> None:
     with new_connection(url) as conn:
         queue = get_queue(name)(conn.default_channel)
@@ -32,4 +38,4 @@ def publish_raw(url: str, queue_name: str, body, *, headers: dict, content_type:
                          serializer=None if isinstance(body, (bytes, str)) else "json")
 
 
-__all__ = ["Connection", "publish_raw", "purge", "queue_size"]
+__all__ = ["Connection", "declare", "publish_raw", "purge", "queue_size"]

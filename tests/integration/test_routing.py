@@ -90,3 +90,39 @@ def test_a_declaration_the_broker_refuses_is_a_clear_error_and_the_publisher_rec
     with pytest.raises(ImproperlyConfigured, match="refused queue 'strict'.*PRECONDITION_FAILED"):
         add.apply_async((1, 1), queue="strict")
     assert add.apply_async((1, 1), queue="other-queue").id  # the next publish works
+
+
+@pytest.mark.parametrize("kind", ["redis", "amqp"])
+def test_fanout_queue_delivers_one_copy_to_every_worker(kind, request, settings, transactional_db):
+    url = request.getfixturevalue(f"{kind}_url")
+    settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": url}
+    Queue.objects.create(name="everyone", exchange="everyone", exchange_type="fanout")
+    time.sleep(REFRESH + 0.1)
+    with WorkerProcess(url, "-P", "solo", "-Q", "everyone", "-n", "first@%h") as first, \
+            WorkerProcess(url, "-P", "solo", "-Q", "everyone", "-n", "second@%h") as second:
+        result = echo.apply_async(("hello all",), queue="everyone")
+        first.wait_for(f"[{result.id}] succeeded", timeout=20)
+        second.wait_for(f"[{result.id}] succeeded", timeout=20)
+        plain = add.apply_async((2, 2), queue="videos")  # an ordinary queue is not broadcast
+        assert plain.id not in first.output() + second.output()
+
+
+@pytest.mark.parametrize("kind", ["redis", "amqp"])
+def test_topic_exchange_routes_like_amqp(kind, request, settings, transactional_db):
+    from .broker_tools import declare, queue_size
+
+    url = request.getfixturevalue(f"{kind}_url")
+    settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": url}
+    bindings = {"t-video": "media.video.#", "t-all": "media.#", "t-one": "media.*"}
+    for name, key in bindings.items():
+        Queue.objects.create(name=name, exchange="media", exchange_type="topic", routing_key=key)
+    time.sleep(REFRESH + 0.1)
+    for name in bindings:  # workers consuming them would declare these bindings
+        declare(url, name)
+    expected = {"media.video": {"t-video", "t-all", "t-one"}, "media.video.hd": {"t-video", "t-all"},
+                "media.image": {"t-all", "t-one"}, "other.video": set()}
+    for key, targets in expected.items():
+        before = {name: queue_size(url, name) for name in bindings}
+        send_task("testproject.videos.tasks.noop", queue="t-all", routing_key=key)
+        after = {name: queue_size(url, name) for name in bindings}
+        assert {name for name in bindings if after[name] == before[name] + 1} == targets, key

@@ -137,3 +137,16 @@ def test_queue_rows_declare_their_exchange():
     queue = get_queue("media-all")
     assert (queue.exchange.name, queue.exchange.type, queue.routing_key) == ("media", "topic", "media.#")
     assert queue.queue_arguments == {"x-max-priority": 10}
+
+
+@pytest.mark.parametrize("binding, key, expected", [
+    ("media.video.#", "media.video", True), ("media.video.#", "media.video.hd.60fps", True),
+    ("media.#", "media", True), ("media.*", "media.video", True), ("media.*", "media.video.hd", False),
+    ("media.*", "media", False), ("#", "anything.at.all", True), ("*.video", "media.video", True),
+    ("media.#.hd", "media.hd", True), ("media.#.hd", "media.video.x.hd", True), ("media.#.hd", "media.video", False),
+    ("media.video", "media.video", True), ("media.video", "media.videos", False),
+])
+def test_topic_matching_is_amqps(binding, key, expected):
+    from django_tasks_q.broker.topic import topic_matches
+
+    assert topic_matches(binding, key) is expected

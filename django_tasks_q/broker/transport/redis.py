@@ -14,6 +14,9 @@ publish path, each something kombu redoes for every message:
   declarations are seen at once and another process's new binding within
   the TTL.
 
+Topic exchanges match as AMQP does (:mod:`django_tasks_q.broker.topic`):
+``media.#`` also matches ``media``, which kombu's own matcher does not.
+
 Priorities: kombu's Redis channel consumes priority 0 first -- the opposite
 of RabbitMQ and of ``django://``, a known trap. This channel stores a
 message of priority ``p`` in kombu's sub-queue ``9 - p`` so that, as on every
@@ -33,11 +36,14 @@ from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
+from ..topic import TopicExchange
+
 
 class Channel(kombu_redis.Channel):
     from_transport_options = (*kombu_redis.Channel.from_transport_options, "binding_cache_ttl")
     binding_cache_ttl: float = 1.0
     priority_steps = list(range(10))
+    exchange_types = {**kombu_redis.Channel.exchange_types, "topic": TopicExchange}  # AMQP's # and *
 
     def _get_message_priority(self, message: dict, reverse: bool = False) -> int:
         # kombu asks for the plain value when it files a message; we file it inverted
