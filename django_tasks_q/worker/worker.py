@@ -28,7 +28,7 @@ from kombu.exceptions import OperationalError
 
 from .. import signals
 from ..broker.connection import mask_url, new_connection
-from ..broker.queues import queues_for
+from ..broker.queues import consumer_queue
 from ..conf import settings
 from ..core.registry import registry
 from ..core.states import TaskState
@@ -133,9 +133,10 @@ class Worker:
             self._channel = channel
             self._qos_size = 0
             self._update_qos()
-            consumers = [Consumer(channel, [queue], on_message=partial(self._on_message, queue.name),
+            consumers = [Consumer(channel, [consumer_queue(name, self.hostname)],
+                                  on_message=partial(self._on_message, name),
                                   accept=settings.ACCEPT_CONTENT, no_ack=False)
-                         for queue in queues_for(self.queue_names)]
+                         for name in self.queue_names]
             for consumer in consumers:
                 consumer.declare()
                 consumer.consume()
