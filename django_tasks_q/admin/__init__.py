@@ -1,4 +1,5 @@
 """Admin registrations, one module per model family."""
 
 from . import results  # noqa: F401
+from . import routing  # noqa: F401
 from . import schedules  # noqa: F401
