@@ -25,7 +25,8 @@ def check_priority(priority: int, queue: Any, url: str) -> None:
     """Refuse a priority the queue cannot order, instead of letting the broker clamp or ignore it."""
     scheme = url.split("://", 1)[0]
     declared = (queue.queue_arguments or {}).get("x-max-priority")
-    limit = declared if declared else TRANSPORT_MAX_PRIORITY.get(scheme)
+    native = TRANSPORT_MAX_PRIORITY.get(scheme)
+    limit = min(declared, native) if declared and native else (declared or native)
     if limit is None:
         raise InvalidTaskOptions(
             f"priority {priority} for queue {queue.name!r}: RabbitMQ ignores priorities on a queue declared "

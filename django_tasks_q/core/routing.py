@@ -121,17 +121,23 @@ def _sources(task_name: str, call: dict, task: dict) -> list[tuple[str, dict[str
 
 
 def _merge(sources: list[tuple[str, dict[str, Any] | None]]) -> tuple[Route, str]:
+    """Fields from the strongest rules down to the one that names a queue (which decides).
+
+    Below the deciding rule only ``priority`` may still be filled in: a weaker
+    rule's routing key or exchange would send the message away from the queue
+    that was chosen (Celery likewise drops a route's key when ``queue=`` is given).
+    """
     picked: dict[str, Any] = {}
-    decided_by = "DEFAULT_QUEUE"
-    for label, fields in sources:
-        if not fields:
-            continue
+    for index, (label, fields) in enumerate(sources):
         for name in FIELDS:
-            if picked.get(name) is None and fields.get(name) is not None:
+            if fields and picked.get(name) is None and fields.get(name) is not None:
                 picked[name] = fields[name]
-                if name == "queue":
-                    decided_by = label
-    return Route(**{name: picked.get(name) for name in FIELDS}), decided_by
+        if picked.get("queue") is not None:
+            for _weaker_label, weaker in sources[index + 1:]:
+                if weaker and picked.get("priority") is None and weaker.get("priority") is not None:
+                    picked["priority"] = weaker["priority"]
+            return Route(**{name: picked.get(name) for name in FIELDS}), label
+    raise AssertionError("DEFAULT_QUEUE always names a queue")
 
 
 def resolve(task_name: str, *, call: dict, task: dict) -> Route:

@@ -52,7 +52,7 @@ def test_task_option_beats_settings():
     route = resolve("videos.tasks.compress", call={}, task={"queue": "task-q", "routing_key": None,
                                                               "priority": None})
     assert route.queue == "task-q"
-    assert route.routing_key == "media.compress"  # not set on the task: the next source fills it
+    assert route.routing_key is None  # a weaker rule's key would point away from task-q
     assert route.priority == 3
 
 
@@ -60,7 +60,7 @@ def test_call_option_beats_task_option_and_settings():
     route = resolve("videos.tasks.compress",
                     call={"queue": "call-q", "priority": 9, "routing_key": None, "exchange": None},
                     task={"queue": "task-q", "priority": 1})
-    assert route == Route(queue="call-q", routing_key="media.compress", priority=9)
+    assert route == Route(queue="call-q", routing_key=None, priority=9)
 
 
 def test_priority_zero_is_a_value_not_a_gap():
@@ -150,3 +150,28 @@ def test_topic_matching_is_amqps(binding, key, expected):
     from django_tasks_q.broker.topic import topic_matches
 
     assert topic_matches(binding, key) is expected
+
+
+def test_a_weaker_rules_routing_key_never_leaves_the_chosen_queue(settings):
+    settings.TASKS_Q = {**settings.TASKS_Q, "ROUTES": {"videos.*": {"queue": "videos", "routing_key": "media.video",
+                                                                    "priority": 2}}}
+    # explicit queue: the settings route's key would send it back to videos
+    assert routing.resolve("videos.x", call={"queue": "images"}, task={}) == routing.Route("images", None, None, 2)
+    row("videos.*", "thumbs")
+    assert routing.resolve("videos.x", call={}, task={}).routing_key is None
+    # a key given alongside (or above) the deciding queue is kept
+    assert routing.resolve("videos.x", call={"routing_key": "k"}, task={"queue": "own"}).routing_key == "k"
+
+
+def test_redis_priority_limit_is_the_lower_of_queue_and_transport():
+    from kombu import Exchange
+    from kombu import Queue as KombuQueue
+
+    from django_tasks_q.broker.publisher import check_priority
+    from django_tasks_q.exceptions import InvalidTaskOptions
+
+    queue = KombuQueue("q", Exchange("q"), "q", queue_arguments={"x-max-priority": 10})
+    check_priority(9, queue, "redis://h/0")
+    with pytest.raises(InvalidTaskOptions, match="above 9"):
+        check_priority(10, queue, "redis://h/0")
+    check_priority(10, queue, "amqp://h//")
