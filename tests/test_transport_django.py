@@ -4,11 +4,15 @@ In-process tests use pytest-django's database (autocommit, ``transactional_db``)
 The multi-process tests run every party -- publisher, consumers, prober -- as
 subprocesses of an agent script (``AGENT`` below) on a database they share: a
 SQLite file, or a fresh PostgreSQL database from the ``postgres_url`` fixture.
+The binding tests across processes (``peers``) run their consumers as agents
+on the test process's own database, and publish from the test process, which
+never declared the bindings it routes by.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -23,10 +27,12 @@ from pathlib import Path
 import pytest
 from django.db import transaction
 from django.utils import timezone
-from kombu import Connection, Queue
+from django.db import connection as db_connection
+from kombu import Connection, Exchange, Queue
 
-from django_tasks_q.broker.transport.django import Transport, register
+from django_tasks_q.broker.transport.django import ExchangeTypeMismatch, Transport, Unroutable, register
 from django_tasks_q.models import BrokerMessage
+from django_tasks_q.models.transport import BrokerBinding
 from tests import servers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +46,18 @@ def connect(**options) -> Connection:
 
 def bodies(messages) -> list:
     return [message.payload for message in messages]
+
+
+def drain(channel, queue: str) -> list:
+    """Every payload waiting in ``queue``, taken without ack."""
+    got = []
+    while (message := channel.basic_get(queue, no_ack=True)) is not None:
+        got.append(message.payload)
+    return got
+
+
+def binding_rows() -> set[tuple[str, str, str, str]]:
+    return set(BrokerBinding.objects.values_list("exchange", "exchange_type", "routing_key", "queue"))
 
 
 # --------------------------------------------------------------------------
@@ -248,6 +266,160 @@ def test_idle_polling_backs_off_without_busy_looping(transactional_db, django_as
 
 
 # --------------------------------------------------------------------------
+# Exchanges and bindings: rows every process routes by
+
+
+def test_bindings_are_rows_until_unbound_or_their_queue_is_deleted(transactional_db):
+    media = Exchange("media", "topic")
+    with connect() as conn:
+        channel = conn.default_channel
+        Queue("videos", media, routing_key="media.video.#")(channel).declare()
+        Queue("all_media", media, routing_key="media.#")(channel).declare()
+        Queue("all_media", media, routing_key="media.#")(conn.channel()).declare()  # again: still one row
+        channel.queue_bind("videos", "media", "media.clip.#")
+        assert binding_rows() == {("media", "topic", "media.video.#", "videos"),
+                                  ("media", "topic", "media.#", "all_media"),
+                                  ("media", "topic", "media.clip.#", "videos")}
+
+        channel.queue_unbind("videos", "media", "media.clip.#")
+        assert ("media", "topic", "media.clip.#", "videos") not in binding_rows()
+        conn.Producer().publish("clip", exchange="media", routing_key="media.clip.x")
+        assert drain(channel, "videos") == [] and drain(channel, "all_media") == ["clip"]
+
+        channel.queue_delete("videos")
+        assert binding_rows() == {("media", "topic", "media.#", "all_media")}
+        conn.Producer().publish("video", exchange="media", routing_key="media.video.hd")  # not to the deleted queue
+        assert drain(channel, "videos") == [] and drain(channel, "all_media") == ["video"]
+
+        channel.exchange_delete("media")
+        assert not BrokerBinding.objects.exists()
+    assert not BrokerMessage.objects.exists()
+
+
+def test_a_queue_bound_by_another_process_exists_for_a_passive_declare(transactional_db):
+    with connect() as worker, connect() as web:  # each connection keeps its own kombu state, as a process does
+        Queue("reports", Exchange("reports"), routing_key="reports")(worker.default_channel).declare()
+        declared = Queue("reports")(web.default_channel).queue_declare(passive=True)
+        assert declared.queue == "reports" and declared.message_count == 0
+        Exchange("reports", "direct")(web.default_channel).declare(passive=True)
+        with pytest.raises(web.channel_errors, match="NOT_FOUND"):
+            Exchange("nobody-declared-this")(web.default_channel).declare(passive=True)
+
+
+def test_an_exchange_declared_as_another_type_is_refused(transactional_db):
+    with connect() as worker, connect() as web:
+        Queue("videos", Exchange("media", "topic"), routing_key="media.video.#")(worker.default_channel).declare()
+
+        # Another process (its own kombu state) declares it as direct: AMQP's PRECONDITION_FAILED.
+        mismatch = "exchange 'media' exists as topic, declared as direct"
+        with pytest.raises(ExchangeTypeMismatch, match=mismatch) as caught:
+            Exchange("media", "direct")(web.default_channel).declare()
+        assert isinstance(caught.value, web.channel_errors)
+        assert caught.value.reply_code == 406
+        # The declaring process itself.
+        with pytest.raises(ExchangeTypeMismatch, match="exchange 'media' exists as topic, declared as fanout"):
+            Exchange("media", "fanout")(worker.default_channel).declare()
+
+        # A process that declared "orders" as direct before anything was bound to it
+        # cannot bind to it once another process has bound it as topic.
+        Exchange("orders", "direct")(web.default_channel).declare()
+        Queue("eu", Exchange("orders", "topic"), routing_key="orders.eu.*")(worker.default_channel).declare()
+        with pytest.raises(ExchangeTypeMismatch, match="exchange 'orders' exists as topic, declared as direct"):
+            web.default_channel.queue_bind("all-orders", "orders", "orders")
+        with pytest.raises(web.channel_errors, match="COMMAND_INVALID"):
+            Exchange("hdrs", "headers")(web.default_channel).declare()
+
+    assert binding_rows() == {("media", "topic", "media.video.#", "videos"), ("orders", "topic", "orders.eu.*", "eu")}
+
+
+def test_an_unroutable_publish_raises_names_exchange_and_key_and_inserts_nothing(transactional_db, caplog):
+    with connect() as conn:
+        Queue("videos", Exchange("media", "topic"), routing_key="media.video.#")(conn.default_channel).declare()
+        producer = conn.Producer()
+        with caplog.at_level(logging.WARNING), pytest.raises(
+            Unroutable, match=r"no queue bound to exchange 'media' \(topic\) with key 'media\.audio'"
+        ) as caught:
+            producer.publish({"n": 1}, exchange="media", routing_key="media.audio")
+        assert isinstance(caught.value, conn.channel_errors)
+        assert "'media'" in caplog.text and "'media.audio'" in caplog.text
+        assert caplog.records[-1].levelno == logging.WARNING
+
+        with pytest.raises(Unroutable, match="exchange 'nowhere' .* with key 'x'"):  # an exchange nothing is bound to
+            producer.publish({"n": 2}, exchange="nowhere", routing_key="x")
+        # Publishing with retries (kombu's ensure): refused at once, not retried as a lost connection.
+        started = time.monotonic()
+        with pytest.raises(Unroutable):
+            producer.publish({"n": 3}, exchange="media", routing_key="media.audio", retry=True,
+                             retry_policy={"max_retries": 3, "interval_start": 1})
+        assert time.monotonic() - started < 1
+    assert not BrokerMessage.objects.exists()
+
+
+def test_the_deadletter_queue_option_takes_unroutable_messages(transactional_db, caplog):
+    with connect(deadletter_queue="unrouted") as conn, caplog.at_level(logging.WARNING):
+        conn.Producer().publish("stray", exchange="nowhere", routing_key="x")
+        assert drain(conn.default_channel, "unrouted") == ["stray"]
+    assert "dead-letter queue 'unrouted'" in caplog.text
+
+
+def test_another_connections_binding_is_seen_within_the_cache_ttl(transactional_db):
+    news = Exchange("news", "fanout")
+    with connect(binding_cache_ttl=0.5) as web, connect() as worker:
+        Queue("a", news)(worker.default_channel).declare()
+        producer = web.Producer()
+        producer.publish("1", exchange="news")  # reads (and caches) the bindings of "news"
+        Queue("b", news)(worker.default_channel).declare()
+        producer.publish("2", exchange="news")  # within the TTL: the cached table
+        time.sleep(0.6)
+        producer.publish("3", exchange="news")
+        Queue("c", news)(web.default_channel).declare()  # its own binding counts at once
+        producer.publish("4", exchange="news")
+        channel = worker.default_channel
+        assert {queue: drain(channel, queue) for queue in "abc"} == {
+            "a": ["1", "2", "3", "4"], "b": ["3", "4"], "c": ["4"]}
+
+
+def test_a_binding_rolled_back_still_routes_in_the_declaring_process(transactional_db):
+    with connect() as conn:
+        with pytest.raises(RuntimeError), transaction.atomic():
+            Queue("audit", Exchange("events", "topic"), routing_key="user.*")(conn.default_channel).declare()
+            assert binding_rows() == {("events", "topic", "user.*", "audit")}
+            raise RuntimeError
+        assert not BrokerBinding.objects.exists()
+        conn.Producer().publish("login", exchange="events", routing_key="user.login")
+        assert drain(conn.default_channel, "audit") == ["login"]
+
+
+def test_a_message_for_several_queues_is_inserted_into_all_or_none(transactional_db):
+    news = Exchange("news", "fanout")
+    with connect() as conn:
+        channel = conn.default_channel
+        for name in ("a", "b", "c"):
+            Queue(name, news)(channel).declare()
+        put, calls = channel._put, []
+
+        def failing_put(queue, message, **kwargs):
+            calls.append(queue)
+            if len(calls) == 2:
+                raise RuntimeError("the database went away mid-publish")
+            put(queue, message, **kwargs)
+
+        channel._put = failing_put
+        with pytest.raises(RuntimeError):
+            conn.Producer(channel).publish("x", exchange="news")
+        assert calls == ["a", "b"] and not BrokerMessage.objects.exists()
+        channel._put = put
+        conn.Producer(channel).publish("y", exchange="news")
+        assert sorted(BrokerMessage.objects.values_list("queue", flat=True)) == ["a", "b", "c"]
+        assert len(set(BrokerMessage.objects.values_list("delivery_tag", flat=True))) == 3  # acked apart
+
+
+def test_fanout_is_advertised():
+    with connect() as conn:
+        assert conn.supports_exchange_type("fanout") and conn.supports_exchange_type("topic")
+
+
+# --------------------------------------------------------------------------
 # Several processes on one database
 
 AGENT = r'''
@@ -350,15 +522,43 @@ def count():
     print(BrokerMessage.objects.count(), flush=True)
 
 
+def bind_consume(out, stop, exchange, exchange_type, *bindings):
+    """Bind each QUEUE=KEY to `exchange` and consume them; write 'QUEUE BODY' lines to `out` until `stop` exists."""
+    from kombu import Exchange
+
+    record = open(out, "w")
+
+    def recorder(queue):
+        def on_message(body, message):
+            record.write(f"{queue} {body}\n")
+            record.flush()
+            message.ack()
+        return on_message
+
+    declared = Exchange(exchange, exchange_type)
+    with connect() as conn:
+        consumers = [conn.Consumer(Queue(name, declared, routing_key=key), callbacks=[recorder(name)])
+                     for name, _, key in (binding.partition("=") for binding in bindings)]
+        for consumer in consumers:
+            consumer.consume()
+        print("ready", flush=True)
+        while not os.path.exists(stop):
+            try:
+                conn.drain_events(timeout=0.2)
+            except socket.timeout:
+                pass
+
+
 role, *args = sys.argv[1:]
-{"publish": publish, "consume": consume, "hold": hold, "probe": probe, "count": count}[role](*args)
+{"publish": publish, "consume": consume, "hold": hold, "probe": probe, "count": count,
+ "bind_consume": bind_consume}[role](*args)
 '''
 
 
 class Agents:
     """Runs agent subprocesses against one shared database."""
 
-    def __init__(self, tmp_path: Path, database_env: dict[str, str], **options):
+    def __init__(self, tmp_path: Path, database_env: dict[str, str], migrate: bool = True, **options):
         self.tmp_path = tmp_path
         self.script = tmp_path / "agent.py"
         self.script.write_text(AGENT)
@@ -367,6 +567,8 @@ class Agents:
                     "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
                     "TQ_TRANSPORT_OPTIONS": json.dumps(options)}
         self.processes: list[subprocess.Popen] = []
+        if not migrate:
+            return
         migrate = subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "--run-syncdb", "-v0"],
                                  cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=300)
         assert migrate.returncode == 0, migrate.stdout + migrate.stderr
@@ -499,3 +701,81 @@ def test_dead_consumers_message_comes_back_on_sqlite(sqlite_agents):
 @pytest.mark.postgres
 def test_dead_consumers_message_comes_back_on_postgres(postgres_agents):
     _held_message_survives_its_holder_only(postgres_agents(visibility_timeout=1.0))
+
+
+# --------------------------------------------------------------------------
+# Bindings across processes: consumers in subprocesses bind, this process publishes
+
+
+@pytest.fixture
+def peers(transactional_db, tmp_path):
+    """Agents on this test process's own database, so it publishes and they consume."""
+    url = os.environ.get("TESTPROJECT_DATABASE_URL")
+    database_env = ({"TESTPROJECT_DATABASE_URL": url} if url
+                    else {"TESTPROJECT_SQLITE": db_connection.settings_dict["NAME"]})
+    agents = Agents(tmp_path, database_env, migrate=False)
+    yield agents
+    agents.stop_all()
+
+
+def received_by(outs: list[Path], total: int, stop: Path, processes: list[subprocess.Popen]) -> Counter:
+    """(queue, body) pairs the consumers recorded, once ``total`` arrived and nothing more came for 0.5 s."""
+    def read() -> Counter:
+        return Counter(tuple(line.split(" ", 1)) for out in outs for line in out.read_text().splitlines())
+
+    deadline = time.monotonic() + 60
+    while sum(read().values()) < total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # anything extra would show up by now
+    stop.touch()
+    for process in processes:
+        assert process.wait(timeout=30) == 0, Path(process.log_path).read_text()
+    return read()
+
+
+#: Binding keys of the topic test, by queue; two consumer processes declare them.
+TOPIC_BINDINGS = {"videos": "media.video.#", "all_media": "media.#", "media_items": "media.*"}
+#: Where AMQP routes each routing key with those bindings.
+TOPIC_ROUTES = {
+    "media.video": {"videos", "all_media", "media_items"},  # '#' matches zero words; '*' matches "video"
+    "media.video.hd": {"videos", "all_media"},  # '*' is exactly one word
+    "media.image": {"all_media", "media_items"},
+}
+
+
+def test_topic_bindings_of_other_processes_route_this_ones_publishes(peers, tmp_path):
+    stop, outs = tmp_path / "stop", [tmp_path / "one.txt", tmp_path / "two.txt"]
+    one = peers.start("bind_consume", str(outs[0]), str(stop), "media", "topic",
+                      f"videos={TOPIC_BINDINGS['videos']}", f"all_media={TOPIC_BINDINGS['all_media']}", name="one")
+    two = peers.start("bind_consume", str(outs[1]), str(stop), "media", "topic",
+                      f"media_items={TOPIC_BINDINGS['media_items']}", name="two")
+    for process in (one, two):
+        peers.wait_for_line(process, "ready")
+    assert binding_rows() == {("media", "topic", key, queue) for queue, key in TOPIC_BINDINGS.items()}
+
+    with connect() as conn:
+        producer = conn.Producer()
+        for routing_key in TOPIC_ROUTES:
+            producer.publish(routing_key, exchange="media", routing_key=routing_key)
+        assert "media" not in conn.transport.state.exchanges  # this process declared nothing
+
+    expected = Counter((queue, routing_key) for routing_key, queues in TOPIC_ROUTES.items() for queue in queues)
+    assert received_by(outs, sum(expected.values()), stop, [one, two]) == expected
+    assert not BrokerMessage.objects.exists()
+
+
+def test_fanout_gives_one_copy_to_each_queue_whichever_process_bound_it(peers, tmp_path):
+    stop, outs = tmp_path / "stop", [tmp_path / "inbox-1.txt", tmp_path / "inbox-2.txt"]
+    inboxes = [peers.start("bind_consume", str(out), str(stop), "broadcast", "fanout", f"{out.stem}=", name=out.stem)
+               for out in outs]
+    for process in inboxes:
+        peers.wait_for_line(process, "ready")
+
+    with connect() as conn:
+        producer = conn.Producer()
+        for body in ("first", "second"):
+            producer.publish(body, exchange="broadcast", routing_key="any-key")
+
+    expected = Counter((queue, body) for queue in ("inbox-1", "inbox-2") for body in ("first", "second"))
+    assert received_by(outs, 4, stop, inboxes) == expected
+    assert not BrokerMessage.objects.exists()

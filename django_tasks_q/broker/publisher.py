@@ -69,8 +69,8 @@ def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: st
     except state.connection.channel_errors as exc:  # e.g. RabbitMQ's PRECONDITION_FAILED on a re-declare
         connection.reset()  # the broker closed the channel: start clean next time
         raise ImproperlyConfigured(
-            f"could not send task {message.headers.get('task')} [{task_id}]: the broker refused queue "
-            f"{queue.name!r} as declared here ({_describe(queue)}): {exc}"
+            f"could not send task {message.headers.get('task')} [{task_id}] to queue {queue.name!r} "
+            f"({_describe(queue)}): the broker refused it: {exc}"
         ) from exc
     except (OperationalError, OSError) as exc:
         connection.reset()

@@ -4,7 +4,7 @@ from .beat import BeatLease
 from .results import TaskResult
 from .routing import Queue, TaskRoute
 from .schedules import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
-from .transport import BrokerMessage
+from .transport import BrokerBinding, BrokerMessage
 
-__all__ = ["BeatLease", "BrokerMessage", "ClockedSchedule", "CrontabSchedule", "IntervalSchedule", "PeriodicTask",
+__all__ = ["BeatLease", "BrokerBinding", "BrokerMessage", "ClockedSchedule", "CrontabSchedule", "IntervalSchedule", "PeriodicTask",
            "Queue", "SolarSchedule", "TaskResult", "TaskRoute"]

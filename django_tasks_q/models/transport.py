@@ -1,7 +1,11 @@
-"""``BrokerMessage``: one row per queued message of the ``django://`` transport.
+"""The ``django://`` transport's tables.
 
-The transport (:mod:`django_tasks_q.broker.transport.django`) inserts a row
-on publish, claims it by setting ``reserved_until`` and deletes it on ack.
+``BrokerMessage``: one row per queued message. The transport
+(:mod:`django_tasks_q.broker.transport.django`) inserts a row on publish,
+claims it by setting ``reserved_until`` and deletes it on ack.
+
+``BrokerBinding``: one row per queue binding, so that every process routes
+by the bindings any process declared (:mod:`~django_tasks_q.broker.transport.django_bindings`).
 """
 
 from __future__ import annotations
@@ -56,3 +60,43 @@ class BrokerMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.queue} #{self.id} (priority {self.priority})"
+
+
+class BrokerBinding(models.Model):
+    """Queue ``queue`` is bound to ``exchange`` with binding key ``routing_key``.
+
+    Written by a channel's ``queue_bind`` and read on publish by every
+    process, so a worker's bindings route a web process's messages. An
+    exchange has one type; it is stored on each of its bindings (an exchange
+    without bindings routes nothing, so it needs no row of its own) and a
+    declaration of another type is refused.
+    """
+
+    class ExchangeType(models.TextChoices):
+        DIRECT = "direct"
+        TOPIC = "topic"
+        FANOUT = "fanout"
+
+    exchange = models.CharField(max_length=200)
+    exchange_type = models.CharField(max_length=10, choices=ExchangeType.choices)
+    routing_key = models.CharField(
+        max_length=255, blank=True, help_text="the binding key; topic: words with * (one) and # (zero or more)"
+    )
+    queue = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        app_label = "django_tasks_q"
+        db_table = "django_tasks_q_brokerbinding"
+        verbose_name = "broker binding"
+        constraints = [
+            # Its index, exchange first, also serves the publish lookup (WHERE exchange = %s).
+            models.UniqueConstraint(fields=["exchange", "routing_key", "queue"], name="tasks_q_binding_unique"),
+        ]
+        indexes = [
+            # queue_delete and the existence check of a queue.
+            models.Index(fields=["queue"], name="tasks_q_binding_queue"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.exchange} ({self.exchange_type}) --{self.routing_key!r}--> {self.queue}"

@@ -21,14 +21,25 @@ Transport options (``Connection("django://", transport_options={...})``):
 * ``polling_interval`` -- the longest sleep between polls of idle queues, in
   seconds (default 1). Polling starts at 5 ms, doubles while the queues stay
   empty and drops back to 5 ms after a delivery or an ack.
+* ``binding_cache_ttl`` -- seconds a channel reuses the bindings it read
+  for an exchange (default 1.0; 0: read them on every publish).
+* ``deadletter_queue`` -- where a message no binding matches goes; unset (the
+  default), such a publish raises ``Unroutable``.
 * ``body_encoding`` -- as for every kombu virtual transport (``base64``).
 
 Features
 ========
 * Type: virtual, synchronous (Celery uses its polling loop).
-* Exchanges: direct and topic. Exchanges and bindings live in the declaring
-  process's memory, so publishers declare the queues they send to (kombu
-  and Celery do by default). No fanout, hence no broadcast remote control.
+* Exchanges: direct, topic and fanout, with AMQP's topic matching (``#`` is
+  zero or more words). Bindings are rows of
+  :class:`~django_tasks_q.models.BrokerBinding`, so every process routes by
+  the bindings any process declared: a worker's ``videos`` bound to
+  ``media.video.#`` receives what a web process publishes to ``media`` with
+  ``media.video.hd``. Publishers cache them for ``binding_cache_ttl``
+  seconds. A publish that matches no queue raises
+  :class:`~django_tasks_q.broker.transport.django_bindings.Unroutable`
+  instead of dropping the message. Details and decisions:
+  :mod:`django_tasks_q.broker.transport.django_bindings`.
 * Priority: the ``priority`` message property, 0-255, higher first; FIFO
   within a priority.
 * Claims: ``SELECT ... FOR UPDATE SKIP LOCKED`` where the database has it
@@ -71,7 +82,9 @@ from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.utils.json import dumps, loads
 from kombu.utils.uuid import uuid
 
-__all__ = ["Channel", "Transport", "register"]
+from .django_bindings import BindingsMixin, ExchangeTypeMismatch, Unroutable
+
+__all__ = ["Channel", "ExchangeTypeMismatch", "Transport", "Unroutable", "register"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +110,12 @@ def _unclaimed(now: datetime) -> Q:
     return Q(reserved_until__isnull=True) | Q(reserved_until__lt=now)
 
 
-class Channel(virtual.Channel):
-    """A virtual channel whose queues are rows of ``BrokerMessage``."""
+class Channel(BindingsMixin, virtual.Channel):
+    """A virtual channel whose queues are rows of ``BrokerMessage``, bound by rows of ``BrokerBinding``."""
 
-    from_transport_options = (*virtual.Channel.from_transport_options, "database", "visibility_timeout")
+    from_transport_options = (
+        *virtual.Channel.from_transport_options, "database", "visibility_timeout", "binding_cache_ttl"
+    )
     database: str = "default"
     visibility_timeout: float = 60.0
     max_priority = 255
@@ -213,7 +228,8 @@ class Channel(virtual.Channel):
         self.connection.declared_queues.add(queue)  # rows need no table per queue
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
-        return queue in self.connection.declared_queues or self._rows.filter(queue=queue).exists()
+        return (queue in self.connection.declared_queues or self._rows.filter(queue=queue).exists()
+                or self._bindings.filter(queue=queue).exists())  # declared by another process
 
     # -- AMQP methods whose virtual defaults would lose or copy a row ---------------
 
@@ -222,7 +238,7 @@ class Channel(virtual.Channel):
         if if_empty and self._size(queue):
             return
         self._delete(queue)
-        self.state.queue_bindings_delete(queue)
+        self._unbind_queue(queue)
 
     def basic_consume(self, queue: str, no_ack: bool, callback: Callable, consumer_tag: str, **kwargs: Any) -> None:
         if no_ack:
@@ -321,6 +337,11 @@ class Transport(virtual.Transport):
     min_polling_interval = 0.005
     connection_errors = (*virtual.Transport.connection_errors, InterfaceError, OperationalError)
     channel_errors = (*virtual.Transport.channel_errors, DatabaseError)
+    # kombu's ensure() (publish with retry) reconnects and retries on these only; an
+    # Unroutable or ExchangeTypeMismatch is raised at once, as py-amqp's channel errors are.
+    recoverable_connection_errors = connection_errors
+    recoverable_channel_errors = ()
+    implements = virtual.Transport.implements.extend(exchange_type=frozenset(["direct", "topic", "fanout"]))
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
