@@ -12,7 +12,7 @@ from ..core.protocol import EncodedMessage
 from ..core.routing import Route
 from ..exceptions import BrokerUnavailable, ImproperlyConfigured, InvalidTaskOptions
 from . import connection
-from .queues import get_queue
+from .queues import describe_queue, get_queue
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +34,6 @@ def check_priority(priority: int, queue: Any, url: str) -> None:
     if priority > limit:
         raise InvalidTaskOptions(f"priority {priority} is above {limit}, the highest queue {queue.name!r} "
                                  f"orders on {scheme}://")
-
-
-def _describe(queue: Any) -> str:
-    return (f"exchange {queue.exchange.name!r} ({queue.exchange.type}), routing key {queue.routing_key!r}, "
-            f"arguments {queue.queue_arguments or {}}")
 
 
 def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: str | None = None) -> None:
@@ -70,7 +65,7 @@ def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: st
         connection.reset()  # the broker closed the channel: start clean next time
         raise ImproperlyConfigured(
             f"could not send task {message.headers.get('task')} [{task_id}] to queue {queue.name!r} "
-            f"({_describe(queue)}): the broker refused it: {exc}"
+            f"({describe_queue(queue)}): the broker refused it: {exc}"
         ) from exc
     except (OperationalError, OSError) as exc:
         connection.reset()

@@ -44,6 +44,12 @@ def get_queue(name: str) -> Queue:
     return _cached_queue(name, tuple(sorted(spec.items())))
 
 
+def describe_queue(queue: Queue) -> str:
+    """The declaration in words, for errors about it."""
+    return (f"exchange {queue.exchange.name!r} ({queue.exchange.type}), routing key {queue.routing_key!r}, "
+            f"arguments {queue.queue_arguments or {}}")
+
+
 def consumer_queue(name: str, hostname: str) -> Queue:
     """What a worker consumes for ``-Q name``.
 

@@ -28,11 +28,11 @@ from kombu.exceptions import OperationalError
 
 from .. import signals
 from ..broker.connection import mask_url, new_connection
-from ..broker.queues import consumer_queue
+from ..broker.queues import consumer_queue, describe_queue
 from ..conf import settings
 from ..core.registry import registry
 from ..core.states import TaskState
-from ..exceptions import TaskRevokedError
+from ..exceptions import ImproperlyConfigured, TaskRevokedError
 from ..results.backend import describe_exception, get_backend
 from . import intake
 from .executor import make_request
@@ -106,6 +106,8 @@ class Worker:
                 try:
                     self._serve()
                     delay = 1.0
+                except ImproperlyConfigured:
+                    raise
                 except Exception as exc:  # connection lost or broker refused: back off, reconnect
                     if self.stopping:
                         break
@@ -135,10 +137,15 @@ class Worker:
             self._update_qos()
             consumers = [Consumer(channel, [consumer_queue(name, self.hostname)],
                                   on_message=partial(self._on_message, name),
-                                  accept=settings.ACCEPT_CONTENT, no_ack=False)
+                                  accept=settings.ACCEPT_CONTENT, no_ack=False, auto_declare=False)
                          for name in self.queue_names]
-            for consumer in consumers:
-                consumer.declare()
+            for name, consumer in zip(self.queue_names, consumers):
+                try:
+                    consumer.declare()
+                except connection.channel_errors as exc:  # not transient: retrying cannot fix it
+                    raise ImproperlyConfigured(
+                        f"the broker refused queue {name!r} as declared here ({describe_queue(consumer.queues[0])}): "
+                        f"{exc}; fix the Queue row or TASKS_Q['QUEUES'], or delete the old declaration") from exc
                 consumer.consume()
             logger.info("%s ready: consuming %s from %s", self.hostname, ", ".join(self.queue_names),
                         mask_url(settings.BROKER_URL))

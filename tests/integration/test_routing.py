@@ -3,6 +3,7 @@ routes moving new tasks without restarts, and priority order."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
@@ -12,7 +13,7 @@ from django_tasks_q.core.routing import REFRESH
 from django_tasks_q.exceptions import InvalidTaskOptions
 from django_tasks_q.models import Queue, TaskResult, TaskRoute
 from testproject.videos.tasks import add, echo, sleep
-from tests.workers import WorkerProcess
+from tests.workers import ROOT, WorkerProcess
 
 from .test_spine import wait_until
 
@@ -132,3 +133,21 @@ def test_topic_exchange_routes_like_amqp(kind, request, settings, transactional_
         send_task("testproject.videos.tasks.noop", queue="t-all", routing_key=key)
         after = {name: queue_size(url, name) for name in bindings}
         assert {name for name in bindings if after[name] == before[name] + 1} == targets, key
+
+
+def test_worker_start_with_a_declaration_the_broker_refuses_exits_with_a_clear_error(amqp_url, settings,
+                                                                                        transactional_db):
+    from kombu import Connection, Exchange
+
+    with Connection(amqp_url) as conn:
+        Exchange("clash", type="direct", durable=True)(conn.default_channel).declare()
+    Queue.objects.create(name="clash-q", exchange="clash", exchange_type="topic", routing_key="clash.#")
+    worker = WorkerProcess(amqp_url, "-P", "solo", "-Q", "clash-q")
+    worker.process = subprocess.Popen(worker.args, cwd=ROOT, env=worker.env, stdout=worker.log,
+                                      stderr=subprocess.STDOUT)
+    try:
+        assert worker.process.wait(30) != 0  # exits: retrying cannot fix a refused declaration
+        out = worker.output()
+        assert "refused queue 'clash-q'" in out and "exchange 'clash' (topic)" in out and "PRECONDITION_FAILED" in out
+    finally:
+        worker.kill()

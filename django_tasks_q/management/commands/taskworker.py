@@ -39,6 +39,8 @@ class Command(BaseCommand):
         scheduler = start_embedded_beat() if options["beat"] else None
         try:
             worker.run()
+        except ImproperlyConfigured as exc:  # e.g. the broker refused a queue declaration
+            raise CommandError(str(exc)) from exc
         finally:
             if scheduler is not None:
                 scheduler.stop()
