@@ -31,7 +31,7 @@ servers:
 	[ -n "$$pkgs" ] || exit 0
 	if ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ]; then
 		echo "make servers: missing$$pkgs; not installing (needs root on Debian)." \
-		     "Tests that need them skip, or fail when CI=true." >&2
+		     "Tests that need them will fail." >&2
 		exit 0
 	fi
 	# Keep apt from starting the system services.

@@ -5,9 +5,8 @@ so the suite never touches (or depends on) a system-wide service and two test
 sessions on one machine do not collide.  ``tests/conftest.py`` turns these
 classes into session fixtures through :func:`serve`.
 
-When a binary is missing or a server does not come up, the fixture skips the
-tests that need it -- unless ``CI=true`` or ``TASKS_Q_REQUIRE_SERVERS=1``, in
-which case it fails with the server's name and the tail of its log.
+When a binary is missing or a server does not come up, the tests that need it
+fail with the server's name and the tail of its log; they never skip.
 
 Every process is stopped by the PID this module started (or, for PostgreSQL,
 the postmaster PID its data directory records), never by name.
@@ -51,14 +50,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
-
-
-def servers_required() -> bool:
-    """True when a missing server must fail the run instead of skipping."""
-    return (
-        os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-        or os.environ.get("TASKS_Q_REQUIRE_SERVERS", "").strip() == "1"
-    )
 
 
 def port_open(port: int, host: str = HOST) -> bool:
@@ -525,8 +516,9 @@ def create_database(postgres_url: str, name: str) -> str:
 @contextlib.contextmanager
 def serve(server: Server) -> Iterator[str]:
     """Start ``server``, yield its URL, stop it on the way out -- also when the
-    start failed half-way.  A server that cannot start skips the test (or,
-    under CI / TASKS_Q_REQUIRE_SERVERS=1, fails it)."""
+    start failed half-way.  A server that cannot start fails the tests that
+    need it, with the log tail: they never skip (``make test`` installs the
+    servers; run ``pytest -m "not amqp"`` to leave a server's tests out)."""
     try:
         message = None
         try:
@@ -538,9 +530,7 @@ def serve(server: Server) -> Iterator[str]:
         except Exception as exc:  # e.g. a subprocess timeout: same policy
             message = f"{server.name} server failed to start: {exc!r}\n--- log tail ---\n{tail(server.log_path)}"
         if message is not None:  # raised outside the except blocks: no chained traceback
-            if servers_required():
-                pytest.fail(message, pytrace=False)
-            pytest.skip(message)
+            pytest.fail(message, pytrace=False)
         yield url
     finally:
         server.stop()
