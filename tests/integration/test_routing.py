@@ -144,7 +144,7 @@ def test_worker_start_with_a_declaration_the_broker_refuses_exits_with_a_clear_e
     Queue.objects.create(name="clash-q", exchange="clash", exchange_type="topic", routing_key="clash.#")
     worker = WorkerProcess(amqp_url, "-P", "solo", "-Q", "clash-q")
     worker.process = subprocess.Popen(worker.args, cwd=ROOT, env=worker.env, stdout=worker.log,
-                                      stderr=subprocess.STDOUT)
+                                      stderr=subprocess.STDOUT, start_new_session=True)
     try:
         assert worker.process.wait(30) != 0  # exits: retrying cannot fix a refused declaration
         out = worker.output()
