@@ -29,7 +29,11 @@ def worker_of(result) -> str:
     return TaskResult.objects.get(task_id=result.id).worker
 
 
-def test_tasks_land_on_the_worker_of_their_queue_and_admin_edits_move_them(broker):
+def test_tasks_land_on_the_worker_of_their_queue_and_admin_edits_move_them(broker, admin_client):
+    from django.urls import reverse
+
+    from .test_admin_routing import route_data
+
     videos, images = Queue.objects.create(name="videos-q"), Queue.objects.create(name="images-q")
     route = TaskRoute.objects.create(pattern="testproject.videos.tasks.echo", queue=videos, order=1)
     time.sleep(REFRESH + 0.1)  # this process's route table sees the new rows
@@ -44,7 +48,9 @@ def test_tasks_land_on_the_worker_of_their_queue_and_admin_edits_move_them(broke
             result.get(timeout=20)
             assert worker_of(result).startswith("images@")
         # staff point the route at images-q: new tasks move, nothing restarts
-        TaskRoute.objects.filter(pk=route.pk).update(queue=images)
+        change = reverse("admin:django_tasks_q_taskroute_change", args=[route.pk])
+        edited = admin_client.post(change, route_data(images, pattern="testproject.videos.tasks.echo", order="1"))
+        assert edited.status_code == 302 and TaskRoute.objects.get(pk=route.pk).queue == images
         time.sleep(REFRESH + 0.1)
         moved = echo.delay("moved")
         moved.get(timeout=20)
