@@ -1,6 +1,7 @@
 """Session fixtures that start real servers (logic lives in tests/servers.py)."""
 
 import pytest
+from kombu import Connection
 
 from tests import servers
 
@@ -41,3 +42,26 @@ def pytest_terminal_summary(terminalreporter):
     if servers.STARTUP_TIMES:
         started = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in servers.STARTUP_TIMES)
         terminalreporter.write_line(f"real servers started: {started}")
+
+
+@pytest.fixture
+def broker(settings):
+    """``broker(url, **more_settings)`` points this test process's publishing at ``url``."""
+    from django_tasks_q.broker import connection
+
+    def use(url: str, **extra):
+        settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": url, **extra}
+        connection.reset()
+
+    yield use
+    connection.reset()
+
+
+def take(queue: str):
+    """One message from ``queue`` of kombu's in-process ``memory://`` broker."""
+    with Connection("memory://") as conn:
+        simple = conn.SimpleQueue(queue)
+        try:
+            return simple.get(timeout=1)
+        finally:
+            simple.close()

@@ -12,6 +12,7 @@ forged message must not be able to write results.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from kombu.exceptions import ContentDisallowed, DecodeError
@@ -28,12 +29,25 @@ from .pools.base import Job
 logger = logging.getLogger(__name__)
 
 
-def read(kombu_message: Any, queue: str) -> Job | None:
+@dataclass(frozen=True)
+class Policy:
+    """The settings intake needs, read once by the worker instead of once per message."""
+
+    signing_key: str | None
+    acks_late: bool
+
+    @classmethod
+    def from_settings(cls) -> "Policy":
+        return cls(signing_key=settings.SIGNING_KEY, acks_late=settings.ACKS_LATE)
+
+
+def read(kombu_message: Any, queue: str, policy: Policy | None = None) -> Job | None:
     """Decode and check one message; ``None`` means it was refused (and already rejected)."""
+    policy = policy or Policy.from_settings()
     headers = kombu_message.headers or {}
     try:
-        if settings.SIGNING_KEY:
-            verify(settings.SIGNING_KEY, headers, kombu_message.body)
+        if policy.signing_key:
+            verify(policy.signing_key, headers, kombu_message.body)
         body = kombu_message.decode()
         message = TaskMessage.from_wire(headers, body)
         task = registry[message.task]
@@ -48,7 +62,7 @@ def read(kombu_message: Any, queue: str) -> Job | None:
         "priority": kombu_message.properties.get("priority"),
         "redelivered": bool(info.get("redelivered")),
     }
-    acks_late = task.options.acks_late if task.options.acks_late is not None else settings.ACKS_LATE
+    acks_late = task.options.acks_late if task.options.acks_late is not None else policy.acks_late
     return Job(message=message, delivery_info=delivery_info, acks_late=acks_late, kombu_message=kombu_message)
 
 

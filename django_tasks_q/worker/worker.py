@@ -68,6 +68,9 @@ class Worker:
         self.stopping = False
         self.cold = False
         self.backend = get_backend()
+        # read once: nothing per message goes through the settings object
+        self.intake_policy = intake.Policy.from_settings()
+        self.track_started = settings.TRACK_STARTED
         self._next_cleanup = 0.0
         self._connection_errors: tuple[type[BaseException], ...] = ()
 
@@ -187,7 +190,7 @@ class Worker:
             pass
 
     def _on_message(self, queue: str, kombu_message: Any) -> None:
-        job = intake.read(kombu_message, queue)
+        job = intake.read(kombu_message, queue, self.intake_policy)
         if job is None:
             return
         logger.debug("received task %s[%s]", job.message.task, job.message.id)
@@ -196,7 +199,7 @@ class Worker:
         # RECEIVED is written only for a task that will wait (eta, or every slot busy):
         # one that starts at once gets its receipt date with the STARTED write.
         waits = delayed or bool(self.ready) or self.pool.free_slots() == 0
-        if waits and settings.TRACK_STARTED and not job.message.ignore_result:
+        if waits and self.track_started and not job.message.ignore_result:
             self._record(job, TaskState.RECEIVED)
         if delayed:
             heapq.heappush(self.timers, (eta.timestamp(), next(self._seq), job))

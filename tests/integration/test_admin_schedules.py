@@ -11,9 +11,8 @@ import pytest
 from django.contrib.messages import get_messages
 from django.urls import reverse
 from django.utils import timezone
-from kombu import Connection
 
-from django_tasks_q.broker import connection
+from tests.conftest import take
 from django_tasks_q.core.protocol import TaskMessage
 from django_tasks_q.models import (ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask,
                                    SolarSchedule)
@@ -264,25 +263,6 @@ def test_enable_and_disable(admin_client):
     response = act(admin_client, "enable", second)
     assert list(PeriodicTask.objects.filter(enabled=True).values_list("name", flat=True)) == ["b"]
     assert "enabled 1 periodic task(s)" in message_texts(response)
-
-
-@pytest.fixture
-def broker(settings):
-    def use(url: str, **extra):
-        settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": url, **extra}
-        connection.reset()
-
-    yield use
-    connection.reset()
-
-
-def take(queue: str):
-    with Connection("memory://") as conn:
-        simple = conn.SimpleQueue(queue)
-        try:
-            return simple.get(timeout=1)
-        finally:
-            simple.close()
 
 
 def test_run_now_sends_without_touching_the_schedule(admin_client, broker):

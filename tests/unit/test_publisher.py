@@ -6,31 +6,12 @@ import time
 import uuid
 
 import pytest
-from kombu import Connection
 
 from django_tasks_q.broker import connection
+from tests.conftest import take
 from django_tasks_q.core.protocol import TaskMessage
 from django_tasks_q.exceptions import BrokerUnavailable
 from testproject.videos.tasks import add
-
-
-@pytest.fixture
-def broker(settings):
-    def use(url: str, **extra):
-        settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": url, **extra}
-        connection.reset()
-
-    yield use
-    connection.reset()
-
-
-def take(queue: str):
-    with Connection("memory://") as conn:
-        simple = conn.SimpleQueue(queue)
-        try:
-            return simple.get(timeout=1)
-        finally:
-            simple.close()
 
 
 def test_publish_to_memory_broker(broker):
