@@ -25,6 +25,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "TASK_SERIALIZER": (str,), "ACCEPT_CONTENT": (list, tuple), "ALWAYS_EAGER": (bool,),
     "EAGER_PROPAGATES": (bool,), "ACKS_LATE": (bool,), "PREFETCH_MULTIPLIER": (int,), "TRACK_STARTED": (bool,),
     "SIGNING_KEY": (str, type(None)), "RESULT_BACKEND": (str, type(None)),
+    "ETA_HOLD_MAX": (int, float), "REVOKE_EXPIRES": (int, float), "WORKER_HEARTBEAT": (int, float),
+    "WORKER_STUCK_AFTER": (int, float), "DEAD_LETTER_QUEUE": (str, type(None)),
 }
 
 

@@ -39,12 +39,17 @@ DEFAULTS: dict[str, Any] = {
     "PREFETCH_MULTIPLIER": 4,
     "TRACK_STARTED": True,
     "SIGNING_KEY": None,
+    "ETA_HOLD_MAX": 30.0,
+    "REVOKE_EXPIRES": 30 * 86400,
+    "WORKER_HEARTBEAT": 5.0,
+    "WORKER_STUCK_AFTER": 60.0,
+    "DEAD_LETTER_QUEUE": "tasksq.dead",
 }
 
 ENV_PREFIX = "TASKS_Q_"
 #: Keys whose environment value is taken as the string it is ("null" still means None).
 STRING_KEYS = frozenset({"BROKER_URL", "RESULT_BACKEND", "DEFAULT_QUEUE", "TIMEZONE", "TASK_SERIALIZER",
-                         "SIGNING_KEY"})
+                         "SIGNING_KEY", "DEAD_LETTER_QUEUE"})
 
 
 def _from_env(key: str) -> tuple[bool, Any]:

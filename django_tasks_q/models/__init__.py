@@ -1,10 +1,13 @@
 """ORM models, one module per family; imported here so Django finds them."""
 
 from .beat import BeatLease
+from .control import RateLimitBucket, Revocation
 from .results import TaskResult
 from .routing import Queue, TaskRoute
 from .schedules import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 from .transport import BrokerBinding, BrokerMessage
+from .workers import Worker
 
-__all__ = ["BeatLease", "BrokerBinding", "BrokerMessage", "ClockedSchedule", "CrontabSchedule", "IntervalSchedule", "PeriodicTask",
-           "Queue", "SolarSchedule", "TaskResult", "TaskRoute"]
+__all__ = ["BeatLease", "BrokerBinding", "BrokerMessage", "ClockedSchedule", "CrontabSchedule", "IntervalSchedule",
+           "PeriodicTask", "Queue", "RateLimitBucket", "Revocation", "SolarSchedule", "TaskResult", "TaskRoute",
+           "Worker"]

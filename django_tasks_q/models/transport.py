@@ -37,7 +37,7 @@ class BrokerMessage(models.Model):
     priority = models.PositiveSmallIntegerField(default=0, help_text="higher is delivered first (AMQP)")
     delivery_tag = models.CharField(max_length=64, db_index=True)
     visible_at = models.DateTimeField(
-        null=True, blank=True, help_text="not deliverable before this time (reserved for delayed delivery)"
+        null=True, blank=True, help_text="parked (delayed delivery) until this time; null: deliverable"
     )
     reserved_until = models.DateTimeField(
         null=True, blank=True, help_text="deadline of the current claim; null while waiting"
@@ -52,8 +52,13 @@ class BrokerMessage(models.Model):
         db_table = "django_tasks_q_brokermessage"
         verbose_name = "broker message"
         indexes = [
-            # The claim query: WHERE queue = %s ... ORDER BY priority DESC, id.
-            models.Index(fields=["queue", "-priority", "id"], name="tasks_q_message_claim"),
+            # The claim query: WHERE queue = %s AND visible_at IS NULL ... ORDER BY priority DESC, id.
+            # Parked (delayed) rows are outside this index, so a million of them cost a claim nothing.
+            models.Index(fields=["queue", "-priority", "id"], name="tasks_q_message_ready",
+                         condition=models.Q(visible_at__isnull=True)),
+            # Releasing parked rows whose time has come: WHERE visible_at <= now.
+            models.Index(fields=["visible_at"], name="tasks_q_message_parked",
+                         condition=models.Q(visible_at__isnull=False)),
             # Size/purge and finding expired claims.
             models.Index(fields=["queue", "reserved_until"], name="tasks_q_message_reserved"),
         ]

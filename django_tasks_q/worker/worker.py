@@ -72,7 +72,22 @@ class Worker:
         self.intake_policy = intake.Policy.from_settings()
         self.track_started = settings.TRACK_STARTED
         self._next_cleanup = 0.0
+        self._periodic: list[list[Any]] = []  # [next run (monotonic), interval, function]
         self._connection_errors: tuple[type[BaseException], ...] = ()
+
+    def every(self, seconds: float, function: Any) -> None:
+        """Run ``function()`` in the main loop about every ``seconds``; an error is logged, never raised."""
+        self._periodic.append([0.0, seconds, function])
+
+    def _run_periodic(self) -> None:
+        now = time.monotonic()
+        for entry in self._periodic:
+            if entry[0] <= now:
+                entry[0] = now + entry[1]
+                try:
+                    entry[2]()
+                except Exception:
+                    logger.exception("periodic %s failed; will run again", getattr(entry[2], "__name__", entry[2]))
 
     # -- life cycle ----------------------------------------------------
     def banner(self) -> str:
@@ -175,6 +190,7 @@ class Worker:
             self._finish(job, outcome)
         if now >= self._next_cleanup:
             self._cleanup_results()
+        self._run_periodic()
 
     def _drain(self, connection: Any) -> None:
         if self.ready:  # every slot is busy (else _tick would have started it)
