@@ -30,6 +30,7 @@ from django.utils import timezone
 from django.db import connection as db_connection
 from kombu import Connection, Exchange, Queue
 
+from django_tasks_q.broker.delayed import PARK_HEADER
 from django_tasks_q.broker.transport.django import ExchangeTypeMismatch, Transport, Unroutable, register
 from django_tasks_q.models import BrokerMessage
 from django_tasks_q.models.transport import BrokerBinding
@@ -247,13 +248,20 @@ def test_size_purge_delete(transactional_db):
         assert not BrokerMessage.objects.exists()
 
 
-def test_visible_at_in_the_future_is_not_delivered(transactional_db):
+def test_parked_messages_wait_until_released(transactional_db):
+    """The park header sets visible_at; nothing parked is delivered until release_parked() finds it due."""
     with connect() as conn:
-        conn.SimpleQueue("later").put("x")
-        BrokerMessage.objects.update(visible_at=timezone.now() + timedelta(hours=1))
-        assert conn.default_channel.basic_get("later") is None
-        BrokerMessage.objects.update(visible_at=timezone.now() - timedelta(seconds=1))
-        assert conn.default_channel.basic_get("later", no_ack=True).payload == "x"
+        conn.SimpleQueue("later").put("soon", headers={PARK_HEADER: time.time() + 3})
+        conn.SimpleQueue("later").put("week", headers={PARK_HEADER: time.time() + 7 * 86400})
+        channel = conn.default_channel
+        assert BrokerMessage.objects.filter(visible_at__isnull=False).count() == 2
+        assert channel.basic_get("later") is None and channel._size("later") == 0
+        assert channel.release_parked() == 0  # 3 s out is beyond RELEASE_LEAD
+        time.sleep(1.2)
+        assert channel.release_parked() == 1
+        assert channel.basic_get("later", no_ack=True).payload == "soon"
+        assert channel.basic_get("later") is None
+        assert BrokerMessage.objects.get().visible_at > timezone.now() + timedelta(days=6)
 
 
 def test_idle_polling_backs_off_without_busy_looping(transactional_db, django_assert_max_num_queries):

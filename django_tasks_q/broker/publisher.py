@@ -11,7 +11,7 @@ from ..conf import settings
 from ..core.protocol import EncodedMessage
 from ..core.routing import Route
 from ..exceptions import BrokerUnavailable, ImproperlyConfigured, InvalidTaskOptions
-from . import connection
+from . import connection, delayed
 from .queues import describe_queue, get_queue
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,13 @@ def check_priority(priority: int, queue: Any, url: str) -> None:
                                  f"orders on {scheme}://")
 
 
-def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: str | None = None) -> None:
-    """Publish to ``route``; raise ``BrokerUnavailable`` (never hang) if the broker is down."""
+def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: str | None = None,
+            deliver_at: float | None = None) -> None:
+    """Publish to ``route``; raise ``BrokerUnavailable`` (never hang) if the broker is down.
+
+    ``deliver_at`` (epoch seconds) parks the message in the broker's delayed
+    store until then (:mod:`django_tasks_q.broker.delayed`).
+    """
     queue = get_queue(route.queue)
     if route.priority is not None:
         check_priority(route.priority, queue, settings.BROKER_URL)
@@ -47,14 +52,20 @@ def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: st
     if route.priority is not None:
         properties["priority"] = route.priority
     state = connection.current()
+    exchange = route.exchange if route.exchange is not None else queue.exchange.name
+    routing_key = route.routing_key or queue.routing_key
+    headers = message.headers
     try:
+        if deliver_at is not None and delayed.supports_parking(state.connection):
+            exchange, routing_key, headers = delayed.parked_route(state.connection, exchange, routing_key, headers,
+                                                                  deliver_at, state.declared)
         state.producer.publish(
             message.payload,
-            exchange=route.exchange if route.exchange is not None else queue.exchange.name,
-            routing_key=route.routing_key or queue.routing_key,
+            exchange=exchange,
+            routing_key=routing_key,
             content_type=message.content_type,
             content_encoding=message.content_encoding,
-            headers=message.headers,
+            headers=headers,
             declare=[] if queue.name in state.declared else [queue],
             retry=True,
             retry_policy=state.retry_policy,

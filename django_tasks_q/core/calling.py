@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
+from ..broker.delayed import deliver_at
 from ..broker.publisher import publish
 from ..conf import settings
 from ..results.async_result import AsyncResult
@@ -74,7 +75,7 @@ def send(name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Task 
     declared = {"queue": opts.queue, "routing_key": opts.routing_key, "priority": opts.priority} if opts else {}
     route = resolve(name, call={"queue": call.queue, "routing_key": call.routing_key, "exchange": call.exchange,
                                 "priority": call.priority}, task=declared)
-    publish(encoded, route, task_id=task_id)
+    publish(encoded, route, task_id=task_id, deliver_at=deliver_at(message.eta, conf["ETA_HOLD_MAX"]))
     return AsyncResult(task_id, task_name=name)
 
 

@@ -69,6 +69,7 @@ import math
 import socket
 import threading
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from queue import Empty
 from time import monotonic
 from typing import Any, Callable, TypeVar
@@ -82,7 +83,9 @@ from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.utils.json import dumps, loads
 from kombu.utils.uuid import uuid
 
+from ..delayed import PARK_HEADER, RELEASE_LEAD
 from .django_bindings import BindingsMixin, ExchangeTypeMismatch, Unroutable
+from .keeper import KeeperMixin, held_tags
 
 __all__ = ["Channel", "ExchangeTypeMismatch", "Transport", "Unroutable", "register"]
 
@@ -103,6 +106,16 @@ EXTEND_CHUNK = 500
 def register() -> None:
     """Teach kombu the ``django://`` scheme. Idempotent."""
     TRANSPORT_ALIASES[SCHEME] = TRANSPORT_PATH
+
+
+def _parked_until(message: dict[str, Any]) -> datetime | None:
+    """The ``visible_at`` of a message the sender parked (delayed delivery), else ``None``."""
+    headers = message.get("headers")
+    at = headers.get(PARK_HEADER) if isinstance(headers, dict) else None
+    if at is None:
+        return None
+    when = datetime.fromtimestamp(float(at), tz=dt_timezone.utc)
+    return when if when > timezone.now() + timedelta(seconds=RELEASE_LEAD) else None
 
 
 def _unclaimed(now: datetime) -> Q:
@@ -144,14 +157,15 @@ class Channel(BindingsMixin, virtual.Channel):
         tag = uuid()
         message = {**message, "properties": {**message["properties"], "delivery_tag": tag}}
         priority = self._get_message_priority(message)
-        self._retrying(self._rows.create, queue=queue, payload=dumps(message), priority=priority, delivery_tag=tag)
+        self._retrying(self._rows.create, queue=queue, payload=dumps(message), priority=priority, delivery_tag=tag,
+                       visible_at=_parked_until(message))
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         """Claim the first deliverable message of ``queue`` or raise ``Empty``."""
         now = timezone.now()
         deadline = now + timedelta(seconds=self.visibility_timeout)
         ready = (
-            self._rows.filter(_unclaimed(now), Q(visible_at__isnull=True) | Q(visible_at__lte=now), queue=queue)
+            self._rows.filter(_unclaimed(now), visible_at__isnull=True, queue=queue)
             .order_by("-priority", "id")
             .only("id", "payload", "delivery_count")
         )
@@ -168,6 +182,11 @@ class Channel(BindingsMixin, virtual.Channel):
             if isinstance(message.get("headers"), dict):
                 message["headers"]["redelivered"] = True
         return message
+
+    def release_parked(self) -> int:
+        """Make parked rows due within ``RELEASE_LEAD`` seconds deliverable; the number released."""
+        soon = timezone.now() + timedelta(seconds=RELEASE_LEAD)
+        return self._retrying(self._rows.filter(visible_at__lte=soon).update, visible_at=None)
 
     def _claim_locked(self, ready: QuerySet, deadline: datetime) -> Model | None:
         """Row-lock the first candidate, skipping rows other consumers are claiming."""
@@ -212,7 +231,8 @@ class Channel(BindingsMixin, virtual.Channel):
             logger.warning("django:// could not restore %s (%s); it returns when its claim expires", tag, exc)
 
     def _size(self, queue: str) -> int:
-        return self._rows.filter(_unclaimed(timezone.now()), queue=queue).count()
+        """Messages ready for a consumer (parked ones are not counted until released)."""
+        return self._rows.filter(_unclaimed(timezone.now()), visible_at__isnull=True, queue=queue).count()
 
     def _purge(self, queue: str) -> int:
         """Delete the waiting messages of ``queue``; claimed ones stay with their consumers."""
@@ -273,22 +293,8 @@ class Channel(BindingsMixin, virtual.Channel):
     # -- claims held by this channel ---------------------------------------------------
 
     def extend_reservations(self) -> None:
-        """Push back the deadline of every message this channel holds unacked.
-
-        Called from the transport's keeper thread, so it must only read the
-        QoS bookkeeping the consumer thread mutates: a copy is retried if the
-        dict changes under it.
-        """
-        if self._qos is None:
-            return
-        held: list[str] = []
-        for _ in range(5):
-            try:
-                dirty = set(self._qos._dirty)  # acked, not yet flushed
-                held = [tag for tag in list(self._qos._delivered) if tag not in dirty]
-                break
-            except RuntimeError:  # changed size during iteration
-                continue
+        """Push back the deadline of every message this channel holds unacked (called by the keeper)."""
+        held = held_tags(self._qos)
         if not held:
             return
         deadline = timezone.now() + timedelta(seconds=self.visibility_timeout)
@@ -328,11 +334,12 @@ class Channel(BindingsMixin, virtual.Channel):
             self.connection.wake()
 
 
-class Transport(virtual.Transport):
+class Transport(KeeperMixin, virtual.Transport):
     """The ``django://`` transport: polls with backoff and keeps claims alive."""
 
     Channel = Channel
     driver_type = driver_name = "django"
+    keeper_name = "django-transport-keeper"
     #: First sleep of an idle poller; it doubles up to ``polling_interval``.
     min_polling_interval = 0.005
     connection_errors = (*virtual.Transport.connection_errors, InterfaceError, OperationalError)
@@ -348,8 +355,6 @@ class Transport(virtual.Transport):
         self.declared_queues: set[str] = set()
         self._wakeup = threading.Event()
         self._delay = self.min_polling_interval
-        self._keeper: threading.Thread | None = None
-        self._keeper_stop = threading.Event()
 
     def driver_version(self) -> str:
         return django.get_version()
@@ -381,42 +386,13 @@ class Transport(virtual.Transport):
             else:
                 self._delay = min(self._delay * 2, self.polling_interval or self.min_polling_interval)
 
-    # -- the keeper: claims stay alive while this process lives ---------------------------
+    # -- the keeper (KeeperMixin) runs channel.extend_reservations() in a thread -----------
 
-    def keep_claims(self) -> None:
-        """Start the keeper thread on the first claim (publishers never start one).
+    def on_keeper_error(self, channel: Any, exc: BaseException) -> None:
+        if isinstance(exc, DatabaseError):
+            channel._recover(exc)
+        else:
+            super().on_keeper_error(channel, exc)
 
-        A thread, not the polling loop, extends deadlines, so a worker busy
-        with a long task -- a solo pool runs it in the polling thread itself --
-        keeps its messages for as long as the process lives.
-        """
-        if self._keeper is None or not self._keeper.is_alive():
-            self._keeper_stop.clear()
-            self._keeper = threading.Thread(target=self._keep, name="django-transport-keeper", daemon=True)
-            self._keeper.start()
-
-    def _keep(self) -> None:
-        try:
-            while not self._keeper_stop.wait(self._extension_interval()):
-                for channel in list(self.channels):
-                    try:
-                        channel.extend_reservations()
-                    except DatabaseError as exc:
-                        channel._recover(exc)
-                    except Exception:
-                        logger.exception("django:// could not extend claims; retrying next round")
-        finally:
-            connections.close_all()  # this thread's own connections
-
-    def stop_keeping_claims(self) -> None:
-        self._keeper_stop.set()
-        if self._keeper is not None and self._keeper is not threading.current_thread():
-            self._keeper.join(timeout=5)
-        self._keeper = None
-
-    def close_connection(self, connection: Any) -> None:
-        self.stop_keeping_claims()
-        super().close_connection(connection)
-
-    def _extension_interval(self) -> float:
-        return min((channel.extension_interval for channel in self.channels), default=1.0)
+    def on_keeper_exit(self) -> None:
+        connections.close_all()  # the keeper thread's own connections

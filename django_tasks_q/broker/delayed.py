@@ -1,0 +1,141 @@
+"""Delayed delivery: a task due far in the future waits in the broker, not in a worker.
+
+A worker holds a ``countdown``/``eta`` task in memory only when it is due
+within ``ETA_HOLD_MAX`` seconds. A farther one is *parked* in a durable
+store of the broker, so that a task a week out is not held in any worker's
+memory, is not redelivered by a visibility timeout while it waits, survives
+every worker restarting, and is delivered once when its time comes:
+
+* ``django://``: the row gets ``visible_at`` (the transport's ``_put`` reads
+  the :data:`PARK_HEADER`); claims only look at rows without it (a partial
+  index), and workers release due rows with one ``UPDATE``.
+* ``redis://``: a sorted set :data:`REDIS_KEY` scored by due time, whose
+  members are ``<list key>\\n<message>``; a Lua script moves due members to
+  their lists. The ``ZREM`` inside the script decides which worker moves a
+  member, so each is moved exactly once.
+* ``amqp://``: RabbitMQ has no scheduled delivery. kombu's *native delayed
+  delivery* topology (28 queues whose TTLs are 2^n seconds, dead-lettering
+  from one to the next by the bits of the delay) carries the message to the
+  queue :data:`AMQP_READY_QUEUE`; any worker consumes it and republishes
+  the message to the exchange and routing key it was sent to.
+
+Parking is decided twice: by the sender (``delay(countdown=...)``) and by
+the worker that receives a far-off task anyway (e.g. from a Celery client),
+which parks a copy for its own queue and acks the original. Released
+messages arrive up to :data:`RELEASE_LEAD` seconds early; the worker holds
+those last seconds in memory and starts the task on time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+from kombu import Exchange, Queue
+from kombu.transport.native_delayed_delivery import (
+    MAX_NUMBER_OF_BITS_TO_USE,
+    _celery_delayed_delivery_exchange,
+    calculate_routing_key,
+    declare_native_delayed_delivery_exchanges_and_queues,
+    level_name,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Message header: epoch seconds before which the message must not be delivered.
+PARK_HEADER = "x-tasks-q-deliver-at"
+#: Headers of a message parked on RabbitMQ: where to republish it when it is due.
+TARGET_EXCHANGE_HEADER = "x-tasks-q-exchange"
+TARGET_ROUTING_KEY_HEADER = "x-tasks-q-routing-key"
+#: Seconds before its time a parked message is released (the worker holds the rest).
+RELEASE_LEAD = 2.0
+#: Redis sorted set of parked messages.
+REDIS_KEY = "tasksq.delayed"
+#: RabbitMQ: prefix of the delay exchanges/queues, and the queue due messages reach.
+AMQP_PREFIX = "tasksq"
+AMQP_READY_QUEUE = "tasksq.delayed.ready"
+#: The longest delay the RabbitMQ topology expresses (~8.5 years); longer ones are parked again.
+AMQP_MAX_DELAY = 2**MAX_NUMBER_OF_BITS_TO_USE - 1
+#: Marker in a connection's declared set once the RabbitMQ topology exists.
+AMQP_DECLARED = "\0tasksq.delayed"
+
+_PARKING_DRIVERS = frozenset({"django", "redis", "amqp"})
+
+
+def deliver_at(eta: datetime | None, hold_max: float, now: float | None = None) -> float | None:
+    """The epoch time to park a message until, or ``None`` when it need not be parked."""
+    if eta is None:
+        return None
+    at = eta.timestamp()
+    return at if at - (time.time() if now is None else now) > hold_max else None
+
+
+def supports_parking(connection: Any) -> bool:
+    return connection.transport.driver_type in _PARKING_DRIVERS
+
+
+def _is_amqp(connection: Any) -> bool:
+    return connection.transport.driver_type == "amqp"
+
+
+def declare_amqp_topology(connection: Any) -> Queue:
+    """Declare the delay exchanges and queues (idempotent) and the ready queue; return the ready queue."""
+    declare_native_delayed_delivery_exchanges_and_queues(connection, "classic", prefix=AMQP_PREFIX)
+    delivery = Exchange(_celery_delayed_delivery_exchange(AMQP_PREFIX), type="topic")
+    ready = Queue(AMQP_READY_QUEUE, exchange=delivery, routing_key="#", durable=True)
+    ready.bind(connection.default_channel).declare()
+    return ready
+
+
+def parked_route(connection: Any, exchange: str, routing_key: str, headers: dict[str, Any], at: float,
+                 declared: set[str]) -> tuple[str, str, dict[str, Any]]:
+    """``(exchange, routing_key, headers)`` that park a message until ``at`` on this broker.
+
+    ``declared`` is the caller's set of what this connection declared: the
+    RabbitMQ topology is declared once per connection.
+    """
+    headers = {**headers, PARK_HEADER: at}
+    if not _is_amqp(connection):
+        return exchange, routing_key, headers  # the transport's _put parks it by the header
+    if AMQP_DECLARED not in declared:
+        declare_amqp_topology(connection)
+        declared.add(AMQP_DECLARED)
+    delay = min(AMQP_MAX_DELAY, max(1, int(at - time.time())))
+    headers.update({TARGET_EXCHANGE_HEADER: exchange, TARGET_ROUTING_KEY_HEADER: routing_key})
+    top = level_name(MAX_NUMBER_OF_BITS_TO_USE - 1, AMQP_PREFIX)
+    return top, calculate_routing_key(delay, routing_key or "tasksq"), headers
+
+
+def park_received(producer: Any, message: Any, queue: str, at: float, declared: set[str]) -> None:
+    """Park a copy of a received kombu ``message`` for ``queue`` only; the caller then acks the original.
+
+    The default exchange routes by queue name, so a fanout or topic message
+    is not broadcast again.
+    """
+    exchange, routing_key, headers = parked_route(producer.connection, "", queue, dict(message.headers or {}), at,
+                                                  declared)
+    _republish(producer, message, exchange, routing_key, headers)
+
+
+def forward_ready(producer: Any, message: Any, hold_max: float, declared: set[str]) -> None:
+    """RabbitMQ: a parked message reached the ready queue; send it where it was going (or park it again)."""
+    headers = dict(message.headers or {})
+    at = float(headers.get(PARK_HEADER) or 0)
+    exchange = headers.pop(TARGET_EXCHANGE_HEADER, "") or ""
+    routing_key = headers.pop(TARGET_ROUTING_KEY_HEADER, "") or ""
+    if at - time.time() > max(hold_max, RELEASE_LEAD):  # longer than the topology can say: once more
+        exchange, routing_key, headers = parked_route(producer.connection, exchange, routing_key, headers, at,
+                                                      declared)
+    else:
+        headers.pop(PARK_HEADER, None)
+    _republish(producer, message, exchange, routing_key, headers)
+
+
+def _republish(producer: Any, message: Any, exchange: str, routing_key: str, headers: dict[str, Any]) -> None:
+    properties = message.properties or {}
+    extra = {key: properties[key] for key in ("priority", "correlation_id", "reply_to") if properties.get(key)}
+    producer.publish(message.body, exchange=exchange, routing_key=routing_key, headers=headers,
+                     content_type=message.content_type, content_encoding=message.content_encoding,
+                     delivery_mode=2, retry=True, **extra)

@@ -1,0 +1,53 @@
+"""What each broker gives back when a worker is SIGKILLed: the delivery guarantees of docs/reliability.md.
+
+A task is acked when it starts (the default) or when it finishes
+(``acks_late``). Whatever was received but not acked -- prefetched tasks
+waiting for a slot, held eta tasks, an ``acks_late`` task mid-run -- goes
+back to the queue when its worker dies, on every broker. A task acked at
+its start and killed mid-run is not run again: that is what acking early
+means, and its result stays STARTED.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from django_tasks_q.core.states import TaskState
+from testproject.videos.tasks import mark, sleep
+from tests.workers import WorkerProcess
+
+from .test_spine import wait_until
+
+QUICK = {"TASKS_Q_BROKER_TRANSPORT_OPTIONS": '{"visibility_timeout": 1, "unacked_restore_throttle": 1}'}
+
+
+@pytest.fixture(params=["django", "redis", "amqp"])
+def url(request, broker, transactional_db):
+    url = "django://" if request.param == "django" else request.getfixturevalue(f"{request.param}_url")
+    broker(url)
+    return url
+
+
+def test_prefetched_and_held_tasks_come_back_after_sigkill(url, tmp_path):
+    path = tmp_path / "runs"
+    doomed = WorkerProcess(url, "-P", "solo", "-Q", "kill", "-n", "doomed@%h", "--prefetch-multiplier", "4",
+                           env=QUICK).start()
+    try:
+        running = sleep.apply_async((30,), queue="kill")
+        wait_until(lambda: running.state == TaskState.STARTED, timeout=15)
+        waiting = [mark.apply_async((str(path), f"waiting-{n}"), queue="kill") for n in range(3)]
+        held = mark.apply_async((str(path), "held"), queue="kill", countdown=6)  # within ETA_HOLD_MAX: held
+        time.sleep(1.5)  # they reach the worker's prefetch window
+    finally:
+        doomed.kill()
+    assert not path.exists()
+    with WorkerProcess(url, "-P", "solo", "-Q", "kill", "-n", "rescuer@%h", env=QUICK):
+        assert sorted(r.get(timeout=30) for r in waiting) == ["waiting-0", "waiting-1", "waiting-2"]
+        assert held.get(timeout=30) == "held"
+        time.sleep(1)
+    notes = sorted(line.split()[0] for line in path.read_text().splitlines())
+    assert notes == ["held", "waiting-0", "waiting-1", "waiting-2"], "each ran exactly once"
+    assert running.state == TaskState.STARTED  # acked at start: not run again
