@@ -40,6 +40,19 @@ and a live one keeps its messages for as long as it runs. In a fleet that
 mixes Celery workers on the same Redis, set ``visibility_timeout`` to
 Celery's value: Celery workers do not refresh theirs.
 
+Consuming without a lost window: kombu BRPOPs a message and only then, in
+a second command, records it as unacked. A worker killed (or a Redis that
+dies) between the two has removed the message from its list without
+recording it anywhere: it is lost, even with ``acks_late``. The soak test
+(``bench/soak.py``) lost a few per thousand kills that way. This channel
+takes a message and records it as unacked in one Lua script
+(:data:`POP_SCRIPT`), so a message is always in its list or in the unacked
+set. BRPOP now only waits for a *wake token*: every publish through this
+channel (and every release of a parked message) pushes one onto
+``tasksq.wake:<list>``. A message that arrives without a token (sent by a
+Celery client, or given back by kombu's restore) is found within
+``brpop_timeout`` (1 s), since the consumer looks again after every wait.
+
 Selected automatically for ``redis://`` and ``rediss://`` broker URLs by
 :func:`django_tasks_q.broker.connection.new_connection`.
 """
@@ -50,8 +63,12 @@ from contextlib import contextmanager
 from time import monotonic, time
 from typing import Any
 
+import logging
+from queue import Empty
+
 from kombu.transport import redis as kombu_redis
-from kombu.utils.json import dumps
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
 
 from ..delayed import PARK_HEADER, REDIS_KEY, RELEASE_LEAD
 from ..topic import TopicExchange
@@ -63,17 +80,61 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, to
 for _, member in ipairs(due) do
     redis.call('ZREM', KEYS[1], member)
     local cut = string.find(member, '\n', 1, true)
-    redis.call('LPUSH', string.sub(member, 1, cut - 1), string.sub(member, cut + 1))
+    local key = string.sub(member, 1, cut - 1)
+    redis.call('LPUSH', key, string.sub(member, cut + 1))
+    redis.call('LPUSH', 'tasksq.wake:' .. key, 1)
+    redis.call('LTRIM', 'tasksq.wake:' .. key, 0, 63)
 end
 return #due
 """
 RELEASE_BATCH = 1000
+#: Where a list entry that is not a kombu message goes (it cannot be refused like a message).
+DEAD_LIST = "tasksq.dead.raw"
+logger = logging.getLogger(__name__)
+#: Wake tokens kept per list: enough to wake every consumer of a busy queue.
+WAKE_CAP = 64
+WAKE_PREFIX = "tasksq.wake:"
+
+#: Take the first message of the lists KEYS[1..n-2] and record it unacked (hash KEYS[n-1],
+#: index KEYS[n], score ARGV[1]) in one step. Returns {list, message}, or {list, message, "bad"}
+#: for a message that is not kombu JSON (not recorded: the caller dead-letters it), or false.
+POP_SCRIPT = r"""
+local n = #KEYS - 2
+for i = 1, n do
+    local item = redis.call('RPOP', KEYS[i])
+    if item then
+        local ok, message = pcall(cjson.decode, item)
+        local props = ok and type(message) == 'table' and message['properties']
+        local tag = type(props) == 'table' and props['delivery_tag']
+        if type(tag) ~= 'string' then
+            return {KEYS[i], item, 'bad'}
+        end
+        local info = type(props['delivery_info']) == 'table' and props['delivery_info'] or {}
+        redis.call('ZADD', KEYS[n + 2], ARGV[1], tag)
+        redis.call('HSET', KEYS[n + 1], tag, '[' .. item .. ',' .. cjson.encode(info['exchange'] or '') .. ','
+            .. cjson.encode(info['routing_key'] or '') .. ']')
+        return {KEYS[i], item}
+    end
+end
+return false
+"""
+
+
+class QoS(kombu_redis.QoS):
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if delivery_tag == self.channel._held_by_script:  # POP_SCRIPT recorded it already
+            kombu_redis.virtual.QoS.append(self, message, delivery_tag)
+        else:
+            super().append(message, delivery_tag)
 
 
 class Channel(kombu_redis.Channel):
+    QoS = QoS
     from_transport_options = (*kombu_redis.Channel.from_transport_options, "binding_cache_ttl")
     binding_cache_ttl: float = 1.0
     visibility_timeout: float = 60.0  # kept fresh by the keeper while the consumer lives
+    # kombu's 300 s: a worker killed during its restore sweep would stop every sweep for five minutes
+    unacked_mutex_expire: int = 30
     priority_steps = list(range(10))
     exchange_types = {**kombu_redis.Channel.exchange_types, "topic": TopicExchange}  # AMQP's # and *
 
@@ -84,6 +145,9 @@ class Channel(kombu_redis.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._sync_client: Any = None
         self._tables: dict[str, tuple[float, list]] = {}
+        self._held_by_script: str | None = None
+        self._found_last_time = True  # look before the first wait
+        self._sent_command = "BRPOP"
         super().__init__(*args, **kwargs)
 
     @contextmanager
@@ -98,13 +162,71 @@ class Channel(kombu_redis.Channel):
     # -- delayed delivery ----------------------------------------------------------------
 
     def _put(self, queue: str, message: dict, **kwargs: Any) -> None:
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
         headers = message.get("headers")
         at = headers.get(PARK_HEADER) if isinstance(headers, dict) else None
-        if at is None or float(at) <= time() + RELEASE_LEAD:
-            return super()._put(queue, message, **kwargs)
-        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
         with self.conn_or_acquire() as client:
-            client.zadd(REDIS_KEY, {f"{key}\n{dumps(message)}": float(at)})
+            if at is not None and float(at) > time() + RELEASE_LEAD:
+                client.zadd(REDIS_KEY, {f"{key}\n{dumps(message)}": float(at)})
+                return
+            wake = WAKE_PREFIX + key
+            client.pipeline(transaction=False).lpush(key, dumps(message)).lpush(wake, 1).ltrim(
+                wake, 0, WAKE_CAP - 1).execute()
+
+    # -- consuming: take and record in one step -------------------------------------------
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        """Wait for a wake token -- or, when the last look found a message, do not wait at all."""
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        if self._found_last_time:
+            self._sent_command = "PING"
+            self.client.connection.send_command("PING")
+            return
+        wakes = [WAKE_PREFIX + self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        self._sent_command = "BRPOP"
+        self.client.connection.send_command("BRPOP", *wakes, timeout or self.brpop_timeout or 1)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            try:
+                self.client.parse_response(self.client.connection, self._sent_command, **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            return self._take_one()
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _take_one(self) -> bool:
+        queues = list(self.active_queues)
+        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        with self.conn_or_acquire() as client:
+            found = client.register_script(POP_SCRIPT)(
+                keys=[*keys, self.unacked_key, self.unacked_index_key], args=[time()])
+        self._found_last_time = bool(found)
+        if not found:
+            raise Empty()
+        key, item = bytes_to_str(found[0]), bytes_to_str(found[1])
+        queue = key.rsplit(self.sep, 1)[0]
+        if len(found) > 2:  # not a kombu message: nothing can be done with it but keep it aside
+            logger.error("redis:// list %r held a message that is not kombu JSON; moved to %r: %.200r",
+                         key, DEAD_LIST, item)
+            with self.conn_or_acquire() as client:
+                client.lpush(DEAD_LIST, item)
+            raise Empty()
+        self._queue_cycle.rotate(queue)
+        payload = loads(item)
+        self._held_by_script = payload["properties"]["delivery_tag"]
+        try:
+            self.connection._deliver(payload, queue)
+        finally:
+            self._held_by_script = None
+        return True
 
     def release_parked(self) -> int:
         """Move parked messages due within ``RELEASE_LEAD`` seconds to their lists; the number moved."""
