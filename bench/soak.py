@@ -38,56 +38,20 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
 
 
-class RestartableRedis:
-    """redis-server on a fixed port and directory, with an fsync'd append-only file."""
+class Broker:
+    """A real broker server from ``tests/servers.py`` that can crash (SIGKILL) and start again with its data."""
 
-    def __init__(self) -> None:
-        from tests.servers import free_port
+    def __init__(self, name: str) -> None:
+        from tests.servers import RabbitMQServer, RedisServer
 
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="soak-redis-")
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
+        # Redis: fsync every write (appendfsync always), so a crash loses nothing it acknowledged
+        self.server = RedisServer(appendonly=True) if name == "redis" else RabbitMQServer()
+        self.url = self.server.start()
 
-    def start(self) -> None:
-        from tests.servers import port_open
-
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 20
-        while not port_open(self.port):
-            if time.monotonic() > deadline:
-                raise SystemExit("redis-server did not start")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        self.kill()
-
-
-class RestartableRabbit:
-    """The test suite's private RabbitMQ node, killed and started again on the same ports and data."""
-
-    def __init__(self) -> None:
-        from tests.servers import RabbitMQServer
-
-        self.server = RabbitMQServer()
-        self.url = ""
-
-    def start(self) -> None:
-        if not self.url:
-            self.url = self.server.start()
-        else:
-            self.server._start()
-
-    def kill(self) -> None:
-        self.server._stop()
+    def crash_and_restart(self) -> None:
+        self.server.crash()
+        time.sleep(2)
+        self.server.start_again()
 
     def stop(self) -> None:
         self.server.stop()
@@ -98,10 +62,7 @@ class NoBroker:
 
     url = "django://"
 
-    def start(self) -> None:
-        pass
-
-    def kill(self) -> None:
+    def crash_and_restart(self) -> None:
         pass
 
     def stop(self) -> None:
@@ -145,8 +106,7 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="soak-")
     db_path = os.path.join(workdir, "db.sqlite3")
     runs_path = Path(workdir) / "runs"
-    broker = {"redis": RestartableRedis, "amqp": RestartableRabbit, "django": NoBroker}[args.broker]()
-    broker.start()
+    broker = NoBroker() if args.broker == "django" else Broker(args.broker)
     env = {**os.environ, "TESTPROJECT_SQLITE": db_path, "TASKS_Q_BROKER_URL": broker.url,
            "TASKS_Q_ACKS_LATE": "true", "TASKS_Q_RESULT_BACKEND": "null", "TASKS_Q_WORKER_HEARTBEAT": "0",
            "TASKS_Q_BROKER_TRANSPORT_OPTIONS": '{"visibility_timeout": 10, "unacked_restore_throttle": 1, '
@@ -210,9 +170,7 @@ def main() -> None:
                     next_kill = now + args.kill_every
                 if restart_at and now >= restart_at[0] and args.broker != "django":
                     restart_at.pop(0)
-                    broker.kill()
-                    time.sleep(2)
-                    broker.start()
+                    broker.crash_and_restart()
                     restarts += 1
                     print(f"broker restarted ({restarts}) at {now - started:.0f}s; {len(counts)} tasks ran so far",
                           flush=True)

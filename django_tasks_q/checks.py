@@ -60,6 +60,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         errors.append(_error("RESULT_BACKEND", f"{backend!r} is not supported", "use 'django' or None", 4))
     if values["PREFETCH_MULTIPLIER"] < 1:
         errors.append(_error("PREFETCH_MULTIPLIER", "must be at least 1", number=5))
+    for key in ("ETA_HOLD_MAX", "REVOKE_EXPIRES", "WORKER_HEARTBEAT", "WORKER_STUCK_AFTER"):
+        if values[key] < 0:
+            errors.append(_error(key, f"must not be negative, got {values[key]!r}", number=8))
     for name in [values["TASK_SERIALIZER"], *values["ACCEPT_CONTENT"]]:
         if name not in serializers.name_to_type and name not in serializers.type_to_name:
             errors.append(_error("TASK_SERIALIZER" if name == values["TASK_SERIALIZER"] else "ACCEPT_CONTENT",

@@ -14,6 +14,9 @@ task_failure = Signal()
 task_retry = Signal()
 #: sender=task name; kwargs: message, reason (a message was refused: unknown task, bad body...)
 task_rejected = Signal()
+#: sender=task (None if unknown here); kwargs: request, terminated, signum, expired (revoked or expired, not run
+#: or stopped)
+task_revoked = Signal()
 #: sender=Worker instance
 worker_ready = Signal()
 #: sender=Worker instance

@@ -128,10 +128,12 @@ class Server:
 class RedisServer(Server):
     name = "redis"
 
-    def __init__(self, binary: str | None = None) -> None:
+    def __init__(self, binary: str | None = None, appendonly: bool = False) -> None:
         super().__init__()
         self.binary = binary
+        self.appendonly = appendonly  # fsync every write, so a crash (kill) loses nothing
         self.proc: subprocess.Popen | None = None
+        self.argv: list[str] = []
 
     def _find_binary(self) -> str:
         for candidate in (
@@ -148,18 +150,24 @@ class RedisServer(Server):
         binary = self._find_binary()
         port = free_port()
         self.log_path = os.path.join(self.tmpdir, "redis.log")
-        with open(self.log_path, "wb") as log:
+        self.argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--dir", self.tmpdir,
+                     "--daemonize", "no", "--logfile", ""]
+        self.argv += ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
+        self._spawn(port)
+
+    def crash(self) -> None:
+        """SIGKILL the server, as a crash or an OOM kill would."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def start_again(self) -> None:
+        """Start the server again on the same port and directory (with ``appendonly``, with its data)."""
+        self._spawn(urlsplit(self.url).port)
+
+    def _spawn(self, port: int) -> None:
+        with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    binary,
-                    "--port", str(port),
-                    "--bind", HOST,
-                    "--save", "",
-                    "--appendonly", "no",
-                    "--dir", self.tmpdir,
-                    "--daemonize", "no",
-                    "--logfile", "",
-                ],
+                self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -311,9 +319,25 @@ class RabbitMQServer(Server):
                 raise self._unavailable("epmd did not start")
             time.sleep(0.05)
 
+        self.node = node
+        self.amqp_port = amqp_port
+        self._start_node()
+        self.url = f"amqp://guest:guest@{HOST}:{amqp_port}//"
+
+    def crash(self) -> None:
+        """SIGKILL the node (not epmd), as a crash would."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def start_again(self) -> None:
+        """Start the node again: same name, port and data directory."""
+        self._start_node()
+
+    def _start_node(self) -> None:
+        tmp, node, amqp_port = Path(self.tmpdir), self.node, self.amqp_port
         self.log_path = str(tmp / "startup.log")
         node_log = tmp / "log" / f"{node}.log"
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [os.path.join(self.sbin, "rabbitmq-server")],
                 env=self.env,
@@ -351,7 +375,6 @@ class RabbitMQServer(Server):
                 out = "" if ping is None else (ping.stdout + ping.stderr)
                 raise failure(f"rabbitmq-diagnostics ping did not succeed within 120 s: {out.strip()[-500:]}")
             time.sleep(0.5)
-        self.url = f"amqp://guest:guest@{HOST}:{amqp_port}//"
 
     def _stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -460,6 +483,19 @@ class PostgresServer(Server):
                 f"{start.stdout}{start.stderr}\n--- postgres.log ---\n{tail(self.log_path)}",
             )
         self.url = f"postgres://postgres@{HOST}:{port}/postgres"
+
+    def crash(self) -> None:
+        """``pg_ctl stop -m immediate``: every backend quits at once, no checkpoint, as in a crash."""
+        result = self._run("pg_ctl", "-D", self.datadir, "-m", "immediate", "-w", "-t", "30", "stop", timeout=45)
+        if result.returncode != 0:
+            raise self._unavailable("pg_ctl stop -m immediate failed", result.stdout + result.stderr)
+
+    def start_again(self) -> None:
+        """Start the cluster again on the same port and data directory (it recovers from its WAL)."""
+        start = self._run("pg_ctl", "-D", self.datadir, "-l", self.log_path, "-w", "-t", "60", "start", timeout=90)
+        self._read_postmaster_pid()
+        if start.returncode != 0:
+            raise self._unavailable("pg_ctl start failed", start.stdout + start.stderr)
 
     def _read_postmaster_pid(self) -> None:
         with contextlib.suppress(OSError, ValueError, IndexError):

@@ -17,7 +17,7 @@ def _pretty(value) -> str:
 
 @admin.register(TaskResult)
 class TaskResultAdmin(admin.ModelAdmin):
-    list_display = ("task_id", "task_name", "state", "worker", "queue", "date_done", "runtime_display")
+    list_display = ("task_id", "task_name", "state", "retries", "worker", "queue", "date_done", "runtime_display")
     list_filter = ("state", "task_name", "queue", "worker", "date_done")
     search_fields = ("task_id", "task_name")
     date_hierarchy = "date_created"

@@ -16,6 +16,7 @@ from kombu import Connection, Producer
 from ..conf import settings
 
 _local = threading.local()
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 
 
 def mask_url(url: str) -> str:
@@ -39,11 +40,12 @@ def new_connection(url: str | None = None) -> Connection:
 
     register()  # the django:// scheme
     url = url or settings.BROKER_URL
-    connection = Connection(
-        url,
-        connect_timeout=settings.BROKER_CONNECTION_TIMEOUT,
-        transport_options=dict(settings.BROKER_TRANSPORT_OPTIONS or {}),
-    )
+    options = dict(settings.BROKER_TRANSPORT_OPTIONS or {})
+    if url.split("://", 1)[0] in AMQP_SCHEMES:
+        # A publish returns once RabbitMQ has the message on disk: without confirms a
+        # persistent message it still buffered is lost if the node crashes.
+        options.setdefault("confirm_publish", True)
+    connection = Connection(url, connect_timeout=settings.BROKER_CONNECTION_TIMEOUT, transport_options=options)
     if url.split("://", 1)[0] in ("redis", "rediss"):
         from .transport.redis import Transport as RedisTransport
 

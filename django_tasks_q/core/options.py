@@ -71,6 +71,7 @@ class TaskOptions:
     time_limit: float | None = None
     soft_time_limit: float | None = None
     acks_late: bool | None = None
+    reject_on_worker_lost: bool | None = None
     ignore_result: bool = False
     rate_limit: str | None = None
     expires: float | datetime | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import reprlib
 import socket
@@ -32,6 +33,17 @@ _repr.maxstring = _repr.maxother = 256
 _repr.maxlevel = 3
 _repr.maxlist = _repr.maxtuple = _repr.maxdict = 20
 
+#: The longest task id and task name a worker reads: what ``TaskResult`` stores.
+MAX_NAME_LENGTH = 255
+#: An ``eta`` further ahead than this is refused, not held for ever: no real
+#: schedule is this far out, and a worker (or broker) holding it would pin it.
+MAX_ETA_AHEAD = timedelta(days=3650)
+
+
+def usable_id(value: Any) -> bool:
+    """True for a task id results can be stored under: a printable string of 1-255 characters."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_NAME_LENGTH and value.isprintable()
+
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
@@ -44,8 +56,13 @@ def parse_datetime(value: Any, header: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value)
     except (TypeError, ValueError):
-        raise InvalidMessage(f"header {header!r} is not an ISO 8601 datetime: {value!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        raise InvalidMessage(f"header {header!r} is not an ISO 8601 datetime: {_repr.repr(value)}") from None
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    try:
+        parsed.astimezone(timezone.utc)
+    except OverflowError:  # e.g. 9999-12-31T23:00-14:00 is past the last datetime in UTC
+        raise InvalidMessage(f"header {header!r} is out of range: {value!r}") from None
+    return parsed
 
 
 def absolute_time(seconds_or_datetime: float | datetime | None, now: datetime) -> datetime | None:
@@ -132,28 +149,50 @@ class TaskMessage:
     @classmethod
     def from_wire(cls, headers: dict[str, Any] | None, body: Any) -> "TaskMessage":
         """Build a message from decoded kombu headers and body, or raise ``InvalidMessage``."""
-        headers = headers or {}
+        headers = {} if headers is None else headers
+        if not isinstance(headers, dict):
+            raise InvalidMessage(f"message headers must be a mapping, got {type(headers).__name__}")
         name, task_id = headers.get("task"), headers.get("id")
         if not name or not task_id:
+            if isinstance(body, dict) and "task" in body:
+                raise InvalidMessage(
+                    f"task protocol 1 message (task {_repr.repr(body.get('task'))}, id {_repr.repr(body.get('id'))}"
+                    "): only protocol 2 is read; send with Celery >= 4 or django-tasks-q")
             raise InvalidMessage(
                 "not a task protocol v2 message: headers 'task' and 'id' are required "
-                f"(got headers {sorted(headers)!r})"
+                f"(got headers {_repr.repr(sorted(map(str, headers)))})"
             )
+        if not usable_id(task_id):
+            raise InvalidMessage(f"header 'id' must be a printable string of 1-{MAX_NAME_LENGTH} characters, "
+                                 f"got {_repr.repr(task_id)}")
+        if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH or not name.isprintable():
+            raise InvalidMessage(f"task [{task_id}]: header 'task' must be a printable string of 1-"
+                                 f"{MAX_NAME_LENGTH} characters, got {_repr.repr(name)}")
         if not isinstance(body, (list, tuple)) or len(body) != 3:
             raise InvalidMessage(f"task {name} [{task_id}]: body must be [args, kwargs, embed], got {_repr.repr(body)}")
         args, kwargs, embed = body
         if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict) or not isinstance(embed, (dict, type(None))):
             raise InvalidMessage(f"task {name} [{task_id}]: body must be [list, dict, dict], got {_repr.repr(body)}")
         embed = embed or {}
+        for key, kind in (("callbacks", list), ("errbacks", list), ("chain", list), ("chord", dict)):
+            if not isinstance(embed.get(key), (kind, type(None))):
+                raise InvalidMessage(f"task {name} [{task_id}]: embed {key!r} must be a {kind.__name__} or null, "
+                                     f"got {_repr.repr(embed.get(key))}")
         limits = headers.get("timelimit") or (None, None)
         if not isinstance(limits, (list, tuple)) or len(limits) != 2:
             raise InvalidMessage(f"task {name} [{task_id}]: header 'timelimit' must be [hard, soft], got {limits!r}")
-        if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in limits):
+        if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0)
+                   for v in limits):
             raise InvalidMessage(
-                f"task {name} [{task_id}]: header 'timelimit' must hold numbers or null, got {limits!r}")
+                f"task {name} [{task_id}]: header 'timelimit' must hold numbers or null (finite, not negative), got {limits!r}")
         retries = headers.get("retries") or 0
-        if isinstance(retries, bool) or not isinstance(retries, int):
-            raise InvalidMessage(f"task {name} [{task_id}]: header 'retries' must be an integer, got {retries!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise InvalidMessage(
+                f"task {name} [{task_id}]: header 'retries' must be an integer (not negative), got {_repr.repr(retries)}")
+        eta = parse_datetime(headers.get("eta"), "eta")
+        if eta is not None and eta - datetime.now(timezone.utc) > MAX_ETA_AHEAD:
+            raise InvalidMessage(f"task {name} [{task_id}]: header 'eta' {eta.isoformat()} is more than "
+                                 f"{MAX_ETA_AHEAD.days} days ahead; refused rather than held for ever")
         known = {"lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit",
                  "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
                  "replaced_task_nesting", "stamped_headers", "stamps", SIGNATURE_HEADER}
@@ -162,7 +201,7 @@ class TaskMessage:
             task=str(name),
             args=tuple(args),
             kwargs=kwargs,
-            eta=parse_datetime(headers.get("eta"), "eta"),
+            eta=eta,
             expires=parse_datetime(headers.get("expires"), "expires"),
             retries=retries,
             time_limit=limits[0],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from functools import partial
 from datetime import datetime
 from typing import Any
 
@@ -103,30 +104,45 @@ class Task:
 
     def retry(self, exc: BaseException | None = None, countdown: float | None = None, eta: datetime | None = None,
               max_retries: int | None = None, args: tuple | None = None, kwargs: dict | None = None) -> Retry:
-        """Send this task again and raise ``Retry`` so the worker records RETRY.
+        """Ask for another attempt of this task: raises ``Retry`` (write ``raise self.retry(...)``).
 
-        Past ``max_retries`` raises ``MaxRetriesExceededError`` chained to ``exc``.
+        The worker records RETRY, then sends the next attempt with the same id,
+        ``request.retries + 1``, the same queue, time limits, links and expiry,
+        after ``countdown`` seconds (default ``default_retry_delay``) or at ``eta``.
+        ``max_retries`` overrides the task's limit for this call only; ``None``
+        means the task's ``max_retries``, which may itself be ``None`` (no limit).
+        Past the limit raises ``MaxRetriesExceededError`` chained (``__cause__``)
+        to ``exc`` -- where Celery would re-raise ``exc`` itself.
         """
         request = self.request
         if request.id is None:
             raise exc if exc is not None else ImproperlyConfigured("retry() called outside a running task")
         limit = self.options.max_retries if max_retries is None else max_retries
         if limit is not None and request.retries >= limit:
+            cause = f": {type(exc).__name__}: {exc}" if exc is not None else ""
             raise MaxRetriesExceededError(
-                f"task {self.name} [{request.id}] gave up after {request.retries} retries"
+                f"task {self.name} [{request.id}] gave up after {request.retries} retries{cause}"
             ) from exc
         if countdown is None and eta is None:
             countdown = self.options.default_retry_delay
-        options = {"task_id": request.id, "retries": request.retries + 1,
-                   "countdown": countdown if eta is None else None, "eta": eta,
-                   "parent_id": request.parent_id, "root_id": request.root_id, "group_id": request.group_id,
-                   "queue": request.delivery_info.get("queue"), "time_limit": request.time_limit,
-                   "soft_time_limit": request.soft_time_limit}
         if request.is_eager:  # the eager executor runs the next attempt itself
             raise Retry(exc=exc, when=countdown, retry_args=args, retry_kwargs=kwargs)
-        self.apply_async(request.args if args is None else args, request.kwargs if kwargs is None else kwargs,
-                         **{k: v for k, v in options.items() if v is not None})
-        raise Retry(exc=exc, when=countdown)
+        options = {"task_id": request.id, "retries": request.retries + 1,
+                   "countdown": countdown if eta is None else None, "eta": eta, "expires": request.expires,
+                   "parent_id": request.parent_id, "root_id": request.root_id, "group_id": request.group_id,
+                   "group_index": request.group_index, "queue": request.delivery_info.get("queue"),
+                   # 0 is also what a broker reports for "none given": carrying it would be refused by a
+                   # RabbitMQ queue declared without max_priority
+                   "priority": request.delivery_info.get("priority") or None, "time_limit": request.time_limit,
+                   "soft_time_limit": request.soft_time_limit, "ignore_result": request.ignore_result or None,
+                   "link": request.callbacks or None, "link_error": request.errbacks or None,
+                   "chain": request.chain or None, "chord": request.chord or None}
+        retry = Retry(exc=exc, when=countdown if eta is None else None)
+        # sent by the executor after it has stored RETRY, never before (see worker/executor.py)
+        retry.resend = partial(self.apply_async, request.args if args is None else args,
+                               request.kwargs if kwargs is None else kwargs,
+                               **{k: v for k, v in options.items() if v is not None})
+        raise retry
 
 
 def task(function: Callable[..., Any] | None = None, **options: Any) -> Any:

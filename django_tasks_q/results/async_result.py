@@ -95,6 +95,20 @@ class AsyncResult:
         self._ready_meta = None
         self.backend.forget(self.id)
 
+    def revoke(self, terminate: bool = False, signal: str | int = "SIGTERM", reason: str = "") -> None:
+        """Make sure this task does not run; with ``terminate``, also stop it if it is running.
+
+        The revoke is a database row kept for ``REVOKE_EXPIRES`` seconds, so
+        it holds for a task that is queued, waiting for its eta or prefetched
+        by a worker, across restarts of every worker; a result that is not
+        ready yet is marked REVOKED at once. Running workers see it within
+        about a second (see docs/reliability.md). ``signal`` is what a prefork
+        child running the task is stopped with (``"SIGTERM"``, ``"SIGKILL"``...).
+        """
+        from ..worker.revocations import revoke
+
+        revoke([self.id], terminate=terminate, signal=signal, reason=reason)
+
 
 class EagerResult(AsyncResult):
     """The outcome of a task run in this process (``apply()`` / ALWAYS_EAGER)."""

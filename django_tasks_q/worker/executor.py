@@ -1,10 +1,16 @@
 """Run one task and decide its outcome: the whole execution policy in one ladder.
 
 ``execute()`` is called by every pool (in the worker process, a thread or a
-prefork child). Each outcome -- success, retry, reject, failure -- decides
-the stored state, the hooks and signals, and what the worker does with the
-message, in one readable place. Nothing raised by a task, a hook or a
-receiver escapes: a worker never dies from a task.
+prefork child). Each outcome -- success, retry, reject, terminated, failure --
+decides the stored state, the hooks and signals, and what the worker does
+with the message, in one readable place. Nothing raised by a task, a hook or
+a receiver escapes: a worker never dies from a task.
+
+Retries: ``self.retry()`` only raises ``Retry`` carrying the next attempt;
+the ladder stores RETRY *first* and sends the next attempt after, so a quick
+next attempt can never have its SUCCESS overwritten by a late RETRY.
+``record_stopped()`` is the same bookkeeping for a task stopped from outside
+its process (a prefork child killed by the hard time limit or ``terminate``).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import inspect
 import logging
 import random
+import signal as signals_module
 import time
 import traceback as tb
 from dataclasses import dataclass, field
@@ -27,8 +34,9 @@ from ..core.protocol import TaskMessage
 from ..core.registry import registry
 from ..core.states import TaskState
 from ..core.task import Task
-from ..exceptions import EncodeError, Reject, Retry
+from ..exceptions import EncodeError, Reject, Retry, TaskRevokedError
 from ..results.backend import ResultBackend, describe_exception, get_backend
+from .timelimits import Guard
 
 logger = logging.getLogger(__name__)
 
@@ -76,20 +84,35 @@ def _explain_type_error(task: Task, exc: TypeError, args: tuple, kwargs: dict) -
     return exc  # the TypeError came from inside the task
 
 
+def backoff_countdown(task: Task, retries: int) -> float | None:
+    """Seconds before the next automatic retry; ``None`` means ``default_retry_delay``.
+
+    As Celery: ``factor * 2 ** retries`` capped at ``retry_backoff_max``, then
+    with ``retry_jitter`` ("full jitter") a random delay between 0 and that.
+    Unlike Celery the factor may be a fraction (``retry_backoff=0.5``).
+    """
+    opts = task.options
+    if not opts.retry_backoff:
+        return None
+    factor = 1 if opts.retry_backoff is True else opts.retry_backoff
+    countdown = min(opts.retry_backoff_max, factor * (2 ** retries))
+    if opts.retry_jitter:
+        countdown = random.uniform(0, countdown)
+    return max(0.0, countdown)
+
+
 def _autoretry(task: Task, exc: Exception) -> None:
-    """Turn an exception listed in ``autoretry_for`` into ``self.retry``."""
+    """Turn an exception listed in ``autoretry_for`` into ``self.retry``.
+
+    Past ``max_retries`` ``retry()`` raises ``MaxRetriesExceededError`` from
+    ``exc`` (Celery re-raises ``exc`` itself; see docs/tasks.md).
+    """
     opts = task.options
     if not opts.autoretry_for or not isinstance(exc, opts.autoretry_for):
         return
     if opts.dont_autoretry_for and isinstance(exc, opts.dont_autoretry_for):
         return
-    countdown = None
-    if opts.retry_backoff:
-        factor = 1 if opts.retry_backoff is True else opts.retry_backoff
-        countdown = min(opts.retry_backoff_max, factor * (2 ** task.request.retries))
-        if opts.retry_jitter:
-            countdown = random.randrange(int(countdown) + 1)
-    task.retry(exc=exc, countdown=countdown)
+    task.retry(exc=exc, countdown=backoff_countdown(task, task.request.retries))
 
 
 def _safely(what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
@@ -114,7 +137,8 @@ def execute(message: TaskMessage, delivery_info: dict, hostname: str | None, *,
     """Run ``message`` in this thread, store its state, run its hooks; never raise.
 
     ``eager``: called by ``task.apply()`` in the caller's process, so the
-    caller's database connections and transactions are left alone.
+    caller's database connections and transactions are left alone, and no
+    time limit or terminate can interrupt the caller's thread.
     """
     backend = backend or get_backend()
     task = registry[message.task]  # the consumer already refused unknown names
@@ -125,6 +149,7 @@ def execute(message: TaskMessage, delivery_info: dict, hostname: str | None, *,
     started = time.monotonic()
     state, retval, einfo = TaskState.SUCCESS, None, None
     requeue, retry = False, None
+    guard = Guard(request.id, message.soft_time_limit, interruptible=not eager)
     if not eager:
         _db_hygiene()
     context.push(request)
@@ -135,35 +160,47 @@ def execute(message: TaskMessage, delivery_info: dict, hostname: str | None, *,
                 args=args, kwargs=kwargs)
         try:
             try:
-                retval = task.run(*args, **kwargs)
+                with guard:
+                    retval = task.run(*args, **kwargs)
             except TypeError as exc:
                 raise _explain_type_error(task, exc, args, kwargs) from exc
             except (Retry, Reject):
                 raise
             except Exception as exc:
-                _autoretry(task, exc)
+                if not guard.terminated(exc):
+                    _autoretry(task, exc)
                 raise
         except Retry as exc:
             state, einfo = TaskState.RETRY, tb.format_exc()
             cause = exc.exc or exc
             if store:
-                backend.mark(request.id, state, result=describe_exception(cause), traceback=einfo,
-                             request=request, task_name=task.name)
-            _safely("on_retry", task.on_retry, cause, request.id, args, kwargs, einfo)
-            _safely("task_retry receiver", signals.task_retry.send, sender=task, request=request,
-                    reason=cause, einfo=einfo)
-            retval, retry = cause, exc
+                _safely("storing RETRY", backend.mark, request.id, state, result=describe_exception(cause),
+                        traceback=einfo, request=request, task_name=task.name)
+            resend = getattr(exc, "resend", None)  # set by Task.retry(); a bare `raise Retry()` sends nothing
+            try:
+                if resend is not None:
+                    resend()
+            except Exception as publish_error:  # the next attempt could not be sent: a failure, not a silent drop
+                state, retval, einfo = TaskState.FAILURE, publish_error, tb.format_exc()
+                logger.error("task %s[%s] could not send its retry: %s", task.name, request.id, publish_error)
+                _fail(backend, request, task, message, publish_error, einfo, store)
+            else:
+                _safely("on_retry", task.on_retry, cause, request.id, args, kwargs, einfo)
+                _safely("task_retry receiver", signals.task_retry.send, sender=task, request=request,
+                        reason=cause, einfo=einfo)
+                retval, retry = cause, exc
         except Reject as exc:
             state, requeue, retval = TaskState.REVOKED if not exc.requeue else TaskState.RECEIVED, exc.requeue, exc
             logger.warning("task %s[%s] rejected itself (requeue=%s): %s", task.name, request.id, exc.requeue, exc)
         except Exception as exc:
-            state, retval, einfo = TaskState.FAILURE, exc, tb.format_exc()
-            logger.error("task %s[%s] raised %s: %s", task.name, request.id, type(exc).__name__, exc)
-            _store_failure(backend, request, task, exc, einfo, store)
-            _safely("on_failure", task.on_failure, exc, request.id, args, kwargs, einfo)
-            _safely("task_failure receiver", signals.task_failure.send, sender=task, task_id=request.id,
-                    exception=exc, args=args, kwargs=kwargs, traceback=einfo, einfo=einfo)
-            _send_links(message.errbacks, request.id, request)
+            if guard.terminated(exc):
+                state, retval, einfo = TaskState.REVOKED, exc, tb.format_exc()
+                logger.warning("task %s[%s] terminated (signal %s)", task.name, request.id, guard.signum)
+                _revoke(backend, request, task, exc, einfo, store, guard.signum)
+            else:
+                state, retval, einfo = TaskState.FAILURE, exc, tb.format_exc()
+                logger.error("task %s[%s] raised %s: %s", task.name, request.id, type(exc).__name__, exc)
+                _fail(backend, request, task, message, exc, einfo, store)
         else:
             runtime = time.monotonic() - started
             if store:
@@ -199,6 +236,56 @@ def execute(message: TaskMessage, delivery_info: dict, hostname: str | None, *,
                    traceback=einfo or "", retry=retry)
 
 
+def _fail(backend: Any, request: context.Request, task: Task, message: TaskMessage, exc: BaseException,
+          einfo: str, store: bool) -> None:
+    """FAILURE: store it, then ``on_failure``, ``task_failure`` and the errbacks."""
+    _store_failure(backend, request, task, exc, einfo, store)
+    _safely("on_failure", task.on_failure, exc, request.id, request.args, request.kwargs, einfo)
+    _safely("task_failure receiver", signals.task_failure.send, sender=task, task_id=request.id,
+            exception=exc, args=request.args, kwargs=request.kwargs, traceback=einfo, einfo=einfo)
+    _send_links(message.errbacks, request.id, request)
+
+
+def _revoke(backend: Any, request: context.Request, task: Any, exc: BaseException, einfo: str, store: bool,
+            signum: int | None) -> None:
+    """REVOKED by terminate: stored and ``task_revoked`` sent; no ``on_failure``, no errbacks (as Celery)."""
+    if store:
+        backend.mark(request.id, TaskState.REVOKED, result=describe_exception(exc), traceback=einfo,
+                     request=request, task_name=request.task or "", runtime=None)
+    revoked = getattr(signals, "task_revoked", None)
+    if revoked is not None:
+        _safely("task_revoked receiver", revoked.send, sender=task, request=request, terminated=True,
+                signum=signum, expired=False)
+
+
+def record_stopped(message: TaskMessage, delivery_info: dict, hostname: str | None, error: BaseException,
+                   *, signum: int | None = None) -> str:
+    """Record a task whose process was killed under it; return the state recorded.
+
+    ``TaskRevokedError`` -> REVOKED (``terminate``), anything else -> FAILURE
+    (e.g. ``TimeLimitExceeded``) with the errbacks sent, as Celery's parent
+    does for a hard time limit. Runs in the worker, never raises.
+    """
+    request = make_request(message, delivery_info, hostname)
+    task = registry.get(message.task)
+    store = not (message.ignore_result or (task is not None and task.options.ignore_result))
+    einfo = "".join(tb.format_exception_only(type(error), error))
+    revoked = isinstance(error, TaskRevokedError)
+    try:
+        backend = get_backend()
+        if revoked:
+            _revoke(backend, request, task or message.task, error, einfo, store,
+                    signals_module.SIGTERM if signum is None else signum)
+        elif store:
+            backend.mark(message.id, TaskState.FAILURE, result=describe_exception(error), traceback=einfo,
+                         request=request, task_name=message.task)
+    except Exception:
+        logger.exception("could not record that %s[%s] was stopped", message.task, message.id)
+    if not revoked:
+        _send_links(message.errbacks, message.id, request)
+    return TaskState.REVOKED if revoked else TaskState.FAILURE
+
+
 def _store_failure(backend: Any, request: context.Request, task: Task, exc: BaseException, einfo: str,
                    store: bool) -> None:
     if store:
@@ -206,13 +293,26 @@ def _store_failure(backend: Any, request: context.Request, task: Task, exc: Base
                      request=request, task_name=task.name, runtime=None)
 
 
+#: a connection unused for longer than this is checked (one ``SELECT 1``) before the next task:
+#: the server may have dropped it meanwhile (restart, failover, idle timeout, pg_terminate_backend)
+IDLE_CHECK_AFTER = 0.1
+
+
 def _db_hygiene() -> None:
-    """Drop connections a task broke or left mid-transaction, so the next task starts clean."""
+    """Drop connections a task broke or left mid-transaction, or the server dropped while idle,
+    so the next task starts clean. Back-to-back tasks pay no round trip."""
+    now = time.monotonic()
     for conn in connections.all(initialized_only=True):
+        conn.queries_log.clear()  # DEBUG = True keeps every statement, arguments too: per task, as Django per request
         if conn.connection is None:
             continue
+        idle = now - getattr(conn, "_tasksq_used_at", now)
+        conn._tasksq_used_at = now
         if conn.in_atomic_block or (conn.errors_occurred and not conn.is_usable()):
             logger.warning("closing database connection %r left broken or inside a transaction", conn.alias)
+            conn.close()
+        elif idle > IDLE_CHECK_AFTER and not conn.is_usable():
+            logger.info("database connection %r was closed by the server while idle; reconnecting", conn.alias)
             conn.close()
         elif conn.settings_dict.get("CONN_MAX_AGE"):
             conn.close_if_unusable_or_obsolete()

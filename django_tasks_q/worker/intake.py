@@ -1,32 +1,45 @@
 """From a raw broker message to a ``Job``, or a clear refusal.
 
-Every refusal -- undecodable body, refused content type, missing or bad
-signature, unknown task name -- is logged with the task id and name, sent as
-the ``task_rejected`` signal and rejected without requeue. Nothing is
-executed and the worker goes on. When the message names a task id it is
-recorded as FAILURE with the reason, so a caller waiting on ``get()`` hears
-why instead of hanging -- except for signature failures: an unsigned or
+Every refusal -- undecodable body, refused content type, bad compression,
+headers or body that are not task protocol v2, NaN/Infinity in a JSON body,
+a priority out of range, an ``eta`` more than ten years ahead, missing or bad
+signature, unknown task name -- is logged with the task id (``<no id>`` when
+it has none) and the reason, sent as the ``task_rejected`` signal, copied to
+the dead-letter queue (:mod:`.deadletter`) and rejected without requeue.
+Nothing is executed and the worker goes on: :func:`read` never raises, since
+an exception escaping into the consumer loop would leave the message unacked
+to be delivered again, and again. When the message names a usable task id it
+is recorded as FAILURE with the reason, so a caller waiting on ``get()``
+hears why instead of hanging -- except for signature failures: an unsigned or
 forged message must not be able to write results.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu.transport import virtual
 
 from .. import signals
 from ..conf import settings
-from ..core.protocol import TaskMessage, verify
+from ..core.protocol import MAX_NAME_LENGTH, SIGNATURE_HEADER, TaskMessage, usable_id, verify
 from ..core.registry import registry
 from ..core.states import TaskState
 from ..exceptions import InvalidMessage, InvalidSignature, NotRegistered
 from ..results.backend import describe_exception, get_backend
+from . import deadletter
 from .pools.base import Job
 
 logger = logging.getLogger(__name__)
+
+#: refusals whose reason is the whole story; anything else is logged with its traceback too
+EXPECTED = (InvalidMessage, NotRegistered, ContentDisallowed, DecodeError)
+_unverified_warned = False
 
 
 @dataclass(frozen=True)
@@ -35,52 +48,173 @@ class Policy:
 
     signing_key: str | None
     acks_late: bool
+    dead_letter_queue: str | None = None
 
     @classmethod
     def from_settings(cls) -> "Policy":
-        return cls(signing_key=settings.SIGNING_KEY, acks_late=settings.ACKS_LATE)
+        return cls(signing_key=settings.SIGNING_KEY, acks_late=settings.ACKS_LATE,
+                   dead_letter_queue=settings.DEAD_LETTER_QUEUE)
 
 
 def read(kombu_message: Any, queue: str, policy: Policy | None = None) -> Job | None:
     """Decode and check one message; ``None`` means it was refused (and already rejected)."""
     policy = policy or Policy.from_settings()
-    headers = kombu_message.headers or {}
     try:
-        if policy.signing_key:
-            verify(policy.signing_key, headers, kombu_message.body)
-        body = kombu_message.decode()
-        message = TaskMessage.from_wire(headers, body)
-        task = registry[message.task]
-    except (InvalidMessage, NotRegistered, ContentDisallowed, DecodeError) as exc:
-        refuse(kombu_message, headers, exc)
+        return _read(kombu_message, queue, policy)
+    except Exception as exc:  # whatever is wrong with it, the message is refused, never raised into the loop
+        refuse(kombu_message, exc, queue, policy)
         return None
+
+
+def undecodable(queue: str, policy: Policy, kombu_message: Any, exc: BaseException) -> None:
+    """kombu's ``on_decode_error``: the message could not even be built (bad compression, headers)."""
+    refuse(kombu_message, exc, queue, policy)
+
+
+def _read(kombu_message: Any, queue: str, policy: Policy) -> Job:
+    headers = kombu_message.headers
+    if policy.signing_key:
+        verify(policy.signing_key, headers if isinstance(headers, dict) else {}, kombu_message.body)
+    elif isinstance(headers, dict) and SIGNATURE_HEADER in headers:
+        _warn_unverified(headers)
+    body = kombu_message.decode()
+    if kombu_message.content_type == "application/json":
+        _refuse_non_finite(kombu_message.body, body)
+    message = TaskMessage.from_wire(headers, body)
+    task = registry[message.task]
+    priority = kombu_message.properties.get("priority")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
+                                 or not 0 <= priority <= 255):
+        raise InvalidMessage(f"task {message.task} [{message.id}]: message priority must be an integer "
+                             f"from 0 to 255, got {priority!r}")
     info = kombu_message.delivery_info or {}
     delivery_info = {
         "exchange": info.get("exchange"),
         "routing_key": info.get("routing_key"),
         "queue": queue,
-        "priority": kombu_message.properties.get("priority"),
+        "priority": priority,
         "redelivered": bool(info.get("redelivered")),
     }
     acks_late = task.options.acks_late if task.options.acks_late is not None else policy.acks_late
     return Job(message=message, delivery_info=delivery_info, acks_late=acks_late, kombu_message=kombu_message)
 
 
-def refuse(kombu_message: Any, headers: dict, exc: BaseException) -> None:
-    name, task_id = headers.get("task"), headers.get("id")
-    logger.error("refused message %s[%s] (content type %s): %s", name or "<no task name>", task_id or "<no id>",
-                 getattr(kombu_message, "content_type", None), exc)
+def _refuse_non_finite(raw: Any, body: Any) -> None:
+    """JSON has no NaN or Infinity (RFC 8259), and results holding them cannot be stored: refuse them.
+
+    Python's parser accepts the tokens, so the decoded body is searched --
+    only when the raw text contains one, so ordinary bodies cost one scan.
+    """
+    if isinstance(raw, bytes):
+        suspect = b"NaN" in raw or b"Infinity" in raw
+    else:
+        suspect = isinstance(raw, str) and ("NaN" in raw or "Infinity" in raw)
+    if not suspect:
+        return
+    stack = [body]
+    while stack:  # no recursion: the body may be nested as deep as the parser allowed
+        value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidMessage(f"the JSON body holds {value!r}, which JSON does not allow (RFC 8259)")
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+
+
+def _warn_unverified(headers: dict) -> None:
+    """A signed message reaching a worker without SIGNING_KEY runs unverified (so signing can roll out sender-first)."""
+    global _unverified_warned
+    if not _unverified_warned:
+        _unverified_warned = True
+        logger.warning("message %s carries a signature, but SIGNING_KEY is not set here: signatures are not "
+                       "checked (logged once)", _label(headers.get("id"), "<no id>"))
+
+
+def refuse(kombu_message: Any, exc: BaseException, queue: str | None = None, policy: Policy | None = None) -> None:
+    """Log, signal, copy to the dead-letter queue, record FAILURE (when it has an id) and reject. Never raises."""
     try:
-        signals.task_rejected.send(sender=name, message=kombu_message, reason=exc)
+        _refuse(kombu_message, exc, queue, policy or Policy.from_settings())
+    except Exception:  # the last line of defence: a refusal must not take the worker down
+        logger.exception("error while refusing a message")
+        _reject(kombu_message, None)
+
+
+def _refuse(kombu_message: Any, exc: BaseException, queue: str | None, policy: Policy) -> None:
+    headers = getattr(kombu_message, "headers", None)
+    headers = headers if isinstance(headers, dict) else {}
+    name, task_id = headers.get("task"), headers.get("id")
+    reason = f"{type(exc).__name__}: {exc}"
+    logger.error("refused message %s[%s] from queue %s (content type %s): %s",
+                 _label(name, "<no task name>"), _label(task_id, "<no id>"), queue,
+                 _label(getattr(kombu_message, "content_type", None), "none"), deadletter._short(reason),
+                 exc_info=None if isinstance(exc, EXPECTED) else exc)
+    try:
+        signals.task_rejected.send(sender=name if isinstance(name, str) else None, message=kombu_message, reason=exc)
     except Exception:
         logger.exception("task_rejected receiver raised")
-    if task_id and not isinstance(exc, InvalidSignature):
+    dead = policy.dead_letter_queue
+    channel = getattr(kombu_message, "channel", None)
+    if dead and queue != dead and channel is not None:
+        deadletter.publish(channel, dead, kombu_message, queue or "", reason)
+    if usable_id(task_id) and not isinstance(exc, InvalidSignature):
         try:
-            get_backend().mark(str(task_id), TaskState.FAILURE, result=describe_exception(exc),
-                               task_name=str(name or ""))
+            get_backend().mark(task_id, TaskState.FAILURE, result=describe_exception(exc),
+                               task_name=name[:MAX_NAME_LENGTH] if isinstance(name, str) else "")
         except Exception:
             logger.exception("could not record the refusal of %s", task_id)
+    _reject(kombu_message, task_id)
+
+
+def _reject(kombu_message: Any, task_id: Any) -> None:
     try:
-        kombu_message.reject(requeue=False)
+        if not getattr(kombu_message, "acknowledged", True):
+            kombu_message.reject(requeue=False)
     except Exception:
-        logger.exception("could not reject message %s", task_id)
+        logger.exception("could not reject message %s", _label(task_id, "<no id>"))
+
+
+def _label(value: Any, missing: str) -> str:
+    """A header value fit for one log line: as is when printable and short, else its shortened repr."""
+    if value is None or value == "":
+        return missing
+    if isinstance(value, str) and len(value) <= 200 and value.isprintable():
+        return value
+    text = repr(value)
+    return text if len(text) <= 200 else f"{text[:200]}... ({len(text)} characters)"
+
+
+def guard_channel(channel: Any) -> None:
+    """Make a kombu virtual channel (Redis, ``django://``) build a refusable message from any payload.
+
+    kombu builds the message object in the transport's delivery callback,
+    before our consumer sees it; a payload whose headers are not a mapping
+    makes that constructor raise there, and the message is lost (Redis) or
+    comes back for ever (``django://``). The guarded class keeps such a
+    message, marked with the error, so kombu hands it to ``on_decode_error``
+    and it is refused like any other. AMQP messages always have mapping
+    headers, so AMQP channels are left alone.
+    """
+    if isinstance(channel, virtual.Channel) and not getattr(channel.Message, "_tasks_q_guarded", False):
+        channel.Message = _guarded(channel.Message)
+
+
+def _guarded(message_class: type) -> type:
+    class GuardedMessage(message_class):
+        _tasks_q_guarded = True
+
+        def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+            headers = payload.get("headers") if isinstance(payload, dict) else None
+            if headers is None or isinstance(headers, dict):
+                super().__init__(payload, channel=channel, **kwargs)
+                return
+            super().__init__({**payload, "headers": None}, channel=channel, **kwargs)
+            self._raw = payload  # kombu re-publishes _raw on restore: keep the message as it came
+            self.headers = headers
+            try:
+                raise InvalidMessage(f"message headers must be a mapping, got {type(headers).__name__}")
+            except InvalidMessage:
+                self.errors.append(sys.exc_info())
+
+    GuardedMessage.__name__ = GuardedMessage.__qualname__ = f"Guarded{message_class.__name__}"
+    return GuardedMessage

@@ -23,10 +23,11 @@ from functools import partial
 from typing import Any
 
 from django.utils import timezone
-from kombu import Consumer
+from kombu import Consumer, Producer
 from kombu.exceptions import OperationalError
 
 from .. import signals
+from ..broker import delayed
 from ..broker.connection import mask_url, new_connection
 from ..broker.queues import consumer_queue, describe_queue
 from ..conf import settings
@@ -34,10 +35,13 @@ from ..core.registry import registry
 from ..core.states import TaskState
 from ..exceptions import ImproperlyConfigured, TaskRevokedError
 from ..results.backend import describe_exception, get_backend
-from . import intake
+from . import deadletter, intake
 from .executor import make_request
+from .monitor import LoopStats, Monitor
 from .pools import create_pool
 from .pools.base import Job
+from .ratelimit import RateLimiter
+from .revocations import RevocationWatch, send_task_revoked
 
 logger = logging.getLogger(__name__)
 VERSION = "0.1.0"
@@ -53,7 +57,8 @@ def expand_hostname(name: str | None) -> str:
 class Worker:
     def __init__(self, queues: list[str] | None = None, concurrency: int | None = None, pool: str = "prefork",
                  hostname: str | None = None, prefetch_multiplier: int | None = None,
-                 max_tasks_per_child: int | None = None, max_memory_per_child: int | None = None):
+                 max_tasks_per_child: int | None = None, max_memory_per_child: int | None = None,
+                 heartbeat: float | None = None):
         self.queue_names = list(queues or [settings.DEFAULT_QUEUE])
         self.hostname = expand_hostname(hostname)
         self.pool = create_pool(pool, concurrency or (os.cpu_count() or 1), self.hostname,
@@ -64,16 +69,25 @@ class Worker:
         self.timers: list[tuple[float, int, Job]] = []  # (eta as epoch seconds, seq, job)
         self._seq = itertools.count()
         self._channel: Any = None
+        self._consuming = False  # connected and consuming since the last connection error
         self._qos_size = 0
         self.stopping = False
         self.cold = False
+        self.stats = LoopStats()  # counters and stamps for the monitor thread (worker/monitor.py)
+        self.heartbeat = float(settings.WORKER_HEARTBEAT if heartbeat is None else heartbeat)  # 0: no monitor
         self.backend = get_backend()
         # read once: nothing per message goes through the settings object
         self.intake_policy = intake.Policy.from_settings()
         self.track_started = settings.TRACK_STARTED
+        self.eta_hold_max = float(settings.ETA_HOLD_MAX)
+        self._producer: Any = None
+        self._declared: set[str] = set()  # what this connection declared (the delayed-delivery topology)
         self._next_cleanup = 0.0
         self._periodic: list[list[Any]] = []  # [next run (monotonic), interval, function]
+        self.every(1.0, self._release_parked)
         self._connection_errors: tuple[type[BaseException], ...] = ()
+        self.revocations = RevocationWatch(self.pool, self.hostname)
+        self.rate_limits = RateLimiter()
 
     def every(self, seconds: float, function: Any) -> None:
         """Run ``function()`` in the main loop about every ``seconds``; an error is logged, never raised."""
@@ -117,8 +131,10 @@ class Worker:
     def run(self) -> None:
         print(self.banner(), flush=True)
         self.pool.start()
+        monitor = Monitor(self, self.heartbeat).start() if self.heartbeat > 0 else None
         delay = 1.0
         try:
+            self.revocations.start()  # before the first message: a revoked task never slips through
             signals.worker_ready.send(sender=self)
             while not self.stopping:
                 try:
@@ -129,6 +145,9 @@ class Worker:
                 except Exception as exc:  # connection lost or broker refused: back off, reconnect
                     if self.stopping:
                         break
+                    if self._consuming:  # it had connected: a new outage backs off from 1 s again
+                        self._consuming, delay = False, 1.0
+                    self.stats.connection_failed(exc)
                     if isinstance(exc, (OSError, OperationalError, *self._connection_errors)):
                         logger.error("broker connection lost (%s: %s); reconnecting in %.0fs",
                                      type(exc).__name__, exc, delay)
@@ -138,7 +157,12 @@ class Worker:
                     self._sleep(delay)
                     delay = min(delay * 2, 30.0)
         finally:
-            self._shutdown()
+            try:
+                self._shutdown()
+            finally:
+                self.revocations.stop()
+                if monitor is not None:
+                    monitor.stop()  # writes stopped_at
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -151,34 +175,54 @@ class Worker:
             connection.ensure_connection(max_retries=1)
             channel = connection.channel()
             self._channel = channel
+            self._producer = Producer(channel, auto_declare=False)
+            self._declared = set()
             self._qos_size = 0
             self._update_qos()
+            intake.guard_channel(channel)  # a payload kombu cannot even build a message from is refused too
+            dead = self.intake_policy.dead_letter_queue
+            if dead:
+                try:
+                    deadletter.declare(channel, dead)
+                except connection.recoverable_connection_errors:
+                    raise  # the broker went away: reconnect, as for any lost connection
+                except connection.channel_errors as exc:
+                    raise ImproperlyConfigured(f"the broker refused the dead-letter queue {dead!r} "
+                                               f"(DEAD_LETTER_QUEUE): {exc}") from exc
             consumers = [Consumer(channel, [consumer_queue(name, self.hostname)],
                                   on_message=partial(self._on_message, name),
+                                  on_decode_error=partial(intake.undecodable, name, self.intake_policy),
                                   accept=settings.ACCEPT_CONTENT, no_ack=False, auto_declare=False)
                          for name in self.queue_names]
             for name, consumer in zip(self.queue_names, consumers):
                 try:
                     consumer.declare()
+                except connection.recoverable_connection_errors:
+                    raise  # e.g. the database behind django:// is down: reconnect, do not exit
                 except connection.channel_errors as exc:  # not transient: retrying cannot fix it
                     raise ImproperlyConfigured(
                         f"the broker refused queue {name!r} as declared here ({describe_queue(consumer.queues[0])}): "
                         f"{exc}; fix the Queue row or TASKS_Q['QUEUES'], or delete the old declaration") from exc
                 consumer.consume()
+            consumers.extend(self._consume_ready_parked(connection, channel))
             logger.info("%s ready: consuming %s from %s", self.hostname, ", ".join(self.queue_names),
                         mask_url(settings.BROKER_URL))
+            self._consuming = True
             try:
                 while not self.stopping:
                     self._tick()
                     self._drain(connection)
+                    self.stats.check_reconnect(connection)  # the watchdog found this consumer silent
                 self._warm_stop(consumers)
             finally:
-                self._channel = None
+                self._channel = self._producer = None
 
     # -- the loop ------------------------------------------------------
     def _tick(self) -> None:
         """One pass: due timers to ready, ready jobs to the pool, finished jobs acked."""
+        self.stats.tick()
         now = time.time()
+        self.ready.extendleft(reversed(self.rate_limits.due(now)))  # rate-limited jobs whose slot came
         while self.timers and self.timers[0][0] <= now:
             self.ready.append(heapq.heappop(self.timers)[2])
             self._update_qos()
@@ -200,28 +244,83 @@ class Worker:
         timeout = 0.02 if self.pool.in_flight() else 1.0
         if self.timers:
             timeout = max(0.0, min(timeout, self.timers[0][0] - time.time()))
+        timeout = self.rate_limits.cap_timeout(timeout)  # wake for the next rate-limit slot
         try:
             connection.drain_events(timeout=timeout or 0.001)
         except socket.timeout:
             pass
+        else:
+            self.stats.received()
 
     def _on_message(self, queue: str, kombu_message: Any) -> None:
         job = intake.read(kombu_message, queue, self.intake_policy)
-        if job is None:
+        if job is None or self._revoked(job):
             return
         logger.debug("received task %s[%s]", job.message.task, job.message.id)
         eta = job.message.eta
-        delayed = eta is not None and eta > timezone.now()
+        park_until = delayed.deliver_at(eta, self.eta_hold_max)
+        if park_until is not None and self._park(job, park_until):
+            return
+        holds_eta = eta is not None and eta > timezone.now()
         # RECEIVED is written only for a task that will wait (eta, or every slot busy):
         # one that starts at once gets its receipt date with the STARTED write.
-        waits = delayed or bool(self.ready) or self.pool.free_slots() == 0
+        waits = holds_eta or bool(self.ready) or self.pool.free_slots() == 0
         if waits and self.track_started and not job.message.ignore_result:
             self._record(job, TaskState.RECEIVED)
-        if delayed:
+        if holds_eta:  # due within ETA_HOLD_MAX: held here
             heapq.heappush(self.timers, (eta.timestamp(), next(self._seq), job))
             self._update_qos()
         else:
             self.ready.append(job)
+
+    # -- delayed delivery (broker.delayed) ---------------------------------
+    def _park(self, job: Job, until: float) -> bool:
+        """Give a far-off task to the broker's delayed store instead of holding it; False: hold it."""
+        if self._producer is None or not delayed.supports_parking(self._producer.connection):
+            return False
+        try:
+            delayed.park_received(self._producer, job.kombu_message, job.delivery_info["queue"], until,
+                                  self._declared)
+        except self._connection_errors:
+            raise  # the loop reconnects; the unacked original comes back
+        except Exception:
+            logger.exception("could not park task %s[%s]; holding it in memory instead", job.message.task,
+                             job.message.id)
+            return False
+        logger.info("task %s[%s] is due at %s: parked in the broker until then", job.message.task, job.message.id,
+                    job.message.eta.isoformat())
+        self._ack(job)
+        return True
+
+    def _release_parked(self) -> None:
+        release = getattr(self._channel, "release_parked", None)
+        if release is not None:
+            moved = release()
+            if moved:
+                logger.debug("released %d parked message(s)", moved)
+
+    def _consume_ready_parked(self, connection: Any, channel: Any) -> list[Consumer]:
+        """RabbitMQ: consume the queue parked messages reach when due, and forward them."""
+        if connection.transport.driver_type != "amqp":
+            return []
+        ready = delayed.declare_amqp_topology(connection)
+        self._declared.add(delayed.AMQP_DECLARED)
+        consumer = Consumer(channel, [ready], on_message=self._forward_parked, accept=None, no_ack=False,
+                            auto_declare=False)
+        consumer.consume()
+        return [consumer]
+
+    def _forward_parked(self, message: Any) -> None:
+        try:
+            delayed.forward_ready(self._producer, message, self.eta_hold_max, self._declared)
+        except self._connection_errors:
+            raise  # unacked: RabbitMQ gives it back after the reconnect
+        except Exception:
+            logger.exception("could not forward parked message %s; it stays in %s",
+                             (message.headers or {}).get("id"), delayed.AMQP_READY_QUEUE)
+            message.reject(requeue=True)
+            return
+        message.ack()
 
     def _update_qos(self) -> None:
         """Held eta tasks must not use up the prefetch window (as Celery does)."""
@@ -231,18 +330,38 @@ class Worker:
             self._qos_size = size
 
     def _start(self, job: Job) -> None:
+        if self._revoked(job):  # checked again: the revoke may have come while the job waited
+            return
         expires = job.message.expires
         if expires is not None and expires <= timezone.now():
             logger.warning("task %s[%s] expired at %s; revoked without running", job.message.task,
                            job.message.id, expires.isoformat())
             self._record(job, TaskState.REVOKED, describe_exception(TaskRevokedError(f"expired at {expires.isoformat()}")))
             self._ack(job)
+            send_task_revoked(job.message.task, make_request(job.message, job.delivery_info, self.hostname),
+                              expired=True)
+            return
+        if self.rate_limits.hold(job):  # held, unacked, until its fleet-wide slot (worker.ratelimit)
+            if self.track_started and not job.message.ignore_result:
+                self._record(job, TaskState.RECEIVED)
             return
         if not job.acks_late:
             self._ack(job)
         self.pool.apply(job)
+        self.revocations.check_started(job.message.id)
+
+    def _revoked(self, job: Job) -> bool:
+        """A revoked task is acked and recorded REVOKED instead of run (worker.revocations)."""
+        if not self.revocations.is_revoked(job.message.id):
+            return False
+        logger.warning("task %s[%s] is revoked: dropped without running", job.message.task, job.message.id)
+        self._record(job, TaskState.REVOKED, describe_exception(TaskRevokedError("revoked")))
+        self._ack(job)
+        send_task_revoked(job.message.task, make_request(job.message, job.delivery_info, self.hostname))
+        return True
 
     def _finish(self, job: Job, outcome: Any) -> None:
+        self.stats.finished(outcome.state == TaskState.FAILURE)
         if not job.acks_late:
             return
         if outcome.requeue:
@@ -293,7 +412,7 @@ class Worker:
         while self.pool.in_flight() and not self.cold:
             for job, outcome in self.pool.poll(0.1):
                 self._finish(job, outcome)
-        for job in list(self.ready) + [entry[2] for entry in self.timers]:
+        for job in list(self.ready) + [entry[2] for entry in self.timers] + self.rate_limits.take_all():
             self._settle(job, lambda m: m.reject(requeue=True))
         self.ready.clear()
         self.timers.clear()
@@ -301,6 +420,7 @@ class Worker:
     def _forget_unacked(self) -> None:
         """After a lost connection the broker redelivers what we held; drop our copies."""
         self.ready.clear()
+        self.rate_limits.take_all()
         self.timers.clear()
 
     def _shutdown(self) -> None:

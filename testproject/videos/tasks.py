@@ -100,3 +100,100 @@ def touch(path):
     """Create ``path``: the benchmarks' end-of-run marker."""
     with open(path, "w") as fh:
         fh.write("done")
+
+
+@task
+def mark(path, note="ran"):
+    """Append one line to ``path``: tests count the lines to see how often a task ran, and when."""
+    with open(path, "a") as fh:
+        fh.write(f"{note} {time.time():.3f}\n")
+    return note
+
+
+@task
+def witness(path, payload=""):
+    """Write ``len(payload)`` to ``path`` and return it: proof that a message ran, whatever its size."""
+    with open(path, "w") as fh:
+        fh.write(str(len(payload)))
+    return len(payload)
+
+
+@task(rate_limit="5/s")
+def limited(path, note="ran"):
+    """``mark`` at most five times a second across all workers: the rate-limit tests read its times."""
+    return mark(path, note)
+
+
+@task(bind=True, max_retries=None, default_retry_delay=0)
+def persistent(self, succeed_on_attempt, countdown=0.0):
+    """Retry with no limit (max_retries=None) until attempt ``succeed_on_attempt``; return the attempt number."""
+    if self.request.retries + 1 < succeed_on_attempt:
+        raise self.retry(exc=ConnectionError(f"attempt {self.request.retries + 1} failed"), countdown=countdown)
+    return self.request.retries + 1
+
+
+@task(bind=True, autoretry_for=(OSError,), dont_autoretry_for=(FileNotFoundError,), max_retries=3,
+      retry_backoff=0.1, retry_backoff_max=0.3, retry_jitter=False)
+def backoff_probe(self, path, fail_times, error="OSError"):
+    """Append each attempt's time to ``path``; raise ``error`` on the first ``fail_times`` attempts."""
+    with open(path, "a") as fh:
+        fh.write(f"{time.time():.4f}\n")
+    if self.request.retries < fail_times:
+        raise {"OSError": OSError, "FileNotFoundError": FileNotFoundError}[error](
+            f"attempt {self.request.retries + 1} failed")
+    return self.request.retries
+
+
+@task(time_limit=30, soft_time_limit=0.5)
+def naps(seconds, chunk=None):
+    """Sleep ``seconds`` in one call (``chunk=None``) or in ``chunk``-second naps; report a soft time limit."""
+    from django_tasks_q.exceptions import SoftTimeLimitExceeded
+
+    started = time.monotonic()
+    try:
+        if chunk is None:
+            time.sleep(seconds)
+        else:
+            while time.monotonic() - started < seconds:
+                time.sleep(chunk)
+    except SoftTimeLimitExceeded as exc:
+        return {"soft_limit": str(exc), "after": round(time.monotonic() - started, 2)}
+    return {"slept": seconds}
+
+
+@task(acks_late=True)
+def sleep_late(seconds):
+    """``sleep`` with acks_late: the hard time limit test checks its message is acked, not requeued."""
+    time.sleep(seconds)
+    return seconds
+
+
+@task
+def hold_memory(megabytes):
+    """Touch ``megabytes`` MB of memory, then free it; return the pid (prefork recycling tests)."""
+    import os
+
+    block = b"\x01" * (megabytes * 1024 * 1024)
+    del block
+    return os.getpid()
+
+
+@task
+def first_query(note):
+    """Query the database before anything else in the task: the first use of the connection after a kill."""
+    import os
+
+    from django.contrib.auth.models import Group
+
+    return {"pk": Group.objects.create(name=note).pk, "pid": os.getpid()}
+
+
+@task(acks_late=True)
+def kill_own_child(path):
+    """Note the run in ``path``, then SIGKILL the process running it (a prefork child)."""
+    import os
+    import signal
+
+    with open(path, "a") as fh:
+        fh.write("ran\n")
+    os.kill(os.getpid(), signal.SIGKILL)

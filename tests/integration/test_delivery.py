@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from django_tasks_q.core.states import TaskState
-from testproject.videos.tasks import mark, sleep
+from django_tasks_q.worker.pools.prefork import WorkerLostError
+from testproject.videos.tasks import kill_own_child, mark, sleep
 from tests.workers import WorkerProcess
 
 from .test_spine import wait_until
@@ -51,3 +52,13 @@ def test_prefetched_and_held_tasks_come_back_after_sigkill(url, tmp_path):
     notes = sorted(line.split()[0] for line in path.read_text().splitlines())
     assert notes == ["held", "waiting-0", "waiting-1", "waiting-2"], "each ran exactly once"
     assert running.state == TaskState.STARTED  # acked at start: not run again
+
+
+def test_acks_late_task_that_kills_its_child_is_given_back_once_then_fails(url, tmp_path):
+    path = tmp_path / "runs"
+    with WorkerProcess(url, "-P", "prefork", "-c", "1", "-Q", "kill", "-n", "fragile@%h", env=QUICK):
+        result = kill_own_child.apply_async((str(path),), queue="kill")
+        with pytest.raises(WorkerLostError, match="exited"):
+            result.get(timeout=30)
+        assert mark.apply_async((str(tmp_path / "after"), "next"), queue="kill").get(timeout=20) == "next"
+    assert path.read_text().splitlines() == ["ran", "ran"], "given back once, then failed"

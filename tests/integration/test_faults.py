@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -92,8 +93,136 @@ def test_rabbitmq_queues_are_durable_and_messages_persistent(amqp_url, settings,
     settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": amqp_url}
     add.apply_async((1, 2), queue="durability")
     with Connection(amqp_url) as conn:
-        message = conn.default_channel.basic_get("durability", no_ack=True)
+        # the publish went out on another connection: wait for RabbitMQ to have queued it
+        message = wait_until(lambda: conn.default_channel.basic_get("durability", no_ack=True), timeout=5)
         assert message is not None and message.properties["delivery_mode"] == 2  # persistent
         assert message.headers["task"] == "testproject.videos.tasks.add"
         with pytest.raises(PreconditionFailed, match="durable"):  # the queue exists as durable
             conn.channel().queue_declare("durability", durable=False)
+
+
+# -- brokers that crash while work flows ----------------------------------------------------------
+
+FAULTS_QUEUE = "faults"
+#: unacked messages of a lost connection come back after 2 s (Redis, django://), not kombu's default hour
+QUICK_RESTORE = {"TASKS_Q_BROKER_TRANSPORT_OPTIONS": '{"visibility_timeout": 2}'}
+
+
+def publish_bound() -> float:
+    """The longest ``delay()`` may take against a dead broker: every attempt's connect timeout, plus
+    kombu's retry intervals (0, 0.2, 0.4 ... at most 1 s)."""
+    from django_tasks_q.conf import settings
+
+    return (settings.BROKER_PUBLISH_RETRIES + 1) * (settings.BROKER_CONNECTION_TIMEOUT + 1.0)
+
+
+def assert_delay_fails_fast(masked: str, secret: str | None = None) -> float:
+    from django_tasks_q.exceptions import BrokerUnavailable
+
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable) as excinfo:
+        add.apply_async((1, 1), queue=FAULTS_QUEUE)
+    elapsed = time.monotonic() - started
+    assert elapsed < publish_bound(), f"delay() took {elapsed:.1f}s against a dead broker"
+    assert masked in str(excinfo.value) and "testproject.videos.tasks.add" in str(excinfo.value)
+    if secret:
+        assert secret not in str(excinfo.value)
+    return elapsed
+
+
+@pytest.mark.parametrize("kind", ["redis", "amqp"])
+def test_broker_crash_while_work_flows_loses_no_task(kind, settings, transactional_db):
+    """Kill the broker mid-flow: the worker logs it, backs off, reconnects, and every task sent runs."""
+    from django_tasks_q.broker import connection
+    from django_tasks_q.broker.connection import mask_url
+
+    server = servers.RedisServer(appendonly=True) if kind == "redis" else servers.RabbitMQServer()
+    with servers.serve(server) as url:
+        # RabbitMQ holds a new message in memory for a while: only with publisher confirms has
+        # delay() returned after it is on disk, and so safe from a crash (kill -9) of the node.
+        options = {"confirm_publish": True} if kind == "amqp" else {}
+        settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": url, "BROKER_TRANSPORT_OPTIONS": options}
+        connection.reset()
+        with WorkerProcess(url, "-P", "threads", "-c", "2", "-Q", FAULTS_QUEUE, "-n", f"faults-{kind}@%h",
+                           env=QUICK_RESTORE) as worker:
+            flowing = [sleep.apply_async((0.05,), queue=FAULTS_QUEUE) for _ in range(40)]
+            wait_until(lambda: sum(r.state == "SUCCESS" for r in flowing[:12]) >= 4, timeout=20)
+            server.crash()
+            assert flowing[-1].state != "SUCCESS"  # the crash came while work was flowing
+            worker.wait_for("broker connection lost", timeout=20)
+            assert_delay_fails_fast(mask_url(url), secret=":guest@" if kind == "amqp" else None)
+            time.sleep(3.5)  # long enough to see the back-off grow: 1 s, then 2 s
+            assert "reconnecting in 2s" in worker.output()
+            assert worker.process.poll() is None
+            server.start_again()
+            wait_until(lambda: worker.output().count("ready: consuming") >= 2, timeout=60, interval=0.2)
+            after = [add.apply_async((i, i), queue=FAULTS_QUEUE) for i in range(10)]
+            assert [r.get(timeout=60) for r in after] == [i * 2 for i in range(10)]
+            # every task sent before the crash ran too: from the durable queue, or given back unacked
+            assert [r.get(timeout=60) for r in flowing] == [0.05] * len(flowing)
+            assert "worker loop error" not in worker.output()
+    connection.reset()
+
+
+def _manage(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    from tests.workers import ROOT
+
+    result = subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+SEND = """
+import json, sys, time
+from django_tasks_q.exceptions import BrokerUnavailable
+from testproject.videos.tasks import touch
+out, first, count = {out!r}, {first}, {count}
+started = time.monotonic()
+try:
+    for i in range(first, first + count):
+        touch.apply_async((f"{{out}}/{{i}}",), queue="faults")
+    print(json.dumps({{"sent": count, "seconds": time.monotonic() - started}}))
+except BrokerUnavailable as exc:
+    print(json.dumps({{"error": str(exc), "seconds": time.monotonic() - started}}))
+"""
+
+
+def test_postgres_behind_django_broker_crashes_while_work_flows(tmp_path):
+    """django:// on PostgreSQL: the database restarts mid-flow; every task sent runs, sends fail fast meanwhile."""
+    import json
+
+    server = servers.PostgresServer()
+    with servers.serve(server) as pg_url:
+        url = servers.create_database(pg_url, "tq_faults")
+        env = {k: v for k, v in os.environ.items() if k not in ("TESTPROJECT_SQLITE", "TASKS_Q_BROKER_URL")}
+        env.update({"TESTPROJECT_DATABASE_URL": url, "TASKS_Q_BROKER_URL": "django://", "PYTHONUNBUFFERED": "1"})
+        _manage(env, "migrate", "--verbosity", "0")
+        out = tmp_path / "done"
+        out.mkdir()
+
+        def send(first: int, count: int) -> dict:
+            code = SEND.format(out=str(out), first=first, count=count)
+            return json.loads(_manage(env, "shell", "-c", code).stdout.strip().splitlines()[-1])
+
+        worker_env = {**QUICK_RESTORE, "TESTPROJECT_DATABASE_URL": url}
+        with WorkerProcess("django://", "-P", "threads", "-c", "2", "-Q", FAULTS_QUEUE, "-n", "faults-pg@%h",
+                           env=worker_env) as worker:
+            assert send(0, 400)["sent"] == 400
+            wait_until(lambda: len(list(out.iterdir())) >= 10, timeout=30, interval=0.01)
+            server.crash()
+            assert len(list(out.iterdir())) < 400  # the crash came while work was flowing
+            down = send(1000, 1)
+            assert "error" in down and "could not send task" in down["error"] and "django://" in down["error"], down
+            assert down["seconds"] < publish_bound(), down
+            wait_until(lambda: "broker connection lost" in worker.output() or "django:// database" in worker.output())
+            time.sleep(2)
+            assert worker.process.poll() is None
+            server.start_again()
+            assert send(400, 20)["sent"] == 20
+            wait_until(lambda: len(list(out.iterdir())) == 420, timeout=60, interval=0.2)
+            assert sorted(int(p.name) for p in out.iterdir()) == list(range(420))
+            assert worker.process.poll() is None
+            output = worker.output()
+            assert output.count("django:// database") < 20, "the outage flooded the log"
+            assert "worker loop error" not in output

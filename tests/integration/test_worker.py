@@ -131,12 +131,16 @@ def test_banner_masks_the_broker_password(redis_url, settings, transactional_db)
     assert "testproject.videos.tasks.add" in out and "reports.build" in out
 
 
-def test_long_acks_late_task_is_not_redelivered_past_the_visibility_timeout(settings, transactional_db):
-    """django://: a solo worker busy for 3 visibility timeouts keeps its message."""
-    settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": "django://"}
-    options = {"TASKS_Q_BROKER_TRANSPORT_OPTIONS": '{"visibility_timeout": 1}'}
-    with WorkerProcess("django://", "-P", "solo", "-Q", "videos", "-n", "one@%h", env=options) as one, \
-            WorkerProcess("django://", "-P", "solo", "-Q", "videos", "-n", "two@%h", env=options) as two:
+@pytest.mark.parametrize("scheme", ["django", "redis"])
+def test_long_acks_late_task_is_not_redelivered_past_the_visibility_timeout(scheme, request, settings,
+                                                                            transactional_db):
+    """A solo worker busy for 3 visibility timeouts keeps its message: its keeper thread renews it."""
+    url = "django://" if scheme == "django" else request.getfixturevalue("redis_url")
+    settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": url}
+    # unacked_restore_throttle 1: an idle Redis consumer sweeps for overdue messages on every poll
+    options = {"TASKS_Q_BROKER_TRANSPORT_OPTIONS": '{"visibility_timeout": 1, "unacked_restore_throttle": 1}'}
+    with WorkerProcess(url, "-P", "solo", "-Q", "videos", "-n", "one@%h", env=options) as one, \
+            WorkerProcess(url, "-P", "solo", "-Q", "videos", "-n", "two@%h", env=options) as two:
         results = [compress.delay(1, steps=1, delay=3)]  # one runs it, the other idles and would steal
         assert results[0].get(timeout=30)["video_id"] == 1
         time.sleep(1.5)

@@ -93,6 +93,14 @@ def test_prefetch_multiplier_must_be_positive():
     assert [e.id for e in errors] == ["django_tasks_q.E005"]
 
 
+@pytest.mark.parametrize("key", ["ETA_HOLD_MAX", "REVOKE_EXPIRES", "WORKER_HEARTBEAT", "WORKER_STUCK_AFTER"])
+def test_durations_must_not_be_negative(key):
+    errors = errors_for({key: -1})
+    assert [e.id for e in errors] == ["django_tasks_q.E008"]
+    assert key in errors[0].msg and "-1" in errors[0].msg
+    assert errors_for({key: 0}) == []
+
+
 def test_unknown_serializer():
     errors = errors_for({"TASK_SERIALIZER": "jsonn"})
     assert [e.id for e in errors] == ["django_tasks_q.E006"]

@@ -32,7 +32,7 @@ def published(monkeypatch):
     """Messages that retries and links send, captured instead of published."""
     sent = []
 
-    def capture(encoded, route, *, task_id, reply_to=None):
+    def capture(encoded, route, *, task_id, reply_to=None, **more):
         sent.append((encoded, route))
 
     monkeypatch.setattr("django_tasks_q.core.calling.publish", capture)

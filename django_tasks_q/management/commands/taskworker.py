@@ -1,5 +1,6 @@
 """``manage.py taskworker``: parse options, run ``Worker``."""
 
+import sys
 import threading
 
 from django.core.management.base import BaseCommand, CommandError
@@ -22,6 +23,8 @@ class Command(BaseCommand):
         parser.add_argument("--prefetch-multiplier", type=int, default=None)
         parser.add_argument("--max-tasks-per-child", type=int, default=None)
         parser.add_argument("--max-memory-per-child", type=int, default=None, help="KB of resident memory")
+        parser.add_argument("--without-heartbeat", action="store_true",
+                            help="write no Worker row and run no watchdog (TASKS_Q['WORKER_HEARTBEAT'] = 0)")
         parser.add_argument("-B", "--beat", action="store_true",
                             help="also run the periodic task scheduler in this process (development)")
 
@@ -32,7 +35,8 @@ class Command(BaseCommand):
             worker = Worker(queues=queues, concurrency=options["concurrency"], pool=options["pool"],
                             hostname=options["hostname"], prefetch_multiplier=options["prefetch_multiplier"],
                             max_tasks_per_child=options["max_tasks_per_child"],
-                            max_memory_per_child=options["max_memory_per_child"])
+                            max_memory_per_child=options["max_memory_per_child"],
+                            heartbeat=0 if options["without_heartbeat"] else None)
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
         worker.install_signal_handlers()
@@ -44,6 +48,8 @@ class Command(BaseCommand):
         finally:
             if scheduler is not None:
                 scheduler.stop()
+        if worker.cold:  # running tasks were abandoned: say so to the supervisor
+            sys.exit(1)
 
 
 def start_embedded_beat():

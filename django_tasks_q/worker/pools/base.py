@@ -3,10 +3,14 @@
 A pool runs jobs and reports them finished. The worker's main thread owns
 the broker connection, so pools never ack: ``poll()`` hands finished jobs
 back to the main thread, which acks them there.
+
+Every method is called from the worker's main thread, except ``terminate()``,
+which any thread may call (control commands are handled in the background).
 """
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +50,16 @@ class Pool:
 
     def poll(self, timeout: float = 0) -> list[tuple[Job, Outcome]]:
         """Finished jobs, waiting up to ``timeout`` seconds for the first one."""
+        raise NotImplementedError
+
+    def terminate(self, task_id: str, signum: int = signal.SIGTERM) -> bool:
+        """Stop the running task ``task_id``; True when it was running here and was told to stop.
+
+        Safe to call from any thread. The task is recorded REVOKED with
+        ``TaskRevokedError("terminated")`` and its message acked (even with
+        acks_late: it was stopped on purpose). Prefork kills the child;
+        solo and threads raise ``TaskRevokedError`` inside the task.
+        """
         raise NotImplementedError
 
     def stop(self, wait: bool = True) -> None:

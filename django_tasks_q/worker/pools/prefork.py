@@ -3,9 +3,24 @@
 Children are forked from the worker after Django is set up, so they share
 its imported code. Each child talks to the parent over its own pipe: the
 parent sends ``(key, message, delivery_info)``, the child answers
-``(key, outcome)``. A child that dies mid-task is replaced and its task
-recorded as FAILURE (WorkerLostError) -- an acks_late message is then
-rejected back to the queue instead.
+``(key, outcome)``.
+
+When a child stops before answering:
+
+* it died on its own -> FAILURE (``WorkerLostError``); an acks_late message
+  is rejected back to the queue instead, for another worker to run;
+* it ran past the task's hard ``time_limit`` -> the parent SIGKILLs it,
+  records FAILURE (``TimeLimitExceeded``) and acks the message even with
+  acks_late: run again, it would only time out again;
+* ``terminate(task_id)`` killed it -> REVOKED (``TaskRevokedError("terminated")``),
+  message acked.
+
+A stopped child is replaced at once and the worker goes on serving. The soft
+limit is the child's own business (a SIGALRM timer, worker/timelimits.py).
+Children ignore SIGTERM and SIGINT so that a signal to the whole process
+group leaves running tasks to the parent's warm shutdown; that is why
+``terminate()`` turns SIGTERM/SIGINT into SIGKILL. Other signals are sent
+as given (a child that survives one just finishes its task).
 """
 
 from __future__ import annotations
@@ -15,14 +30,18 @@ import multiprocessing
 import os
 import resource
 import signal
+import threading
 import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from django.db import connections
 
+from ...core.registry import registry
 from ...core.states import TaskState
-from ..executor import Outcome, execute
+from ...exceptions import TaskRevokedError, TimeLimitExceeded
+from .. import timelimits
+from ..executor import Outcome, execute, record_stopped
 from .base import Job, Pool
 
 logger = logging.getLogger(__name__)
@@ -48,6 +67,7 @@ def _child_main(pipe: Connection, hostname: str, max_tasks: int | None, max_memo
             return
         key, message, delivery_info = item
         outcome = execute(message, delivery_info, hostname)
+        timelimits.discard(message.id)
         done += 1
         retiring = bool(max_tasks and done >= max_tasks)
         if max_memory_kb and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > max_memory_kb:
@@ -58,11 +78,29 @@ def _child_main(pipe: Connection, hostname: str, max_tasks: int | None, max_memo
             return
 
 
+def _requeue_lost(job: Job) -> bool:
+    """Give an ``acks_late`` task whose child died back to the queue?
+
+    ``reject_on_worker_lost=True``: always; ``False``: never (Celery's
+    default: FAILURE with WorkerLostError). Unset: once -- a message that was
+    already delivered before fails instead, so a task that kills its child
+    every time (a segfault, the OOM killer) cannot loop for ever.
+    """
+    task = registry.get(job.message.task)
+    choice = task.options.reject_on_worker_lost if task is not None else None
+    if choice is not None:
+        return choice
+    return not job.delivery_info.get("redelivered")
+
+
 class _Child:
     def __init__(self, process: Any, pipe: Connection):
         self.process = process
         self.pipe = pipe
         self.job: Job | None = None
+        #: the job this child was killed over, and why: a TimeLimitExceeded or TaskRevokedError
+        self.stopped: tuple[Job, BaseException, int] | None = None
+        self.doomed = False  # sent SIGKILL: never give it another job
 
 
 class PreforkPool(Pool):
@@ -75,6 +113,8 @@ class PreforkPool(Pool):
         self.max_memory_per_child = max_memory_per_child
         self._children: list[_Child] = []
         self._keys = 0
+        # guards child.job / child.stopped against terminate() from another thread
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         for _ in range(self.concurrency):
@@ -94,15 +134,16 @@ class PreforkPool(Pool):
         return [c.process.pid for c in self._children]
 
     def free_slots(self) -> int:
-        return sum(1 for c in self._children if c.job is None)
+        return sum(1 for c in self._children if c.job is None and not c.doomed)
 
     def in_flight(self) -> int:
         return sum(1 for c in self._children if c.job is not None)
 
     def apply(self, job: Job) -> None:
-        child = next(c for c in self._children if c.job is None)
-        job.started_at = time.monotonic()
-        child.job = job
+        with self._lock:
+            child = next(c for c in self._children if c.job is None and not c.doomed)
+            job.started_at = time.monotonic()
+            child.job = job
         try:
             child.pipe.send((id(job), job.message, job.delivery_info))
         except (OSError, ValueError):  # the child died between tasks: the poll will replace it
@@ -111,7 +152,10 @@ class PreforkPool(Pool):
     def poll(self, timeout: float = 0) -> list[tuple[Job, Outcome]]:
         busy = [c for c in self._children if c.job is not None]
         finished: list[tuple[Job, Outcome]] = []
-        ready = wait([c.pipe for c in busy], timeout) if busy else []
+        if busy:
+            ready = wait([c.pipe for c in busy], max(0.0, min(timeout, self._until_deadline(busy))))
+        else:
+            ready = []
         for child in busy:
             if child.pipe in ready:
                 try:
@@ -119,39 +163,106 @@ class PreforkPool(Pool):
                 except (EOFError, OSError):
                     finished.append((child.job, self._lost(child)))
                     continue
-                finished.append((child.job, outcome))
-                child.job = None
+                with self._lock:
+                    finished.append((child.job, outcome))
+                    child.job = None
+                    child.stopped = None  # answered before a kill took effect: its outcome stands
                 if retiring:
                     child.process.join()
+        finished.extend(self._enforce_time_limits())
         self._replace_dead()
         return finished
 
+    # -- hard time limit and terminate ---------------------------------
+    @staticmethod
+    def _deadline(job: Job) -> float | None:
+        limit = job.message.time_limit
+        if not limit or job.started_at is None:
+            return None
+        return job.started_at + limit
+
+    def _until_deadline(self, busy: list[_Child]) -> float:
+        deadlines = [d for c in busy if c.job is not None and (d := self._deadline(c.job)) is not None]
+        return min(deadlines) - time.monotonic() if deadlines else float("inf")
+
+    def _enforce_time_limits(self) -> list[tuple[Job, Outcome]]:
+        """SIGKILL every child whose job has run past its hard ``time_limit``; report those jobs."""
+        finished = []
+        now = time.monotonic()
+        for child in self._children:
+            job = child.job
+            deadline = None if job is None else self._deadline(job)
+            if deadline is None or now < deadline or child.stopped is not None:
+                continue
+            if child.pipe.poll():  # it answered just in time: the next poll reads the answer
+                continue
+            error = TimeLimitExceeded(f"task {job.message.task} [{job.message.id}] ran past its hard time limit "
+                                      f"({job.message.time_limit}s); its worker child was killed")
+            logger.error("hard time limit (%ss) exceeded for %s[%s]; killing child %s", job.message.time_limit,
+                         job.message.task, job.message.id, child.process.pid)
+            with self._lock:
+                child.stopped = (job, error, signal.SIGKILL)
+                child.doomed = True
+            self._kill(child, signal.SIGKILL)
+            finished.append((job, self._lost(child)))
+        return finished
+
+    def terminate(self, task_id: str, signum: int = signal.SIGTERM) -> bool:
+        # children ignore SIGTERM/SIGINT (see _child_main): stopping the task takes SIGKILL
+        sent = signal.SIGKILL if signum in (signal.SIGTERM, signal.SIGINT) else signum
+        with self._lock:
+            for child in self._children:
+                job = child.job
+                if job is None or job.message.id != task_id:
+                    continue
+                if child.stopped is None:
+                    child.stopped = (job, TaskRevokedError("terminated"), signum)
+                    child.doomed = sent == signal.SIGKILL
+                    logger.warning("terminating %s[%s]: signal %s to child %s", job.message.task, task_id,
+                                   sent, child.process.pid)
+                    self._kill(child, sent)
+                return True
+        return False
+
+    @staticmethod
+    def _kill(child: _Child, signum: int) -> None:
+        if child.process.exitcode is not None:  # already reaped: its pid may belong to someone else now
+            return
+        try:
+            os.kill(child.process.pid, signum)
+        except ProcessLookupError:  # gone meanwhile: the poll reports it
+            pass
+
     def _lost(self, child: _Child) -> Outcome:
-        child.process.join(timeout=1)
-        job = child.job
-        child.job = None
+        """The child stopped without answering: decide, record and report its job's outcome."""
+        child.process.join(timeout=5 if child.doomed else 1)
+        with self._lock:
+            job, stopped = child.job, child.stopped
+            child.job = None
+            child.stopped = None
+        if stopped is not None and stopped[0] is job:
+            _job, error, signum = stopped
+            state = record_stopped(job.message, job.delivery_info, self.hostname, error, signum=signum)
+            return Outcome(state=state)  # acked, even with acks_late: stopped on purpose
         exitcode = child.process.exitcode
         logger.error("child %s running %s[%s] exited (exitcode %s)", child.process.pid, job.message.task,
                      job.message.id, exitcode)
-        if not job.acks_late:
-            from ..executor import make_request
-            from ...results.backend import describe_exception, get_backend
-
-            error = WorkerLostError(f"worker child exited with code {exitcode} while running {job.message.task}")
-            request = make_request(job.message, job.delivery_info, self.hostname)
-            try:
-                get_backend().mark(job.message.id, TaskState.FAILURE, result=describe_exception(error),
-                                   request=request, task_name=job.message.task)
-            except Exception:
-                logger.exception("could not record the loss of %s", job.message.id)
-            return Outcome(state=TaskState.FAILURE)
-        return Outcome(state=TaskState.RECEIVED, requeue=True)
+        if job.acks_late and _requeue_lost(job):
+            return Outcome(state=TaskState.RECEIVED, requeue=True)
+        record_stopped(job.message, job.delivery_info, self.hostname,
+                       WorkerLostError(f"worker child exited with code {exitcode} while running {job.message.task}"))
+        return Outcome(state=TaskState.FAILURE)
 
     def _replace_dead(self) -> None:
         for index, child in enumerate(self._children):
-            if child.job is None and not child.process.is_alive():
+            if child.job is None and (child.doomed or not child.process.is_alive()):
+                if child.doomed:
+                    self._kill(child, signal.SIGKILL)
+                    child.process.join(timeout=5)
                 child.pipe.close()
-                self._children[index] = self._spawn()
+                replacement = self._spawn()
+                with self._lock:
+                    self._children[index] = replacement
 
     def stop(self, wait: bool = True) -> None:
         for child in self._children:

@@ -1,9 +1,18 @@
-"""The solo pool: run each task inline in the worker's main thread."""
+"""The solo pool: run each task inline in the worker's main thread.
+
+Because the task runs in the main thread, its soft time limit and a
+``terminate()`` arrive by SIGALRM and interrupt even a blocking call
+(worker/timelimits.py). A hard ``time_limit`` cannot be enforced without a
+child process to kill: it is logged once per task name and otherwise ignored.
+"""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 
+from .. import timelimits
 from ..executor import Outcome, execute
 from .base import Job, Pool
 
@@ -14,6 +23,8 @@ class SoloPool(Pool):
     def __init__(self, concurrency: int, hostname: str, **options):
         super().__init__(1, hostname)
         self._done: list[tuple[Job, Outcome]] = []
+        self._lock = threading.Lock()
+        self._current: str | None = None  # id of the task running now
 
     def free_slots(self) -> int:
         return 0 if self._done else 1
@@ -23,8 +34,29 @@ class SoloPool(Pool):
 
     def apply(self, job: Job) -> None:
         job.started_at = time.monotonic()
-        self._done.append((job, execute(job.message, job.delivery_info, self.hostname)))
+        task_id = job.message.id
+        timelimits.warn_hard_limit_unenforced(self.name, job.message.task, job.message.time_limit)
+        with self._lock:
+            self._current = task_id
+        try:
+            outcome = execute(job.message, job.delivery_info, self.hostname)
+        finally:
+            with self._lock:
+                self._current = None
+            timelimits.discard(task_id)
+        self._done.append((job, outcome))
 
     def poll(self, timeout: float = 0) -> list[tuple[Job, Outcome]]:
         done, self._done = self._done, []
         return done
+
+    def terminate(self, task_id: str, signum: int = signal.SIGTERM) -> bool:
+        with self._lock:
+            if self._current != task_id:
+                return False
+            return timelimits.terminate(task_id, signum)
+
+    @property
+    def inline_task(self) -> str | None:
+        """The id of the task running in the main thread now; the watchdog reads it (a busy loop is no stall)."""
+        return self._current

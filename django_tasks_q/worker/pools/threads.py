@@ -1,13 +1,23 @@
-"""The threads pool: N threads run tasks; the main thread acks what they finish."""
+"""The threads pool: N threads run tasks; the main thread acks what they finish.
+
+A soft time limit or ``terminate()`` reaches a task thread through
+``PyThreadState_SetAsyncExc``: it is raised at the thread's next bytecode,
+so a thread blocked in one long C call sees it when that call returns
+(worker/timelimits.py). A hard ``time_limit`` cannot be enforced on a thread:
+it is logged once per task name and otherwise ignored.
+"""
 
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 import time
+from collections import Counter
 
 from django.db import connections
 
+from .. import timelimits
 from ..executor import Outcome, execute
 from .base import Job, Pool
 
@@ -21,6 +31,8 @@ class ThreadPool(Pool):
         self._done: queue.SimpleQueue[tuple[Job, Outcome]] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._running = 0
+        self._lock = threading.Lock()
+        self._held: Counter[str] = Counter()  # ids of tasks handed to the threads and not yet finished
 
     def start(self) -> None:
         for number in range(self.concurrency):
@@ -43,7 +55,10 @@ class ThreadPool(Pool):
 
     def apply(self, job: Job) -> None:
         job.started_at = time.monotonic()
+        timelimits.warn_hard_limit_unenforced(self.name, job.message.task, job.message.time_limit)
         self._running += 1
+        with self._lock:
+            self._held[job.message.id] += 1
         self._jobs.put(job)
 
     def poll(self, timeout: float = 0) -> list[tuple[Job, Outcome]]:
@@ -55,7 +70,20 @@ class ThreadPool(Pool):
         except queue.Empty:
             pass
         self._running -= len(finished)
+        if finished:
+            with self._lock:
+                for job, _outcome in finished:
+                    self._held[job.message.id] -= 1
+                    if self._held[job.message.id] <= 0:
+                        del self._held[job.message.id]
+                        timelimits.discard(job.message.id)
         return finished
+
+    def terminate(self, task_id: str, signum: int = signal.SIGTERM) -> bool:
+        with self._lock:
+            if not self._held.get(task_id):
+                return False
+            return timelimits.terminate(task_id, signum)
 
     def stop(self, wait: bool = True) -> None:
         for _ in self._threads:
