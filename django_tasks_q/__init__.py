@@ -7,11 +7,14 @@ Public API (DESIGN §3-5)::
 
 from .beat.crontab import crontab
 from .core.calling import send_task
+from .core.canvas import Signature, chain, signature
+from .core.groups import chord, group
 from .core.registry import registry
 from .core.states import TaskState
 from .core.task import Task, shared_task, task
 from .results.async_result import AsyncResult, EagerResult
+from .results.group_result import GroupResult
 
-__all__ = ["AsyncResult", "EagerResult", "Task", "TaskState", "crontab", "registry", "send_task", "shared_task",
-           "task"]
+__all__ = ["AsyncResult", "EagerResult", "GroupResult", "Signature", "Task", "TaskState", "chain", "chord", "crontab",
+           "group", "registry", "send_task", "shared_task", "signature", "task"]
 __version__ = "0.1.0"

@@ -16,4 +16,5 @@ class DjangoTasksQConfig(AppConfig):
 
         register()  # kombu learns the django:// scheme
 
+        from .core import builtins  # noqa: F401  celery.map / celery.starmap / celery.chunks
         autodiscover_modules("tasks")

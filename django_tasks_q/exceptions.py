@@ -81,3 +81,7 @@ class SoftTimeLimitExceeded(TasksQError):
 
 class TimeLimitExceeded(TasksQError):
     """The task ran past its hard ``time_limit`` and its process was killed."""
+
+
+class ChordError(TasksQError):
+    """A member of a chord's header failed, so the chord's body did not run."""

@@ -108,34 +108,36 @@ def parked_route(connection: Any, exchange: str, routing_key: str, headers: dict
     return top, calculate_routing_key(delay, routing_key or "tasksq"), headers
 
 
-def park_received(producer: Any, message: Any, queue: str, at: float, declared: set[str]) -> None:
+def park_received(publisher: Any, message: Any, queue: str, at: float) -> None:
     """Park a copy of a received kombu ``message`` for ``queue`` only; the caller then acks the original.
 
-    The default exchange routes by queue name, so a fanout or topic message
-    is not broadcast again.
+    ``publisher`` is a :class:`~django_tasks_q.broker.connection.PublishState`:
+    a connection of its own, so that waiting for a publisher confirm never
+    runs the consumer's callbacks re-entrantly. The default exchange routes
+    by queue name, so a fanout or topic message is not broadcast again.
     """
-    exchange, routing_key, headers = parked_route(producer.connection, "", queue, dict(message.headers or {}), at,
-                                                  declared)
-    _republish(producer, message, exchange, routing_key, headers)
+    exchange, routing_key, headers = parked_route(publisher.connection, "", queue, dict(message.headers or {}), at,
+                                                  publisher.declared)
+    _republish(publisher, message, exchange, routing_key, headers)
 
 
-def forward_ready(producer: Any, message: Any, hold_max: float, declared: set[str]) -> None:
+def forward_ready(publisher: Any, message: Any, hold_max: float) -> None:
     """RabbitMQ: a parked message reached the ready queue; send it where it was going (or park it again)."""
     headers = dict(message.headers or {})
     at = float(headers.get(PARK_HEADER) or 0)
     exchange = headers.pop(TARGET_EXCHANGE_HEADER, "") or ""
     routing_key = headers.pop(TARGET_ROUTING_KEY_HEADER, "") or ""
     if at - time.time() > max(hold_max, RELEASE_LEAD):  # longer than the topology can say: once more
-        exchange, routing_key, headers = parked_route(producer.connection, exchange, routing_key, headers, at,
-                                                      declared)
+        exchange, routing_key, headers = parked_route(publisher.connection, exchange, routing_key, headers, at,
+                                                      publisher.declared)
     else:
         headers.pop(PARK_HEADER, None)
-    _republish(producer, message, exchange, routing_key, headers)
+    _republish(publisher, message, exchange, routing_key, headers)
 
 
-def _republish(producer: Any, message: Any, exchange: str, routing_key: str, headers: dict[str, Any]) -> None:
+def _republish(publisher: Any, message: Any, exchange: str, routing_key: str, headers: dict[str, Any]) -> None:
     properties = message.properties or {}
     extra = {key: properties[key] for key in ("priority", "correlation_id", "reply_to") if properties.get(key)}
-    producer.publish(message.body, exchange=exchange, routing_key=routing_key, headers=headers,
-                     content_type=message.content_type, content_encoding=message.content_encoding,
-                     delivery_mode=2, retry=True, **extra)
+    publisher.producer.publish(message.body, exchange=exchange, routing_key=routing_key, headers=headers,
+                               content_type=message.content_type, content_encoding=message.content_encoding,
+                               delivery_mode=2, retry=True, retry_policy=publisher.retry_policy, **extra)

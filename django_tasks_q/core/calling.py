@@ -45,7 +45,7 @@ def send(name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Task 
     args = tuple(args or ())
     kwargs = dict(kwargs or {})
     if conf["ALWAYS_EAGER"] and task is not None:
-        return task.apply(args, kwargs, task_id=call.task_id)
+        return task.apply(args, kwargs, task_id=call.task_id, link=call.link, link_error=call.link_error)
     opts = task.options if task is not None else None
     now = timezone.now()
     task_id = call.task_id or str(uuid.uuid4())

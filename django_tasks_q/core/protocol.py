@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import math
 import os
 import reprlib
@@ -140,6 +141,8 @@ class TaskMessage:
                 f"arguments of task {self.task!r} (id {self.id}) cannot be serialised with {serializer!r}: "
                 f"{type(cause).__name__}: {cause}; nothing was sent"
             ) from exc
+        if content_type == "application/json" and ("NaN" in payload or "Infinity" in payload):
+            _refuse_non_finite(self, payload)
         headers = self.headers()
         if signing_key:
             headers[SIGNATURE_HEADER] = sign(signing_key, self.id, payload)
@@ -226,6 +229,16 @@ class EncodedMessage:
     payload: bytes | str
     content_type: str
     content_encoding: str
+
+
+def _refuse_non_finite(message: "TaskMessage", payload: str) -> None:
+    """NaN and Infinity are not JSON: workers refuse such a body, so refuse it before sending."""
+
+    def refuse(constant: str) -> None:
+        raise EncodeError(f"arguments of task {message.task!r} (id {message.id}) contain {constant}, which JSON "
+                          "cannot carry; nothing was sent")
+
+    json.loads(payload, parse_constant=refuse)
 
 
 def sign(key: str, task_id: str, payload: bytes | str) -> str:

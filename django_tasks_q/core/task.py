@@ -22,6 +22,7 @@ from ..results.async_result import AsyncResult
 from ..results.backend import get_backend
 from . import context
 from .calling import send
+from .canvas import Signature, builtin_signature
 from .options import TaskOptions
 from .registry import registry
 
@@ -91,6 +92,32 @@ class Task:
         from ..worker.eager import execute_eagerly
 
         return execute_eagerly(self, tuple(args or ()), dict(kwargs or {}), options)
+
+    # -- canvas (core/canvas.py) ------------------------------------------
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """``add.s(2, 2)``: a signature of this task, partial arguments allowed."""
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: a chain or callback will not prepend a result to its args."""
+        return Signature(self, args, kwargs, immutable=True)
+
+    def signature(self, args: tuple | list | None = None, kwargs: dict | None = None, **options: Any) -> Signature:
+        return Signature(self, args, kwargs, options)
+
+    subtask = signature
+
+    def map(self, it: Any) -> Signature:
+        """One message running ``[task(item) for item in it]`` in the worker (``celery.map``)."""
+        return builtin_signature("celery.map", self, it)
+
+    def starmap(self, it: Any) -> Signature:
+        """One message running ``[task(*item) for item in it]`` in the worker (``celery.starmap``)."""
+        return builtin_signature("celery.starmap", self, it)
+
+    def chunks(self, it: Any, n: int) -> Signature:
+        """One message running ``it`` in parts of ``n`` as ``starmap``: a list of lists (``celery.chunks``)."""
+        return builtin_signature("celery.chunks", self, it, n)
 
     def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's name
         return AsyncResult(task_id, task_name=self.name)  # the module's class, not this method

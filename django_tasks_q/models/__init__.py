@@ -2,12 +2,13 @@
 
 from .beat import BeatLease
 from .control import RateLimitBucket, Revocation
+from .groups import ChordCounter, GroupResultMeta
 from .results import TaskResult
 from .routing import Queue, TaskRoute
 from .schedules import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 from .transport import BrokerBinding, BrokerMessage
 from .workers import Worker
 
-__all__ = ["BeatLease", "BrokerBinding", "BrokerMessage", "ClockedSchedule", "CrontabSchedule", "IntervalSchedule",
-           "PeriodicTask", "Queue", "RateLimitBucket", "Revocation", "SolarSchedule", "TaskResult", "TaskRoute",
+__all__ = ["BeatLease", "BrokerBinding", "BrokerMessage", "ChordCounter", "ClockedSchedule", "CrontabSchedule",
+           "GroupResultMeta", "IntervalSchedule", "PeriodicTask", "Queue", "RateLimitBucket", "Revocation", "SolarSchedule", "TaskResult", "TaskRoute",
            "Worker"]

@@ -18,6 +18,8 @@ class AsyncResult:
         self.task_name = task_name
         self._backend = backend
         self._ready_meta: ResultMeta | None = None
+        #: the result of the task before this one in a chain (set by ``chain.apply_async``, client side)
+        self.parent: AsyncResult | None = None
 
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"

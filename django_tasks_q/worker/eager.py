@@ -11,6 +11,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from ..conf import settings
+from ..core.calling import _signature_dicts
 from ..core.protocol import TaskMessage
 from ..core.states import TaskState
 from ..results.async_result import EagerResult
@@ -26,7 +27,9 @@ def execute_eagerly(task: Task, args: tuple, kwargs: dict, options: dict[str, An
     backend = MemoryBackend()
     retries = 0
     while True:
-        message = TaskMessage(id=task_id, task=task.name, args=args, kwargs=kwargs, retries=retries)
+        message = TaskMessage(id=task_id, task=task.name, args=args, kwargs=kwargs, retries=retries,
+                              callbacks=_signature_dicts(options.get("link")),
+                              errbacks=_signature_dicts(options.get("link_error")))
         outcome = execute(message, {"queue": None, "is_eager": True}, None, backend=backend, eager=True)
         if outcome.state != TaskState.RETRY:
             break

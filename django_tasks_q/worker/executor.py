@@ -36,6 +36,7 @@ from ..core.states import TaskState
 from ..core.task import Task
 from ..exceptions import EncodeError, Reject, Retry, TaskRevokedError
 from ..results.backend import ResultBackend, describe_exception, get_backend
+from . import workflow
 from .timelimits import Guard
 
 logger = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ def execute(message: TaskMessage, delivery_info: dict, hostname: str | None, *,
                 logger.info("task %s[%s] succeeded in %.4fs: %r", task.name, request.id, runtime, retval)
                 _safely("on_success", task.on_success, retval, request.id, args, kwargs)
                 _safely("task_success receiver", signals.task_success.send, sender=task, result=retval)
-                _send_links(message.callbacks, retval, request)
+                workflow.on_success(message, retval, request)  # links, next chain step (never raises)
     except Exception:  # the result store itself failed: log it, keep serving
         logger.exception("task %s[%s]: could not record its state", message.task, message.id)
         state = TaskState.FAILURE
@@ -230,6 +231,9 @@ def execute(message: TaskMessage, delivery_info: dict, hostname: str | None, *,
             context.pop()
             if not eager:
                 _db_hygiene()
+    if message.chord or message.chain:  # a chord member (or a chain ending in one): count it (worker/chords.py)
+        from .chords import on_member_finished
+        _safely("chord accounting", on_member_finished, message, state, retval, request, backend)
     failed = state == TaskState.FAILURE and isinstance(retval, BaseException)
     return Outcome(state=state, requeue=requeue, runtime=time.monotonic() - started,
                    retval=None if failed else retval, exception=retval if failed else None,
@@ -243,7 +247,7 @@ def _fail(backend: Any, request: context.Request, task: Task, message: TaskMessa
     _safely("on_failure", task.on_failure, exc, request.id, request.args, request.kwargs, einfo)
     _safely("task_failure receiver", signals.task_failure.send, sender=task, task_id=request.id,
             exception=exc, args=request.args, kwargs=request.kwargs, traceback=einfo, einfo=einfo)
-    _send_links(message.errbacks, request.id, request)
+    workflow.on_failure(message, request, exc, einfo, backend)  # errbacks, later chain steps FAILURE
 
 
 def _revoke(backend: Any, request: context.Request, task: Any, exc: BaseException, einfo: str, store: bool,
@@ -282,7 +286,11 @@ def record_stopped(message: TaskMessage, delivery_info: dict, hostname: str | No
     except Exception:
         logger.exception("could not record that %s[%s] was stopped", message.task, message.id)
     if not revoked:
-        _send_links(message.errbacks, message.id, request)
+        workflow.on_failure(message, request, error, einfo)
+    if message.chord or message.chain:  # a killed chord member fails its chord (worker/chords.py)
+        from .chords import on_member_finished
+        _safely("chord accounting", on_member_finished, message, TaskState.REVOKED if revoked else TaskState.FAILURE,
+                error, request, get_backend())
     return TaskState.REVOKED if revoked else TaskState.FAILURE
 
 

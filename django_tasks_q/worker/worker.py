@@ -23,10 +23,11 @@ from functools import partial
 from typing import Any
 
 from django.utils import timezone
-from kombu import Consumer, Producer
+from kombu import Consumer
 from kombu.exceptions import OperationalError
 
 from .. import signals
+from ..broker import connection as publishing
 from ..broker import delayed
 from ..broker.connection import mask_url, new_connection
 from ..broker.queues import consumer_queue, describe_queue
@@ -80,8 +81,6 @@ class Worker:
         self.intake_policy = intake.Policy.from_settings()
         self.track_started = settings.TRACK_STARTED
         self.eta_hold_max = float(settings.ETA_HOLD_MAX)
-        self._producer: Any = None
-        self._declared: set[str] = set()  # what this connection declared (the delayed-delivery topology)
         self._next_cleanup = 0.0
         self._periodic: list[list[Any]] = []  # [next run (monotonic), interval, function]
         self.every(1.0, self._release_parked)
@@ -175,8 +174,6 @@ class Worker:
             connection.ensure_connection(max_retries=1)
             channel = connection.channel()
             self._channel = channel
-            self._producer = Producer(channel, auto_declare=False)
-            self._declared = set()
             self._qos_size = 0
             self._update_qos()
             intake.guard_channel(channel)  # a payload kombu cannot even build a message from is refused too
@@ -215,7 +212,7 @@ class Worker:
                     self.stats.check_reconnect(connection)  # the watchdog found this consumer silent
                 self._warm_stop(consumers)
             finally:
-                self._channel = self._producer = None
+                self._channel = None
 
     # -- the loop ------------------------------------------------------
     def _tick(self) -> None:
@@ -276,14 +273,13 @@ class Worker:
     # -- delayed delivery (broker.delayed) ---------------------------------
     def _park(self, job: Job, until: float) -> bool:
         """Give a far-off task to the broker's delayed store instead of holding it; False: hold it."""
-        if self._producer is None or not delayed.supports_parking(self._producer.connection):
+        publisher = publishing.current()
+        if not delayed.supports_parking(publisher.connection):
             return False
         try:
-            delayed.park_received(self._producer, job.kombu_message, job.delivery_info["queue"], until,
-                                  self._declared)
-        except self._connection_errors:
-            raise  # the loop reconnects; the unacked original comes back
+            delayed.park_received(publisher, job.kombu_message, job.delivery_info["queue"], until)
         except Exception:
+            publishing.reset()
             logger.exception("could not park task %s[%s]; holding it in memory instead", job.message.task,
                              job.message.id)
             return False
@@ -304,7 +300,6 @@ class Worker:
         if connection.transport.driver_type != "amqp":
             return []
         ready = delayed.declare_amqp_topology(connection)
-        self._declared.add(delayed.AMQP_DECLARED)
         consumer = Consumer(channel, [ready], on_message=self._forward_parked, accept=None, no_ack=False,
                             auto_declare=False)
         consumer.consume()
@@ -312,11 +307,10 @@ class Worker:
 
     def _forward_parked(self, message: Any) -> None:
         try:
-            delayed.forward_ready(self._producer, message, self.eta_hold_max, self._declared)
-        except self._connection_errors:
-            raise  # unacked: RabbitMQ gives it back after the reconnect
+            delayed.forward_ready(publishing.current(), message, self.eta_hold_max)
         except Exception:
-            logger.exception("could not forward parked message %s; it stays in %s",
+            publishing.reset()
+            logger.exception("could not forward parked message %s; it goes back to %s",
                              (message.headers or {}).get("id"), delayed.AMQP_READY_QUEUE)
             message.reject(requeue=True)
             return

@@ -197,3 +197,20 @@ def kill_own_child(path):
     with open(path, "a") as fh:
         fh.write("ran\n")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task
+def log(msg):
+    """The seeds' chord body: ``chord(group(add.s(i, i) ...), log.s())`` -> ``"LOG: [0, 2, ...]"``."""
+    return "LOG: %s" % msg
+
+
+@task
+def tally(values, path):
+    """A chord body that appends one line per run to ``path``: how many times it ran, and with what."""
+    with open(path, "a") as fh:
+        fh.write(f"{len(values)} {sum(values)}\n")
+    return sum(values)
+
+
+from . import workflow_tasks  # noqa: E402,F401  canvas test tasks (tests/integration/test_workflows_chain.py)

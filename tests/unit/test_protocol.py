@@ -282,3 +282,11 @@ def test_absolute_time():
 def test_parse_datetime_empty_is_none():
     assert parse_datetime(None, "eta") is None
     assert parse_datetime("", "eta") is None
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_numbers_are_refused_before_sending(value):
+    with pytest.raises(EncodeError, match="JSON cannot carry"):
+        TaskMessage(id="nan-1", task="videos.tasks.add", args=(value, 1)).encode("json")
+    # the words alone, inside strings, are fine
+    TaskMessage(id="nan-2", task="videos.tasks.add", args=("NaN", "Infinity")).encode("json")
