@@ -81,8 +81,8 @@ def test_two_beats_send_each_slot_once_and_the_survivor_takes_over(embedded):
         first = BeatProcess(embedded).start()
         second = BeatProcess(embedded).start()
         try:
-            time.sleep(20)  # both beats running side by side
-            assert len(runs("pair")) >= 15
+            time.sleep(10)  # both beats running side by side
+            assert len(runs("pair")) >= 7
             leader, follower = (first, second) if "holds the lease" in first.output() else (second, first)
             assert "holds the lease" in leader.output() and "holds the lease" not in follower.output()
             leader.kill()  # SIGKILL: the lease is not released, it must run out
