@@ -122,11 +122,7 @@ def test_prefork_terminate_kills_the_child_and_records_revoked(transactional_db,
         pool.apply(running)
         pool.apply(other)
         wait_until(lambda: TaskResult.objects.filter(task_id=running.message.id, state="STARTED").exists(), 15)
-        answers = []
-        stopper = threading.Thread(target=lambda: answers.append(pool.terminate(running.message.id)))
-        stopper.start()
-        stopper.join()
-        assert answers == [True]
+        assert _terminate_from_another_thread(pool, running.message.id) is True
         outcomes = {job.message.id: outcome for job, outcome in _collect(pool)}
         assert outcomes[running.message.id].state == TaskState.REVOKED
         assert outcomes[running.message.id].requeue is False  # acks_late: acked, not requeued
@@ -145,6 +141,15 @@ def test_prefork_terminate_kills_the_child_and_records_revoked(transactional_db,
         pool.stop(wait=False)
 
 
+def _terminate_from_another_thread(pool, task_id: str) -> bool:
+    """``pool.terminate`` as the revocation watch calls it: from a thread of its own."""
+    answers: list[bool] = []
+    stopper = threading.Thread(target=lambda: answers.append(pool.terminate(task_id)))
+    stopper.start()
+    stopper.join()
+    return answers[0]
+
+
 def test_threads_terminate_raises_in_the_task_thread(transactional_db, revoked_signals):
     pool = create_pool("threads", 2, "terminate@test")
     pool.start()
@@ -155,11 +160,7 @@ def test_threads_terminate_raises_in_the_task_thread(transactional_db, revoked_s
         pool.apply(other)
         assert pool.terminate("not-here") is False
         wait_until(lambda: timelimits.running(running.message.id), 15)
-        answers = []
-        stopper = threading.Thread(target=lambda: answers.append(pool.terminate(running.message.id)))
-        stopper.start()
-        stopper.join()
-        assert answers == [True]
+        assert _terminate_from_another_thread(pool, running.message.id) is True
         outcomes = {job.message.id: outcome for job, outcome in _collect(pool)}
         assert outcomes[running.message.id].state == TaskState.REVOKED
         assert outcomes[other.message.id].state == TaskState.SUCCESS
