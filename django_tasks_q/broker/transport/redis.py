@@ -88,6 +88,8 @@ end
 return #due
 """
 RELEASE_BATCH = 1000
+#: Most messages one look takes (still never more than the prefetch window has room for).
+TAKE_BATCH = 16
 #: Where a list entry that is not a kombu message goes (it cannot be refused like a message).
 DEAD_LIST = "tasksq.dead.raw"
 logger = logging.getLogger(__name__)
@@ -95,28 +97,35 @@ logger = logging.getLogger(__name__)
 WAKE_CAP = 64
 WAKE_PREFIX = "tasksq.wake:"
 
-#: Take the first message of the lists KEYS[1..n-2] and record it unacked (hash KEYS[n-1],
-#: index KEYS[n], score ARGV[1]) in one step. Returns {list, message}, or {list, message, "bad"}
-#: for a message that is not kombu JSON (not recorded: the caller dead-letters it), or false.
+#: Take up to ARGV[2] messages from the lists KEYS[1..n-2], in order, and record each unacked
+#: (hash KEYS[n-1], index KEYS[n], score ARGV[1]) in the same step. Returns a flat list of
+#: (list, message, ok) triples; ok is "bad" for a message that is not kombu JSON (not recorded:
+#: the caller dead-letters it).
 POP_SCRIPT = r"""
 local n = #KEYS - 2
-for i = 1, n do
+local want = tonumber(ARGV[2])
+local taken = {}
+local i = 1
+while i <= n and #taken < want * 3 do
     local item = redis.call('RPOP', KEYS[i])
-    if item then
+    if not item then
+        i = i + 1
+    else
         local ok, message = pcall(cjson.decode, item)
         local props = ok and type(message) == 'table' and message['properties']
         local tag = type(props) == 'table' and props['delivery_tag']
         if type(tag) ~= 'string' then
-            return {KEYS[i], item, 'bad'}
+            table.insert(taken, KEYS[i]); table.insert(taken, item); table.insert(taken, 'bad')
+        else
+            local info = type(props['delivery_info']) == 'table' and props['delivery_info'] or {}
+            redis.call('ZADD', KEYS[n + 2], ARGV[1], tag)
+            redis.call('HSET', KEYS[n + 1], tag, '[' .. item .. ',' .. cjson.encode(info['exchange'] or '') .. ','
+                .. cjson.encode(info['routing_key'] or '') .. ']')
+            table.insert(taken, KEYS[i]); table.insert(taken, item); table.insert(taken, 'ok')
         end
-        local info = type(props['delivery_info']) == 'table' and props['delivery_info'] or {}
-        redis.call('ZADD', KEYS[n + 2], ARGV[1], tag)
-        redis.call('HSET', KEYS[n + 1], tag, '[' .. item .. ',' .. cjson.encode(info['exchange'] or '') .. ','
-            .. cjson.encode(info['routing_key'] or '') .. ']')
-        return {KEYS[i], item}
     end
 end
-return false
+return taken
 """
 
 
@@ -203,29 +212,37 @@ class Channel(kombu_redis.Channel):
             self._flush_brpop_reauth()
 
     def _take_one(self) -> bool:
+        """Take as many messages as the prefetch window allows (one round trip) and deliver them."""
         queues = list(self.active_queues)
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        room = self.qos.can_consume_max_estimate()  # None: no prefetch limit
+        want = TAKE_BATCH if room is None else min(TAKE_BATCH, room)
+        if want < 1:
+            raise Empty()
         with self.conn_or_acquire() as client:
-            found = client.register_script(POP_SCRIPT)(
-                keys=[*keys, self.unacked_key, self.unacked_index_key], args=[time()])
-        self._found_last_time = bool(found)
-        if not found:
+            taken = client.register_script(POP_SCRIPT)(
+                keys=[*keys, self.unacked_key, self.unacked_index_key], args=[time(), want])
+        self._found_last_time = bool(taken)
+        delivered = False
+        for index in range(0, len(taken), 3):
+            key, item = bytes_to_str(taken[index]), bytes_to_str(taken[index + 1])
+            if bytes_to_str(taken[index + 2]) == "bad":  # not a kombu message: keep it aside
+                logger.error("redis:// list %r held a message that is not kombu JSON; moved to %r: %.200r",
+                             key, DEAD_LIST, item)
+                with self.conn_or_acquire() as client:
+                    client.lpush(DEAD_LIST, item)
+                continue
+            queue = key.rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            payload = loads(item)
+            self._held_by_script = payload["properties"]["delivery_tag"]
+            try:
+                self.connection._deliver(payload, queue)
+            finally:
+                self._held_by_script = None
+            delivered = True
+        if not delivered:
             raise Empty()
-        key, item = bytes_to_str(found[0]), bytes_to_str(found[1])
-        queue = key.rsplit(self.sep, 1)[0]
-        if len(found) > 2:  # not a kombu message: nothing can be done with it but keep it aside
-            logger.error("redis:// list %r held a message that is not kombu JSON; moved to %r: %.200r",
-                         key, DEAD_LIST, item)
-            with self.conn_or_acquire() as client:
-                client.lpush(DEAD_LIST, item)
-            raise Empty()
-        self._queue_cycle.rotate(queue)
-        payload = loads(item)
-        self._held_by_script = payload["properties"]["delivery_tag"]
-        try:
-            self.connection._deliver(payload, queue)
-        finally:
-            self._held_by_script = None
         return True
 
     def release_parked(self) -> int:
