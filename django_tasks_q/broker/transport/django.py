@@ -99,6 +99,8 @@ TRANSPORT_PATH = "django_tasks_q.broker.transport.django:Transport"
 #: Rows read per optimistic claim attempt, and attempts before giving up a poll.
 CLAIM_BATCH = 5
 CLAIM_ROUNDS = 3
+#: Seconds between two warnings about database errors (the ones between are logged at DEBUG).
+WARN_EVERY = 5.0
 #: Delivery tags per UPDATE when extending claims (SQLite's parameter limit).
 EXTEND_CHUNK = 500
 
@@ -140,6 +142,7 @@ class Channel(BindingsMixin, virtual.Channel):
             raise ValueError(f"django:// visibility_timeout must be positive, got {self.visibility_timeout!r}")
         self.model: type[Model] = apps.get_model("django_tasks_q", "BrokerMessage")
         self._no_ack_consumers: dict[str, str] = {}  # consumer tag -> queue
+        self._last_warning = -WARN_EVERY
 
     @property
     def extension_interval(self) -> float:
@@ -324,7 +327,12 @@ class Channel(BindingsMixin, virtual.Channel):
 
     def _recover(self, exc: BaseException) -> None:
         """Log a database error and drop the connection if it is no longer usable."""
-        logger.warning("django:// database %r error: %s; retrying", self.database, exc)
+        now = monotonic()
+        if now - self._last_warning >= WARN_EVERY:  # an outage is one line every few seconds, not one per poll
+            self._last_warning = now
+            logger.warning("django:// database %r error: %s; retrying", self.database, exc)
+        else:
+            logger.debug("django:// database %r error: %s; retrying", self.database, exc)
         connection = connections[self.database]
         if not connection.in_atomic_block:
             connection.close_if_unusable_or_obsolete()

@@ -45,9 +45,9 @@ a second command, records it as unacked. A worker killed (or a Redis that
 dies) between the two has removed the message from its list without
 recording it anywhere: it is lost, even with ``acks_late``. The soak test
 (``bench/soak.py``) lost a few per thousand kills that way. This channel
-takes a message and records it as unacked in one Lua script
-(:data:`POP_SCRIPT`), so a message is always in its list or in the unacked
-set. BRPOP now only waits for a *wake token*: every publish through this
+takes messages and records them as unacked in one Lua script
+(:data:`POP_SCRIPT`; up to 16 per look, never more than the prefetch window
+has room for), so a message is always in its list or in the unacked set. BRPOP now only waits for a *wake token*: every publish through this
 channel (and every release of a parked message) pushes one onto
 ``tasksq.wake:<list>``. A message that arrives without a token (sent by a
 Celery client, or given back by kombu's restore) is found within
