@@ -155,6 +155,8 @@ class Channel(kombu_redis.Channel):
         self._sync_client: Any = None
         self._tables: dict[str, tuple[float, list]] = {}
         self._held_by_script: str | None = None
+        self._scripts_client: Any = None
+        self._scripts: dict[str, Any] = {}
         self._found_last_time = True  # look before the first wait
         self._sent_command = "BRPOP"
         super().__init__(*args, **kwargs)
@@ -220,7 +222,7 @@ class Channel(kombu_redis.Channel):
         if want < 1:
             raise Empty()
         with self.conn_or_acquire() as client:
-            taken = client.register_script(POP_SCRIPT)(
+            taken = self._script(client, POP_SCRIPT)(
                 keys=[*keys, self.unacked_key, self.unacked_index_key], args=[time(), want])
         self._found_last_time = bool(taken)
         delivered = False
@@ -245,11 +247,19 @@ class Channel(kombu_redis.Channel):
             raise Empty()
         return True
 
+    def _script(self, client: Any, source: str) -> Any:
+        """The registered script for ``client``, made once: registering hashes the source every time."""
+        if self._scripts_client is not client:
+            self._scripts_client, self._scripts = client, {}
+        if source not in self._scripts:
+            self._scripts[source] = client.register_script(source)
+        return self._scripts[source]
+
     def release_parked(self) -> int:
         """Move parked messages due within ``RELEASE_LEAD`` seconds to their lists; the number moved."""
         moved = 0
         with self.conn_or_acquire() as client:
-            release = client.register_script(RELEASE_SCRIPT)
+            release = self._script(client, RELEASE_SCRIPT)
             while True:
                 count = int(release(keys=[REDIS_KEY], args=[time() + RELEASE_LEAD, RELEASE_BATCH]))
                 moved += count
