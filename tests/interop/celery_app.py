@@ -1,0 +1,62 @@
+"""A plain Celery app whose tasks carry the same names as the testproject's.
+
+Celery workers, clients, ``celery inspect`` and Flower in the interop suite
+load this module (``celery -A tests.interop.celery_app``). The broker and
+result backend come from ``CELERY_BROKER_URL`` / ``CELERY_RESULT_BACKEND``
+so a test hands the same servers to both sides. Task bodies mirror the
+testproject's; ``whoami`` returns the worker's hostname, so a test names
+Celery and our workers differently (``-n``) to see which side ran a task.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from celery import Celery
+
+app = Celery("interop", set_as_current=False)
+app.conf.update(
+    broker_url=os.environ.get("CELERY_BROKER_URL", "memory://"),
+    result_backend=os.environ.get("CELERY_RESULT_BACKEND") or None,
+    task_protocol=2,
+    task_serializer="json",
+    accept_content=["json"],
+    result_serializer="json",
+    result_extended=True,
+    task_default_queue="default",
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    # our Redis transport renews what a live worker holds; Celery's does not (see docs/migrating.md)
+    broker_transport_options={"visibility_timeout": 3600},
+)
+
+VIDEOS = "testproject.videos.tasks."
+
+
+@app.task(name=VIDEOS + "add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name=VIDEOS + "fail")
+def fail(message="boom"):
+    raise ValueError(message)
+
+
+@app.task(name=VIDEOS + "sleep")
+def sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task(name=VIDEOS + "echo")
+def echo(*args, **kwargs):
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@app.task(name=VIDEOS + "whoami", bind=True)
+def whoami(self):
+    r = self.request
+    return {"id": r.id, "retries": r.retries, "queue": (r.delivery_info or {}).get("routing_key"),
+            "hostname": r.hostname, "eta": r.eta}
