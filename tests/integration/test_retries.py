@@ -28,11 +28,18 @@ def retry_worker(broker_url, django_db_blocker):
 def test_retries_with_countdown_until_success_without_a_limit(retry_worker, use_broker, admin_client):
     started = time.monotonic()
     result = persistent.delay(5, countdown=0.8)  # max_retries=None: five attempts, past the default of 3
+    seen: list = []  # every change of the row the test saw, with its time: the failure message shows them
+
     def retry_recorded() -> bool:  # state and cause read together: the next attempt may start any moment
         row = TaskResult.objects.filter(task_id=result.id).values_list("state", "result").first()
+        if not seen or seen[-1][1] != row:
+            seen.append((round(time.monotonic() - started, 3), row))
         return row is not None and row[0] == TaskState.RETRY and (row[1] or {}).get("exc_type") == "ConnectionError"
 
-    wait_until(retry_recorded, timeout=15)  # visible between attempts, with the exception that caused it
+    try:  # visible between attempts, with the exception that caused it
+        wait_until(retry_recorded, timeout=15)
+    except AssertionError:
+        raise AssertionError(f"no RETRY row seen; the row went {seen}\n{retry_worker.output()[-3000:]}") from None
     assert result.get(timeout=30) == 5
     assert time.monotonic() - started >= 4 * 0.8  # each retry waited its countdown
     row = TaskResult.objects.get(task_id=result.id)
