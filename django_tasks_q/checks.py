@@ -27,6 +27,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "SIGNING_KEY": (str, type(None)), "RESULT_BACKEND": (str, type(None)),
     "ETA_HOLD_MAX": (int, float), "REVOKE_EXPIRES": (int, float), "WORKER_HEARTBEAT": (int, float),
     "WORKER_STUCK_AFTER": (int, float), "DEAD_LETTER_QUEUE": (str, type(None)),
+    "EVENTS": (bool,), "REMOTE_CONTROL": (bool,),
 }
 
 

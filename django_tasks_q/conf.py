@@ -44,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "WORKER_HEARTBEAT": 5.0,
     "WORKER_STUCK_AFTER": 60.0,
     "DEAD_LETTER_QUEUE": "tasksq.dead",
+    "EVENTS": False,
+    "REMOTE_CONTROL": True,
 }
 
 ENV_PREFIX = "TASKS_Q_"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import logging
 import random
+import reprlib
 import signal as signals_module
 import time
 import traceback as tb
@@ -58,9 +59,29 @@ class Outcome:
     exception: BaseException | None = field(default=None, compare=False, repr=False)
     traceback: str = field(default="", compare=False, repr=False)
     retry: Retry | None = field(default=None, compare=False, repr=False)
+    #: a short repr of the return value or exception, kept by ``slim()`` for task events
+    summary: str = field(default="", compare=False, repr=False)
+
+    def describe(self) -> str:
+        """``summary``, or a short repr of the exception or return value (what events carry)."""
+        if self.summary:
+            return self.summary
+        return _short_repr(self.exception if self.exception is not None else self.retval)
 
     def slim(self) -> "Outcome":
-        return Outcome(self.state, self.requeue, self.runtime)
+        return Outcome(self.state, self.requeue, self.runtime, traceback=self.traceback, summary=self.describe())
+
+
+_reprs = reprlib.Repr()
+_reprs.maxstring = _reprs.maxother = _reprs.maxlong = 1024
+_reprs.maxlevel = 3
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        return _reprs.repr(value)
+    except Exception as exc:  # a broken __repr__ must not break the task's outcome
+        return f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
 
 
 def make_request(message: TaskMessage, delivery_info: dict, hostname: str | None, eager: bool = False,

@@ -152,6 +152,9 @@ class Monitor:
                 except Exception:
                     logger.exception("watchdog check failed; will check again")
                 self._write()
+                send_event = getattr(self.worker, "send_worker_event", None)
+                if send_event is not None:  # a worker-heartbeat event, when events are on (worker/events.py)
+                    send_event("worker-heartbeat")
             self._write(stopped=True)
         finally:
             connections.close_all()  # this thread's own connections

@@ -228,5 +228,14 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._held)
 
+    def held_jobs(self) -> list[Job]:
+        """The jobs waiting for their slot, in slot order: a copy, safe to take from any thread."""
+        with self._lock:
+            return [entry[2] for entry in sorted(self._held)]
+
+    def override(self, task_name: str, per_second: float | None) -> None:
+        """This worker's limit for ``task_name`` from now on (remote control ``rate_limit``); ``None``: none."""
+        self._intervals[task_name] = 1.0 / per_second if per_second else None
+
     def info(self) -> dict[str, Any]:
         return {"held": len(self._held)}

@@ -140,6 +140,11 @@ class RevocationWatch:
         entry = self._entries.get(task_id)
         return entry is not None and entry.expires > time.time()
 
+    def revoked_ids(self) -> list[str]:
+        """The ids revoked now, as this worker knows them (remote control ``revoked``)."""
+        now = time.time()
+        return [task_id for task_id, entry in list(self._entries.items()) if entry.expires > now]
+
     def terminate_signal(self, task_id: str) -> str | None:
         """The signal a revoke of this running task asked for, or ``None`` (not revoked, or no terminate)."""
         entry = self._entries.get(task_id)

@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -37,11 +37,13 @@ from ..core.states import TaskState
 from ..exceptions import ImproperlyConfigured, TaskRevokedError
 from ..results.backend import describe_exception, get_backend
 from . import deadletter, intake
+from .events import EventDispatcher
 from .executor import make_request
 from .monitor import LoopStats, Monitor
 from .pools import create_pool
 from .pools.base import Job
 from .ratelimit import RateLimiter
+from .remote_control import RemoteControl
 from .revocations import RevocationWatch, send_task_revoked
 
 logger = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ class Worker:
     def __init__(self, queues: list[str] | None = None, concurrency: int | None = None, pool: str = "prefork",
                  hostname: str | None = None, prefetch_multiplier: int | None = None,
                  max_tasks_per_child: int | None = None, max_memory_per_child: int | None = None,
-                 heartbeat: float | None = None):
+                 heartbeat: float | None = None, events: bool | None = None):
         self.queue_names = list(queues or [settings.DEFAULT_QUEUE])
         self.hostname = expand_hostname(hostname)
         self.pool = create_pool(pool, concurrency or (os.cpu_count() or 1), self.hostname,
@@ -87,10 +89,20 @@ class Worker:
         self._connection_errors: tuple[type[BaseException], ...] = ()
         self.revocations = RevocationWatch(self.pool, self.hostname)
         self.rate_limits = RateLimiter()
+        # monitoring (worker/events.py, worker/remote_control.py): written by this thread only
+        self.active: dict[str, tuple[Job, float]] = {}  # running now: (job, epoch seconds started)
+        self.totals: Counter[str] = Counter()  # finished tasks by name (`inspect stats`)
+        self.events = EventDispatcher(self.hostname, heartbeat=self.heartbeat)
+        self.send_events = settings.EVENTS if events is None else events
+        self.remote_control = settings.REMOTE_CONTROL
 
     def every(self, seconds: float, function: Any) -> None:
         """Run ``function()`` in the main loop about every ``seconds``; an error is logged, never raised."""
         self._periodic.append([0.0, seconds, function])
+
+    def send_worker_event(self, type: str) -> None:
+        """``worker-online``, ``worker-heartbeat`` or ``worker-offline`` (worker/events.py); from any thread."""
+        self.events.worker_event(type, active=len(self.active), processed=self.stats.processed)
 
     def _run_periodic(self) -> None:
         now = time.monotonic()
@@ -131,9 +143,14 @@ class Worker:
         print(self.banner(), flush=True)
         self.pool.start()
         monitor = Monitor(self, self.heartbeat).start() if self.heartbeat > 0 else None
+        control = None
         delay = 1.0
         try:
             self.revocations.start()  # before the first message: a revoked task never slips through
+            if self.send_events:
+                self.events.enable()
+            control = RemoteControl(self).start() if self.remote_control else None
+            self.send_worker_event("worker-online")
             signals.worker_ready.send(sender=self)
             while not self.stopping:
                 try:
@@ -162,6 +179,10 @@ class Worker:
                 self.revocations.stop()
                 if monitor is not None:
                     monitor.stop()  # writes stopped_at
+                if control is not None:
+                    control.stop()
+                self.send_worker_event("worker-offline")
+                self.events.stop()  # publishes what is queued, worker-offline last
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -259,6 +280,7 @@ class Worker:
         park_until = delayed.deliver_at(eta, self.eta_hold_max)
         if park_until is not None and self._park(job, park_until):
             return
+        self.events.task_received(job.message)
         holds_eta = eta is not None and eta > timezone.now()
         # RECEIVED is written only for a task that will wait (eta, or every slot busy):
         # one that starts at once gets its receipt date with the STARTED write.
@@ -335,6 +357,7 @@ class Worker:
             self._ack(job)
             send_task_revoked(job.message.task, make_request(job.message, job.delivery_info, self.hostname),
                               expired=True)
+            self.events.task_revoked(job.message, expired=True)
             return
         if self.rate_limits.hold(job):  # held, unacked, until its fleet-wide slot (worker.ratelimit)
             if self.track_started and not job.message.ignore_result:
@@ -342,6 +365,8 @@ class Worker:
             return
         if not job.acks_late:
             self._ack(job)
+        self.active[job.message.id] = (job, time.time())
+        self.events.task_started(job.message)
         self.pool.apply(job)
         self.revocations.check_started(job.message.id)
 
@@ -353,10 +378,14 @@ class Worker:
         self._record(job, TaskState.REVOKED, describe_exception(TaskRevokedError("revoked")))
         self._ack(job)
         send_task_revoked(job.message.task, make_request(job.message, job.delivery_info, self.hostname))
+        self.events.task_revoked(job.message)
         return True
 
     def _finish(self, job: Job, outcome: Any) -> None:
         self.stats.finished(outcome.state == TaskState.FAILURE)
+        self.active.pop(job.message.id, None)
+        self.totals[job.message.task] += 1
+        self.events.task_finished(job.message, outcome)
         if not job.acks_late:
             return
         if outcome.requeue:

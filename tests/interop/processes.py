@@ -86,3 +86,9 @@ def celery_worker(broker_url: str, *, queues: str = "default,videos", name: str 
     """A Celery worker consuming ``queues``; ``--without-mingle --without-gossip`` so it starts fast."""
     return CeleryProcess(broker_url, "worker", "-P", pool, "-Q", queues, "-n", name, "-l", "INFO",
                          "--without-mingle", "--without-gossip", *extra, result_backend=result_backend)
+
+
+def run_celery(broker_url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """A one-shot ``celery -A tests.interop.celery_app <args>`` (``inspect``, ``control``), run to its end."""
+    return subprocess.run([sys.executable, "-m", "celery", "-A", "tests.interop.celery_app", *args], cwd=ROOT,
+                          env=celery_env(broker_url), capture_output=True, text=True, timeout=timeout)

@@ -25,6 +25,8 @@ class Command(BaseCommand):
         parser.add_argument("--max-memory-per-child", type=int, default=None, help="KB of resident memory")
         parser.add_argument("--without-heartbeat", action="store_true",
                             help="write no Worker row and run no watchdog (TASKS_Q['WORKER_HEARTBEAT'] = 0)")
+        parser.add_argument("-E", "--events", action="store_true", default=None,
+                            help="publish Celery-format task and worker events (TASKS_Q['EVENTS'] = True)")
         parser.add_argument("-B", "--beat", action="store_true",
                             help="also run the periodic task scheduler in this process (development)")
 
@@ -36,7 +38,8 @@ class Command(BaseCommand):
                             hostname=options["hostname"], prefetch_multiplier=options["prefetch_multiplier"],
                             max_tasks_per_child=options["max_tasks_per_child"],
                             max_memory_per_child=options["max_memory_per_child"],
-                            heartbeat=0 if options["without_heartbeat"] else None)
+                            heartbeat=0 if options["without_heartbeat"] else None,
+                            events=True if options["events"] else None)
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
         worker.install_signal_handlers()
