@@ -10,7 +10,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PYTEST_ARGS ?=
+# two test processes (one per core); each file stays in one, so its module-scoped workers start once
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: venv servers test demo clean
 
