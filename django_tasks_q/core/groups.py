@@ -7,7 +7,8 @@ stored, and rebuilt by ``signature(d)``.
 A group sends each member with the protocol v2 ``group`` header (the group
 id) and ``group_index`` and returns a ``GroupResult``. A chord is a group
 whose members also carry the body in ``embed["chord"]``: before sending
-them the caller writes a ``ChordCounter`` row, and the worker that finishes
+them the caller writes a ``ChordCounter`` row (with the Redis result
+backend: Celery's chord size key, see ``results/redis_chords.py``), and the worker that finishes
 the last member sends the body with the header's results in order (see
 ``worker/chords.py``). Nothing polls. ``ALWAYS_EAGER`` runs both here, with
 the same results.
@@ -22,7 +23,8 @@ from typing import Any
 from ..conf import settings
 from ..exceptions import ChordError, ImproperlyConfigured
 from ..results.async_result import AsyncResult, EagerResult
-from ..results.backend import describe_exception
+from ..results.backend import describe_exception, get_backend
+from ..results.redis import RedisBackend
 from ..results.group_result import GroupResult
 from .canvas import Signature, chain, maybe_signature
 from .context import Request
@@ -216,13 +218,19 @@ class chord(Signature):  # noqa: N801 - Celery's name
         if not members:  # nothing to wait for
             body.apply_async(([],))
             return _result(body_id, body, GroupResult(group_id, []))
-        if settings.RESULT_BACKEND != "django":
-            raise ImproperlyConfigured(
-                f"chord needs RESULT_BACKEND = 'django' (its counter and the header's results live there), "
-                f"got {settings.RESULT_BACKEND!r}")
+        backend = get_backend()
         ids = [str(uuid.uuid4()) for _ in members]
         body_dict = {**dict(body), "chord_size": len(members)}
-        ChordCounter.objects.create(group_id=group_id, total=len(members), body=body_dict, result_ids=ids)
+        if isinstance(backend, RedisBackend):  # Celery's chord keys: Celery workers can count members too
+            from ..results.redis_chords import start_chord
+
+            start_chord(backend, group_id, len(members))
+        elif settings.RESULT_BACKEND == "django":
+            ChordCounter.objects.create(group_id=group_id, total=len(members), body=body_dict, result_ids=ids)
+        else:
+            raise ImproperlyConfigured(
+                f"chord needs a result backend that counts its members ('django' or 'redis://...'), "
+                f"got RESULT_BACKEND = {settings.RESULT_BACKEND!r}")
         results = []
         for index, (member, task_id) in enumerate(zip(members, ids)):
             _with_member_options(member, group_id=group_id, group_index=index, chord=body_dict, task_id=task_id)

@@ -1,8 +1,10 @@
 """The result backend interface and the factory that picks one from settings.
 
 A backend records task states (``mark``) and reads them back (``meta``,
-``wait``). ``RESULT_BACKEND``: ``"django"`` (the ORM ``TaskResult`` table,
-default) or ``None`` (results are not kept: ``AsyncResult`` stays PENDING).
+``wait``), and keeps saved groups (``save_group``). ``RESULT_BACKEND``:
+``"django"`` (the ORM ``TaskResult`` table, default), ``"redis://..."``
+(Celery's Redis layout, see ``results/redis.py``) or ``None`` (results are
+not kept: ``AsyncResult`` stays PENDING).
 """
 
 from __future__ import annotations
@@ -87,6 +89,23 @@ class ResultBackend:
         """Delete finished results done before ``older_than``; return how many."""
         raise NotImplementedError
 
+    def save_group(self, group_id: str, task_ids: list[str]) -> None:
+        """Keep a group's ordered member ids, for ``GroupResult.restore``."""
+        from ..models import GroupResultMeta
+
+        GroupResultMeta.objects.update_or_create(group_id=group_id, defaults={"result_ids": list(task_ids)})
+
+    def restore_group(self, group_id: str) -> list[str] | None:
+        from ..models import GroupResultMeta
+
+        row = GroupResultMeta.objects.filter(group_id=group_id).values("result_ids").first()
+        return None if row is None else list(row["result_ids"])
+
+    def delete_group(self, group_id: str) -> None:
+        from ..models import GroupResultMeta
+
+        GroupResultMeta.objects.filter(group_id=group_id).delete()
+
     def wait(self, task_id: str, timeout: float | None, interval: float) -> ResultMeta:
         """Poll with back-off until the task is ready or ``timeout`` passes."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -169,9 +188,16 @@ def _make(value: Any) -> ResultBackend:
         from .database import DatabaseBackend
 
         return DatabaseBackend()
+    if isinstance(value, str) and value.startswith(REDIS_SCHEMES):
+        from .redis import RedisBackend
+
+        return RedisBackend(value)
     raise ImproperlyConfigured(
-        f"TASKS_Q['RESULT_BACKEND'] = {value!r} is not supported; use 'django' or None"
+        f"TASKS_Q['RESULT_BACKEND'] = {value!r} is not supported; use 'django', 'redis://host:port/db' or None"
     )
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def is_exception_state(state: str) -> bool:

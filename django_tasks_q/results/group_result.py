@@ -2,7 +2,9 @@
 
 The group itself has no state of its own: every answer is computed from the
 members' ``AsyncResult``s. ``save()`` stores the ordered member ids in a
-``GroupResultMeta`` row so another process can ``GroupResult.restore(id)``.
+``GroupResultMeta`` row (or, with the Redis backend, Celery's
+``celery-taskset-meta-<id>`` key) so another process can
+``GroupResult.restore(id)``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, Iterable
 from ..core.states import TaskState
 from ..exceptions import TimeoutError
 from .async_result import AsyncResult
+from .backend import get_backend
 
 
 class GroupResult:
@@ -96,32 +99,23 @@ class GroupResult:
     join = get
 
     def forget(self) -> None:
-        from ..models import GroupResultMeta
-
         for result in self.results:
             result.forget()
-        GroupResultMeta.objects.filter(group_id=self.id).delete()
+        get_backend().delete_group(self.id)
 
     # -- persistence ----------------------------------------------------
     def save(self) -> "GroupResult":
         """Store the ordered member ids, so ``GroupResult.restore(self.id)`` works in any process."""
-        from ..models import GroupResultMeta
-
-        GroupResultMeta.objects.update_or_create(group_id=self.id,
-                                                 defaults={"result_ids": [r.id for r in self.results]})
+        get_backend().save_group(self.id, [r.id for r in self.results])
         return self
 
     @classmethod
     def restore(cls, group_id: str) -> "GroupResult | None":
         """The saved group ``group_id``, or ``None`` if it was never saved (as Celery)."""
-        from ..models import GroupResultMeta
-
-        row = GroupResultMeta.objects.filter(group_id=group_id).values("result_ids").first()
-        if row is None:
+        task_ids = get_backend().restore_group(group_id)
+        if task_ids is None:
             return None
-        return cls(group_id, [AsyncResult(task_id) for task_id in row["result_ids"]])
+        return cls(group_id, [AsyncResult(task_id) for task_id in task_ids])
 
     def delete(self) -> None:
-        from ..models import GroupResultMeta
-
-        GroupResultMeta.objects.filter(group_id=self.id).delete()
+        get_backend().delete_group(self.id)

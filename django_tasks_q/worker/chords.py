@@ -11,6 +11,10 @@ member to fail (or be revoked) flips ``failed`` with a conditional UPDATE
 and records the body as FAILURE with a ``ChordError`` naming the member,
 then sends the body's ``link_error``; the body never runs. A member that
 retries has not finished: only its last attempt counts.
+
+With the Redis result backend the counting happens on Celery's chord keys
+instead (``results/redis_chords.py``), so Celery workers and ours can share
+one chord's header.
 """
 
 from __future__ import annotations
@@ -30,10 +34,19 @@ from ..results.backend import describe_exception
 logger = logging.getLogger(__name__)
 
 _FAILED = (TaskState.FAILURE, TaskState.REVOKED)
+_COUNTED = (TaskState.SUCCESS, *_FAILED)
 
 
 def on_member_finished(message: TaskMessage, state: str, retval: Any, request: Any, backend: Any) -> None:
     """Count a finished chord member; fire or fail the body when this member decides it."""
+    from ..results.redis import RedisBackend
+
+    if isinstance(backend, RedisBackend):  # Celery's chord keys in Redis (results/redis_chords.py)
+        if message.chord and message.group_id and state in _COUNTED:
+            from ..results import redis_chords
+
+            redis_chords.on_member_finished(message, state, retval, backend)
+        return
     if not message.chord or not message.group_id:
         if state in _FAILED and message.chain:
             _fail_chords_ahead(message, retval, backend)
@@ -101,7 +114,7 @@ def _fire(counter: dict, backend: Any) -> None:
         signature(body).apply_async((header_results(counter["result_ids"]),))
     except Exception as exc:  # the body could not be sent: a recorded failure, never a silent drop
         logger.exception("chord %s: could not send its body %s", counter["group_id"], body.get("task"))
-        _record_body_failure(body, ChordError(f"chord {counter['group_id']}: could not send body "
+        record_body_failure(body, ChordError(f"chord {counter['group_id']}: could not send body "
                                               f"{body.get('task')}: {type(exc).__name__}: {exc}"), backend)
         return
     ChordCounter.objects.filter(group_id=counter["group_id"]).delete()
@@ -111,10 +124,10 @@ def _fail_chord(message: TaskMessage, body: dict, retval: Any, backend: Any, gro
     cause = f"{type(retval).__name__}: {retval}" if isinstance(retval, BaseException) else str(retval)
     error = ChordError(f"chord member {message.task}[{message.id}] failed: {cause}")
     logger.error("chord %s failed: %s", group_id, error)
-    _record_body_failure(body, error, backend)
+    record_body_failure(body, error, backend)
 
 
-def _record_body_failure(body: dict, error: ChordError, backend: Any) -> None:
+def record_body_failure(body: dict, error: ChordError, backend: Any) -> None:
     from .workflow import call_errbacks
 
     options = body.get("options") or {}

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 _CALL_OPTIONS = {f.name for f in fields(CallOptions)}
 
 
-def _sendable(sig: Signature) -> Signature:
+def sendable(sig: Signature) -> Signature:
     """Drop options a Celery client may embed that mean nothing here (``reply_to``, ``stamps``...)."""
     unknown = [k for k in sig.options if k not in _CALL_OPTIONS]
     for key in unknown:
@@ -51,7 +51,7 @@ def _sendable(sig: Signature) -> Signature:
 
 def _send(what: str, sig: Signature, args: tuple, **options: Any) -> bool:
     try:
-        _sendable(sig).apply_async(args, **{k: v for k, v in options.items() if v is not None})
+        sendable(sig).apply_async(args, **{k: v for k, v in options.items() if v is not None})
     except Exception:
         logger.exception("could not send %s %s; the task's outcome stands", what, sig.get("task"))
         return False

@@ -15,6 +15,8 @@ import time
 
 from celery import Celery
 
+from kombu import Queue
+
 app = Celery("interop", set_as_current=False)
 app.conf.update(
     broker_url=os.environ.get("CELERY_BROKER_URL", "memory://"),
@@ -25,6 +27,10 @@ app.conf.update(
     result_serializer="json",
     result_extended=True,
     task_default_queue="default",
+    # declared as the testproject declares them (TASKS_Q["QUEUES"]): RabbitMQ refuses a second,
+    # different declaration of a queue, so a mixed fleet must agree on x-max-priority
+    task_queues=[Queue("default", routing_key="default"),
+                 Queue("videos", routing_key="videos", queue_arguments={"x-max-priority": 10})],
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
     # our Redis transport renews what a live worker holds; Celery's does not (see docs/migrating.md)

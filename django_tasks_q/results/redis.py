@@ -1,0 +1,168 @@
+"""The Redis result backend, in Celery's key and JSON layout.
+
+``RESULT_BACKEND = "redis://host:6379/1"`` (or ``rediss://``). Each task's
+state is one JSON document under ``celery-task-meta-<id>``, written with
+``SETEX`` (``RESULT_EXPIRES``) and published on a channel of the same name
+in the same round trip -- exactly what Celery's Redis backend writes and
+listens for, so during a migration Celery's ``AsyncResult`` reads what our
+workers stored and ours reads what Celery's workers stored. A saved group
+is ``celery-taskset-meta-<id>`` holding Celery's ``as_tuple()`` layout.
+
+``get()`` subscribes to the key's channel *before* reading the key, then
+sleeps on the subscription: no polling, and no gap in which a result
+published between the read and the subscription could be missed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from ..conf import settings
+from ..core.states import READY_STATES
+from ..exceptions import TimeoutError
+from .backend import ResultBackend, ResultMeta
+
+TASK_PREFIX = "celery-task-meta-"
+GROUP_PREFIX = "celery-taskset-meta-"
+
+
+def task_key(task_id: str) -> str:
+    return f"{TASK_PREFIX}{task_id}"
+
+
+def group_key(group_id: str) -> str:
+    return f"{GROUP_PREFIX}{group_id}"
+
+
+class RedisBackend(ResultBackend):
+    """Results as Celery's Redis backend stores them; one client (and connection pool) per process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import redis
+
+            with self._lock:
+                if self._client is None:
+                    self._client = redis.Redis.from_url(self.url, health_check_interval=30)
+        return self._client
+
+    # -- writing ---------------------------------------------------------
+    def mark(self, task_id: str, state: str, *, result: Any = None, traceback: str = "",
+             request: Any = None, task_name: str = "", runtime: float | None = None) -> None:
+        document = json.dumps(self._document(task_id, state, result, traceback, request, task_name))
+        key = task_key(task_id)
+        expires = settings.RESULT_EXPIRES
+        with self.client.pipeline(transaction=False) as pipe:
+            if expires:
+                pipe.setex(key, int(expires), document)
+            else:
+                pipe.set(key, document)
+            pipe.publish(key, document)
+            pipe.execute()
+
+    @staticmethod
+    def _document(task_id: str, state: str, result: Any, traceback: str, request: Any,
+                  task_name: str) -> dict[str, Any]:
+        """Celery's ``_get_result_meta`` fields, with ``result_extended``'s request fields."""
+        done = datetime.now(timezone.utc).isoformat() if state in READY_STATES else None
+        document: dict[str, Any] = {"status": state, "result": result, "traceback": traceback or None,
+                                    "children": [], "date_done": done, "task_id": task_id}
+        if request is not None:
+            if getattr(request, "group_id", None):
+                document["group_id"] = request.group_id
+            if getattr(request, "parent_id", None):
+                document["parent_id"] = request.parent_id
+            document.update(name=task_name or request.task, args=list(request.args or ()),
+                            kwargs=dict(request.kwargs or {}), worker=request.hostname, retries=request.retries,
+                            queue=(request.delivery_info or {}).get("routing_key"))
+        elif task_name:
+            document["name"] = task_name
+        return document
+
+    # -- reading ---------------------------------------------------------
+    def meta(self, task_id: str) -> ResultMeta | None:
+        return _parse(task_id, self.client.get(task_key(task_id)))
+
+    def forget(self, task_id: str) -> None:
+        self.client.delete(task_key(task_id))
+
+    def cleanup(self, older_than: datetime) -> int:
+        return 0  # keys carry their own expiry (RESULT_EXPIRES)
+
+    def wait(self, task_id: str, timeout: float | None, interval: float) -> ResultMeta:
+        """Subscribe, read once, then sleep on the subscription until a ready state arrives."""
+        key = task_key(task_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(key)
+            found = self.meta(task_id)
+            while found is None or not found.ready:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    state = found.state if found else "PENDING"
+                    raise TimeoutError(f"task {task_id} not ready after {timeout}s (state {state})")
+                # a bounded wait even without a timeout, so a lost subscription is noticed by a re-read
+                message = pubsub.get_message(timeout=min(remaining if remaining is not None else 5.0, 5.0))
+                if message is not None and message.get("type") == "message":
+                    found = _parse(task_id, message["data"]) or found
+                elif message is None:
+                    found = self.meta(task_id)
+            return found
+        finally:
+            pubsub.close()
+
+    # -- groups (GroupResult.save / restore) -----------------------------
+    def save_group(self, group_id: str, task_ids: list[str]) -> None:
+        """Celery's layout: ``{"result": [[group_id, null], [[[task_id, null], null], ...]]}``."""
+        document = {"result": [[group_id, None], [[[task_id, None], None] for task_id in task_ids]]}
+        expires = settings.RESULT_EXPIRES
+        key = group_key(group_id)
+        if expires:
+            self.client.setex(key, int(expires), json.dumps(document))
+        else:
+            self.client.set(key, json.dumps(document))
+
+    def restore_group(self, group_id: str) -> list[str] | None:
+        raw = self.client.get(group_key(group_id))
+        if raw is None:
+            return None
+        return [_member_id(member) for member in json.loads(raw)["result"][1]]
+
+    def delete_group(self, group_id: str) -> None:
+        self.client.delete(group_key(group_id))
+
+
+def _member_id(member: Any) -> str:
+    """A member of a saved group: ``[[id, parent], None]`` (a task) or a nested group's tuple."""
+    head = member[0]
+    return str(head[0] if isinstance(head, list) else head)
+
+
+def _parse(task_id: str, raw: bytes | str | None) -> ResultMeta | None:
+    if raw is None:
+        return None
+    document = json.loads(raw)
+    done = document.get("date_done")
+    return ResultMeta(task_id=task_id, state=document.get("status") or "PENDING", result=document.get("result"),
+                      traceback=document.get("traceback") or "",
+                      date_done=_as_datetime(done) if done else None,
+                      task_name=document.get("name") or "", retries=document.get("retries") or 0)
+
+
+def _as_datetime(value: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)

@@ -1,0 +1,136 @@
+"""Chord counting in Redis, on Celery's chord keys, so either kind of worker can count a member.
+
+With ``RESULT_BACKEND = "redis://..."`` a chord's state lives where Celery's
+Redis backend keeps it, next to the group key ``celery-taskset-meta-<gid>``:
+
+* ``.s`` the header size, written by the caller before any member is sent;
+* ``.j`` a sorted set of ``[1, task_id, state, result]`` by header index;
+* ``.d`` the ``task_id:index`` pairs already counted (a redelivered member counts once);
+* ``.t`` a correction to the size Celery adds for nested groups;
+* ``.c`` the claim of the worker that sends the body, then ``"done"``.
+
+Each finished member is added and counted in one Lua script, which also
+takes the claim when the count reaches the size: exactly one worker, ours
+or Celery's, sees the header complete. That worker reads ``.j`` in header
+order and sends the body with the results -- or, when a member failed,
+records the body as FAILURE with a ``ChordError`` naming it (Celery's rule:
+the chord fails once every member has finished).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from ..conf import settings
+from ..core.states import PROPAGATE_STATES
+from ..exceptions import ChordError
+from ..results.backend import describe_exception
+from .redis import RedisBackend, group_key
+
+logger = logging.getLogger(__name__)
+
+CLAIM_SECONDS = 60
+DONE_SECONDS = 300
+
+# KEYS: .j .d .s .t .c   ARGV: member, score, value, expires, claim token, claim seconds
+PART_RETURN = """
+if redis.call('GET', KEYS[5]) == 'done' then return {-1, false, 0} end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then
+    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+    redis.call('SADD', KEYS[2], ARGV[1])
+end
+local count = redis.call('ZCARD', KEYS[1])
+local expires = tonumber(ARGV[4])
+if expires > 0 then
+    for i = 1, 4 do redis.call('EXPIRE', KEYS[i], expires) end
+end
+local size = redis.call('GET', KEYS[3])
+local claimed = 0
+if size and count == tonumber(size) + tonumber(redis.call('GET', KEYS[4]) or 0) then
+    if redis.call('SET', KEYS[5], ARGV[5], 'NX', 'EX', tonumber(ARGV[6])) then claimed = 1 end
+end
+return {count, size, claimed}
+"""
+
+_scripts: dict[int, Any] = {}
+
+
+def _keys(group_id: str) -> list[str]:
+    base = group_key(group_id)
+    return [base + ".j", base + ".d", base + ".s", base + ".t", base + ".c"]
+
+
+def start_chord(backend: RedisBackend, group_id: str, size: int) -> None:
+    """Write the header size (and forget a previous run's claim) before the members are sent."""
+    jkey, dkey, skey, tkey, ckey = _keys(group_id)
+    expires = int(settings.RESULT_EXPIRES or 0)
+    with backend.client.pipeline(transaction=True) as pipe:
+        pipe.delete(ckey, jkey, dkey, tkey)
+        pipe.set(skey, size, ex=expires or None)
+        pipe.execute()
+
+
+def on_member_finished(message: Any, state: str, retval: Any, backend: RedisBackend) -> None:
+    """Count one finished member; the worker that completes the header sends (or fails) the body."""
+    from ..worker.chords import record_body_failure
+
+    result = describe_exception(retval) if isinstance(retval, BaseException) else retval
+    index = message.group_index if message.group_index is not None else "+inf"
+    keys = _keys(message.group_id)
+    token = uuid.uuid4().hex
+    script = _scripts.get(id(backend.client)) or _scripts.setdefault(id(backend.client),
+                                                                     backend.client.register_script(PART_RETURN))
+    count, size, claimed = script(keys=keys, args=[f"{message.id}:{index}", index,
+                                                   json.dumps([1, message.id, state, result]),
+                                                   int(settings.RESULT_EXPIRES or 0), token, CLAIM_SECONDS])
+    if count == -1 or not claimed:
+        return
+    body = message.chord
+    members = [json.loads(raw) for raw in backend.client.zrange(keys[0], 0, -1)]
+    try:
+        failed = next((m for m in members if m[2] in PROPAGATE_STATES), None)
+        if failed is not None:
+            error = ChordError(f"chord {message.group_id}: member {failed[1]} ended {failed[2]}: "
+                               f"{_describe(failed[3])}")
+            logger.error("%s", error)
+            record_body_failure(body, error, backend)
+        else:
+            _send_body(body, [m[3] for m in members], message.group_id, backend)
+    finally:
+        _cleanup(backend, keys, token)
+
+
+def _send_body(body: dict, results: list, group_id: str, backend: RedisBackend) -> None:
+    from ..core.canvas import signature
+    from ..worker.chords import record_body_failure
+    from ..worker.workflow import sendable
+
+    try:
+        sendable(signature(body)).apply_async((results,))
+    except Exception as exc:  # the body could not be sent: a recorded failure, never a silent drop
+        logger.exception("chord %s: could not send its body %s", group_id, body.get("task"))
+        record_body_failure(body, ChordError(f"chord {group_id}: could not send body {body.get('task')}: "
+                                             f"{type(exc).__name__}: {exc}"), backend)
+
+
+def _cleanup(backend: RedisBackend, keys: list[str], token: str) -> None:
+    jkey, dkey, skey, tkey, ckey = keys
+    if backend.client.get(ckey) == token.encode():
+        with backend.client.pipeline(transaction=True) as pipe:
+            pipe.delete(jkey, dkey, skey, tkey)
+            pipe.set(ckey, "done", ex=DONE_SECONDS)
+            pipe.execute()
+
+
+def _describe(result: Any) -> str:
+    if isinstance(result, dict) and "exc_type" in result:
+        message = result.get("exc_message")
+        text = ", ".join(map(str, message)) if isinstance(message, list) else str(message)
+        return f"{result['exc_type']}: {text}"
+    return repr(result)
+
+
+__all__ = ["on_member_finished", "start_chord"]

@@ -1,0 +1,151 @@
+"""A mixed fleet on one broker and one Redis result store: real Celery and real taskworker processes.
+
+Each class's worker fixture runs one kind of worker only, so a result proves
+which side ran it (``whoami`` returns the worker's ``-n`` name):
+
+* a Celery client (the in-process ``tests.interop.celery_app``) sends to
+  ``manage.py taskworker``, and Celery's ``AsyncResult`` reads what our
+  worker stored;
+* our client sends to ``celery worker``, and our ``AsyncResult`` reads what
+  Celery's worker stored.
+
+Both brokers (Redis, RabbitMQ) through ``interop_broker``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import celery
+import pytest
+
+from django_tasks_q import AsyncResult, chord, group
+from django_tasks_q.broker import connection
+from django_tasks_q.core.states import TaskState
+from testproject.videos.tasks import add, echo, whoami
+from tests.interop.celery_app import app
+from tests.interop.processes import celery_worker
+from tests.workers import WorkerProcess
+
+V = "testproject.videos.tasks."
+W = "testproject.videos.workflow_tasks."
+
+
+@pytest.fixture(scope="class")
+def ours(interop_broker, result_redis_url, django_db_blocker):
+    env = {"TASKS_Q_RESULT_BACKEND": result_redis_url}
+    with WorkerProcess(interop_broker, "-Q", "default,videos", "-P", "threads", "-c", "2", "-n", "ours@%h",
+                       env=env) as worker:
+        yield worker
+
+
+@pytest.fixture(scope="class")
+def theirs(interop_broker, result_redis_url):
+    with celery_worker(interop_broker, result_backend=result_redis_url, name="celery@%h") as worker:
+        yield worker
+
+
+@pytest.fixture
+def clients(settings, interop_broker, result_redis_url, transactional_db):
+    """Both clients on the module's broker and the shared result store."""
+    settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": interop_broker, "RESULT_BACKEND": result_redis_url}
+    connection.reset()
+    saved = app.conf.broker_url, app.conf.result_backend
+    point_celery(interop_broker, result_redis_url)
+    yield
+    point_celery(*saved)
+    connection.reset()
+
+
+def point_celery(broker_url: str, result_backend: str | None) -> None:
+    """Re-point the Celery client app: it caches its connection pools and backend per app."""
+    app.conf.broker_url, app.conf.result_backend = broker_url, result_backend
+    app._local.__dict__.pop("backend", None)
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+def send(name: str, *args, **options) -> celery.result.AsyncResult:
+    return app.send_task(V + name, args=args, **options)
+
+
+# -- Celery client -> taskworker ------------------------------------------------------------------
+
+class TestCeleryClientOurWorker:
+    def test_celery_clients_tasks_run_on_our_worker_with_their_options(self, ours, clients):
+        assert send("add", 2, 3).get(timeout=20) == 5
+        me = send("whoami", retries=2, priority=5).get(timeout=20)
+        assert me["hostname"].startswith("ours@") and me["retries"] == 2
+
+        sent = time.time()
+        later = send("whoami", countdown=1.5).get(timeout=20)
+        assert later["eta"] and datetime.fromisoformat(later["eta"]).timestamp() >= sent + 1.4
+        assert time.time() - sent >= 1.4  # the eta was honoured
+
+        expired = send("add", 1, 1, expires=datetime.now(timezone.utc) - timedelta(seconds=5))
+        with pytest.raises(Exception, match="(?i)expired|revoked"):
+            expired.get(timeout=20)
+        assert AsyncResult(expired.id).state == TaskState.REVOKED
+
+        # Celery's timelimit header is [hard, soft]: a swap would give a 10 s soft limit and no report
+        napped = send("naps", 3, 0.05, time_limit=10, soft_time_limit=0.3).get(timeout=20)
+        assert "soft_limit" in napped and napped["after"] < 2
+
+        with pytest.raises(ValueError, match="from celery"):
+            send("fail", "from celery").get(timeout=20)
+
+
+    def test_celery_clients_links_chains_groups_and_chords_run_on_our_worker(self, ours, clients, tmp_path):
+        values, errback = tmp_path / "values", tmp_path / "errback"
+        send("add", 2, 3, link=app.signature(W + "record_value", args=(str(values),))).get(timeout=20)
+        failed = send("fail", "x", link_error=app.signature(W + "record_id", kwargs={"path": str(errback)}))
+        with pytest.raises(ValueError):
+            failed.get(timeout=20)
+        wait_for_file(values)
+        wait_for_file(errback)
+        assert json.loads(values.read_text()) == 5 and json.loads(errback.read_text()) == failed.id
+
+        chained = celery.chain(app.signature(V + "add", (1, 1)), app.signature(V + "add", (10,)),
+                               app.signature(V + "add", (100,))).apply_async()
+        assert chained.get(timeout=20) == 112
+
+        members = celery.group(app.signature(V + "add", (i, i)) for i in range(4)).apply_async()
+        assert members.get(timeout=20) == [0, 2, 4, 6]
+
+        tallies = tmp_path / "tally"
+        body = celery.chord([app.signature(V + "add", (i, i)) for i in range(4)],
+                            app.signature(V + "tally", (str(tallies),))).apply_async()
+        assert body.get(timeout=20) == 12
+        time.sleep(0.5)
+        assert tallies.read_text().splitlines() == ["4 12"]  # the body ran once
+
+
+# -- our client -> celery worker ------------------------------------------------------------------
+
+class TestOurClientCeleryWorker:
+    def test_our_tasks_and_canvas_run_on_a_celery_worker(self, theirs, clients):
+        assert add.delay(2, 3).get(timeout=20) == 5
+        me = whoami.apply_async(countdown=1).get(timeout=20)
+        assert me["hostname"].startswith("celery@") and me["eta"]
+
+        callback = echo.s()
+        link_result = callback.freeze()
+        assert add.apply_async((4, 4), link=callback).get(timeout=20) == 8
+        assert link_result.get(timeout=20) == {"args": [8], "kwargs": {}}
+
+        assert (add.s(1, 1) | add.s(10) | add.s(100)).apply_async().get(timeout=20) == 112
+        assert group(add.s(i, i) for i in range(4)).apply_async().get(timeout=20) == [0, 2, 4, 6]
+        # the chord's members are counted by Celery's worker on Celery's Redis chord keys
+        joined = chord([add.s(i, i) for i in range(4)], echo.s()).apply_async()
+        assert joined.get(timeout=20) == {"args": [[0, 2, 4, 6]], "kwargs": {}}
+        assert str(uuid.UUID(joined.id)) == joined.id
+
+
+def wait_for_file(path, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"{path.name} was never written"
