@@ -32,6 +32,9 @@ def worker_env(broker_url: str, **extra: str) -> dict[str, str]:
 class WorkerProcess:
     """One ``manage.py taskworker`` subprocess with its output captured in a file."""
 
+    #: the line ``start()`` waits for
+    ready_text = "ready: consuming"
+
     def __init__(self, broker_url: str, *args: str, env: dict[str, str] | None = None):
         self.args = [sys.executable, str(ROOT / "manage.py"), "taskworker", *args]
         self.env = {**worker_env(broker_url), **(env or {})}
@@ -41,7 +44,7 @@ class WorkerProcess:
     def start(self, timeout: float = 30) -> "WorkerProcess":
         self.process = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=self.log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_for("ready: consuming", timeout)
+        self.wait_for(self.ready_text, timeout)
         return self
 
     def output(self) -> str:

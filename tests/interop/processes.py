@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-from pathlib import Path
 
-from tests.workers import ROOT
+from tests.workers import ROOT, WorkerProcess
 
 
 def celery_env(broker_url: str, result_backend: str | None = None, **extra: str) -> dict[str, str]:
@@ -21,8 +18,8 @@ def celery_env(broker_url: str, result_backend: str | None = None, **extra: str)
     return env
 
 
-class CeleryProcess:
-    """One ``celery -A tests.interop.celery_app <command>`` subprocess, output captured in a file."""
+class CeleryProcess(WorkerProcess):
+    """One ``celery -A tests.interop.celery_app <command>`` subprocess, run like our workers (tests/workers.py)."""
 
     ready_text = "ready."
 
@@ -32,53 +29,6 @@ class CeleryProcess:
         self.env = {**celery_env(broker_url, result_backend), **(env or {})}
         self.log = tempfile.NamedTemporaryFile("w+", prefix="celery-", suffix=".log", delete=False)
         self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 30) -> "CeleryProcess":
-        self.process = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=self.log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-        if self.ready_text:
-            self.wait_for(self.ready_text, timeout)
-        return self
-
-    def output(self) -> str:
-        return Path(self.log.name).read_text()
-
-    def wait_for(self, text: str, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.output():
-                return
-            if self.process.poll() is not None:
-                raise AssertionError(f"celery exited ({self.process.returncode}) before {text!r}:\n{self.output()}")
-            time.sleep(0.05)
-        raise AssertionError(f"celery did not print {text!r} within {timeout}s:\n{self.output()}")
-
-    def stop(self, timeout: float = 20) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.process.returncode
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.process.wait(10)
-
-    def __enter__(self) -> "CeleryProcess":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self.stop()
-        finally:
-            self.kill()
-            os.unlink(self.log.name)
 
 
 def celery_worker(broker_url: str, *, queues: str = "default,videos", name: str = "celery@%h",
