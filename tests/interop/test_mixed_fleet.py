@@ -130,6 +130,10 @@ class TestOurClientCeleryWorker:
         assert add.delay(2, 3).get(timeout=20) == 5
         me = whoami.apply_async(countdown=1).get(timeout=20)
         assert me["hostname"].startswith("celery@") and me["eta"]
+        expired = add.apply_async((1, 1), expires=datetime.now(timezone.utc) - timedelta(seconds=5))
+        with pytest.raises(Exception, match="(?i)expired|revoked"):
+            expired.get(timeout=20)
+        assert expired.state == TaskState.REVOKED  # Celery's worker revoked it and stored REVOKED
 
         callback = echo.s()
         link_result = callback.freeze()
