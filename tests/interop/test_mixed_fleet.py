@@ -21,11 +21,14 @@ from datetime import datetime, timedelta, timezone
 
 import celery
 import pytest
+import redis
+from celery.result import AsyncResult as CeleryAsyncResult
 
 from django_tasks_q import AsyncResult, chord, group
 from django_tasks_q.broker import connection
 from django_tasks_q.core.states import TaskState
-from testproject.videos.tasks import add, echo, whoami
+from django_tasks_q.exceptions import ChordError
+from testproject.videos.tasks import add, echo, fail, tally, whoami
 from tests.interop.celery_app import app
 from tests.interop.processes import celery_worker
 from tests.workers import WorkerProcess
@@ -68,7 +71,7 @@ def point_celery(broker_url: str, result_backend: str | None) -> None:
     app.amqp._producer_pool = None
 
 
-def send(name: str, *args, **options) -> celery.result.AsyncResult:
+def send(name: str, *args, **options) -> CeleryAsyncResult:
     return app.send_task(V + name, args=args, **options)
 
 
@@ -121,6 +124,23 @@ class TestCeleryClientOurWorker:
         assert body.get(timeout=20) == 12
         time.sleep(0.5)
         assert tallies.read_text().splitlines() == ["4 12"]  # the body ran once
+
+
+    def test_our_chords_count_on_celerys_redis_keys_fire_once_or_fail(self, ours, clients, tmp_path):
+        tallies = tmp_path / "tally"
+        joined = chord([add.s(i, i) for i in range(5)], tally.s(str(tallies))).apply_async()
+        assert joined.get(timeout=20) == 20
+        assert CeleryAsyncResult(joined.id, app=app).get(timeout=5) == 20  # Celery reads it too
+        time.sleep(0.5)
+        assert tallies.read_text().splitlines() == ["5 20"]
+
+        broken = chord([add.s(1, 1), fail.si("member"), add.s(2, 2)], tally.s(str(tallies))).apply_async()
+        with pytest.raises(ChordError, match="member"):
+            broken.get(timeout=20)
+        time.sleep(0.5)
+        assert tallies.read_text().splitlines() == ["5 20"]  # the body never ran
+        keys = redis.Redis.from_url(app.conf.result_backend).keys(f"celery-taskset-meta-{broken.parent.id}*")
+        assert keys == [f"celery-taskset-meta-{broken.parent.id}.c".encode()]  # only the "done" marker is left
 
 
 # -- our client -> celery worker ------------------------------------------------------------------
