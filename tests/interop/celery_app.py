@@ -66,3 +66,13 @@ def whoami(self):
     r = self.request
     return {"id": r.id, "retries": r.retries, "queue": (r.delivery_info or {}).get("routing_key"),
             "hostname": r.hostname, "eta": r.eta}
+
+
+@app.task(name="testproject.videos.workflow_tasks.record_id")
+def record_id(task_id, *, path):
+    """An old-style errback, as the testproject's: writes the failed task's id to ``path``."""
+    import json
+
+    with open(path, "w") as fh:
+        fh.write(json.dumps(task_id))
+    return task_id

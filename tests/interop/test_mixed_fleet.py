@@ -29,6 +29,7 @@ from django_tasks_q.broker import connection
 from django_tasks_q.core.states import TaskState
 from django_tasks_q.exceptions import ChordError
 from testproject.videos.tasks import add, echo, fail, tally, whoami
+from testproject.videos.workflow_tasks import record_id
 from tests.interop.celery_app import app
 from tests.interop.processes import celery_worker
 from tests.workers import WorkerProcess
@@ -146,7 +147,7 @@ class TestCeleryClientOurWorker:
 # -- our client -> celery worker ------------------------------------------------------------------
 
 class TestOurClientCeleryWorker:
-    def test_our_tasks_and_canvas_run_on_a_celery_worker(self, theirs, clients):
+    def test_our_tasks_and_canvas_run_on_a_celery_worker(self, theirs, clients, tmp_path):
         assert add.delay(2, 3).get(timeout=20) == 5
         me = whoami.apply_async(countdown=1).get(timeout=20)
         assert me["hostname"].startswith("celery@") and me["eta"]
@@ -159,6 +160,12 @@ class TestOurClientCeleryWorker:
         link_result = callback.freeze()
         assert add.apply_async((4, 4), link=callback).get(timeout=20) == 8
         assert link_result.get(timeout=20) == {"args": [8], "kwargs": {}}
+        errback = tmp_path / "errback"
+        failed = fail.apply_async(("on celery",), link_error=record_id.s(path=str(errback)))
+        with pytest.raises(ValueError, match="on celery"):
+            failed.get(timeout=20)
+        wait_for_file(errback)
+        assert json.loads(errback.read_text()) == failed.id  # Celery's worker sent our errback
 
         assert (add.s(1, 1) | add.s(10) | add.s(100)).apply_async().get(timeout=20) == 112
         assert group(add.s(i, i) for i in range(4)).apply_async().get(timeout=20) == [0, 2, 4, 6]
