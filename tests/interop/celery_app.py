@@ -76,3 +76,17 @@ def record_id(task_id, *, path):
     with open(path, "w") as fh:
         fh.write(json.dumps(task_id))
     return task_id
+
+
+@app.task(name=VIDEOS + "naps")
+def naps(seconds, chunk=None):
+    """As the testproject's: sleep in ``chunk``-second naps and report a soft time limit."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < seconds:
+            time.sleep(chunk or seconds)
+    except SoftTimeLimitExceeded as exc:
+        return {"soft_limit": str(exc), "after": round(time.monotonic() - started, 2)}
+    return {"slept": seconds}

@@ -28,7 +28,7 @@ from django_tasks_q import AsyncResult, chord, group
 from django_tasks_q.broker import connection
 from django_tasks_q.core.states import TaskState
 from django_tasks_q.exceptions import ChordError
-from testproject.videos.tasks import add, echo, fail, tally, whoami
+from testproject.videos.tasks import add, echo, fail, naps, tally, whoami
 from testproject.videos.workflow_tasks import record_id
 from tests.interop.celery_app import app
 from tests.interop.processes import celery_worker
@@ -48,7 +48,9 @@ def ours(interop_broker, result_redis_url, django_db_blocker):
 
 @pytest.fixture(scope="class")
 def theirs(interop_broker, result_redis_url):
-    with celery_worker(interop_broker, result_backend=result_redis_url, name="celery@%h") as worker:
+    # prefork: Celery enforces time limits only there
+    with celery_worker(interop_broker, result_backend=result_redis_url, name="celery@%h", pool="prefork",
+                       extra=("-c", "1")) as worker:
         yield worker
 
 
@@ -151,6 +153,9 @@ class TestOurClientCeleryWorker:
         assert add.delay(2, 3).get(timeout=20) == 5
         me = whoami.apply_async(countdown=1).get(timeout=20)
         assert me["hostname"].startswith("celery@") and me["eta"]
+        # our timelimit header is Celery's [hard, soft]: swapped, the soft limit would be 10 s
+        napped = naps.apply_async((3, 0.05), time_limit=10, soft_time_limit=0.3).get(timeout=20)
+        assert "soft_limit" in napped and napped["after"] < 2
         expired = add.apply_async((1, 1), expires=datetime.now(timezone.utc) - timedelta(seconds=5))
         with pytest.raises(Exception, match="(?i)expired|revoked"):
             expired.get(timeout=20)
