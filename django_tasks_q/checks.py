@@ -16,7 +16,7 @@ from kombu.serialization import registry as serializers
 from .broker.queues import build_queue
 from .conf import DEFAULTS, settings
 from .exceptions import ImproperlyConfigured
-from .results.backend import REDIS_SCHEMES
+from .results.backend import SUPPORTED, backend_problem
 
 BROKER_SCHEMES = {"django", "redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "memory"}
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -58,9 +58,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         errors.append(_error("BROKER_URL", f"scheme {scheme!r} is not supported",
                              f"use one of {', '.join(sorted(s + '://' for s in BROKER_SCHEMES))}", 3))
     backend = values["RESULT_BACKEND"]
-    if backend is not None and backend != "django" and not str(backend).startswith(REDIS_SCHEMES):
-        errors.append(_error("RESULT_BACKEND", f"{backend!r} is not supported",
-                             "use 'django', 'redis://host:port/db' or None", 4))
+    problem = backend_problem(backend)
+    if problem is not None:
+        errors.append(_error("RESULT_BACKEND", f"{backend!r}: {problem}",
+                             SUPPORTED, 4))
     if values["PREFETCH_MULTIPLIER"] < 1:
         errors.append(_error("PREFETCH_MULTIPLIER", "must be at least 1", number=5))
     for key in ("ETA_HOLD_MAX", "REVOKE_EXPIRES", "WORKER_HEARTBEAT", "WORKER_STUCK_AFTER"):

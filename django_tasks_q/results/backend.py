@@ -188,16 +188,41 @@ def _make(value: Any) -> ResultBackend:
         from .database import DatabaseBackend
 
         return DatabaseBackend()
-    if isinstance(value, str) and value.startswith(REDIS_SCHEMES):
+    problem = backend_problem(value)
+    if problem is None and isinstance(value, str) and value.startswith(REDIS_SCHEMES):
         from .redis import RedisBackend
 
         return RedisBackend(value)
-    raise ImproperlyConfigured(
-        f"TASKS_Q['RESULT_BACKEND'] = {value!r} is not supported; use 'django', 'redis://host:port/db' or None"
-    )
+    raise ImproperlyConfigured(f"TASKS_Q['RESULT_BACKEND'] = {value!r}: {problem}; {SUPPORTED}")
 
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+SUPPORTED = "use 'django', 'redis://host:port/db' (or rediss://) or None"
+
+
+def backend_problem(value: Any) -> str | None:
+    """Why ``value`` is not a usable ``RESULT_BACKEND``, or None (shared by ``_make`` and ``manage.py check``)."""
+    if value is None or value == "django":
+        return None
+    if not isinstance(value, str) or not value.startswith(REDIS_SCHEMES):
+        return "not a supported result backend"
+    from urllib.parse import urlsplit
+
+    from redis.connection import parse_url
+
+    try:
+        parse_url(value)
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        return f"malformed Redis URL: {exc}"
+    db = parts.path.strip("/")
+    if value.startswith(("redis://", "rediss://")):
+        if not parts.hostname:
+            return "malformed Redis URL: no host (e.g. 'redis://localhost:6379/1')"
+        if db and not db.isdigit():
+            return f"malformed Redis URL: the database after the host must be a number, got {db!r}"
+    return None
 
 
 def is_exception_state(state: str) -> bool:

@@ -103,7 +103,9 @@ class RedisBackend(ResultBackend):
         """Subscribe, read once, then sleep on the subscription until a ready state arrives."""
         key = task_key(task_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        # subscribe confirmations are kept (not ignored): redis-py returns None for an ignored one
+        # at once, which would be indistinguishable from "nothing arrived within the timeout"
+        pubsub = self.client.pubsub()
         try:
             pubsub.subscribe(key)
             found = self.meta(task_id)
@@ -114,10 +116,10 @@ class RedisBackend(ResultBackend):
                     raise TimeoutError(f"task {task_id} not ready after {timeout}s (state {state})")
                 # a bounded wait even without a timeout, so a lost subscription is noticed by a re-read
                 message = pubsub.get_message(timeout=min(remaining if remaining is not None else 5.0, 5.0))
-                if message is not None and message.get("type") == "message":
-                    found = _parse(task_id, message["data"]) or found
-                elif message is None:
+                if message is None:
                     found = self.meta(task_id)
+                elif message.get("type") == "message":
+                    found = _parse(task_id, message["data"]) or found
             return found
         finally:
             pubsub.close()

@@ -6,7 +6,7 @@ Redis backend keeps it, next to the group key ``celery-taskset-meta-<gid>``:
 * ``.s`` the header size, written by the caller before any member is sent;
 * ``.j`` a sorted set of ``[1, task_id, state, result]`` by header index;
 * ``.d`` the ``task_id:index`` pairs already counted (a redelivered member counts once);
-* ``.t`` a correction to the size Celery adds for nested groups;
+* ``.t`` members added to the header later (Celery's ``Task.add_to_chord`` increments it);
 * ``.c`` the claim of the worker that sends the body, then ``"done"``.
 
 Each finished member is added and counted in one Lua script, which also
@@ -74,33 +74,53 @@ def start_chord(backend: RedisBackend, group_id: str, size: int) -> None:
 
 
 def on_member_finished(message: Any, state: str, retval: Any, backend: RedisBackend) -> None:
-    """Count one finished member; the worker that completes the header sends (or fails) the body."""
+    """Count one finished member message (its ``group`` header, ``group_index`` and ``embed["chord"]``)."""
+    count_member(backend, message.group_id, message.id, message.group_index, message.chord, state, retval)
+
+
+def count_member(backend: RedisBackend, group_id: str, task_id: str, group_index: int | None, body: dict,
+                 state: str, retval: Any) -> None:
+    """Add one member's outcome to ``.j``; the call that completes the header sends (or fails) the body."""
     from ..worker.chords import record_body_failure
 
     result = describe_exception(retval) if isinstance(retval, BaseException) else retval
-    index = message.group_index if message.group_index is not None else "+inf"
-    keys = _keys(message.group_id)
+    index = group_index if group_index is not None else "+inf"
+    keys = _keys(group_id)
     token = uuid.uuid4().hex
-    script = _scripts.get(id(backend.client)) or _scripts.setdefault(id(backend.client),
-                                                                     backend.client.register_script(PART_RETURN))
-    count, size, claimed = script(keys=keys, args=[f"{message.id}:{index}", index,
-                                                   json.dumps([1, message.id, state, result]),
-                                                   int(settings.RESULT_EXPIRES or 0), token, CLAIM_SECONDS])
-    if count == -1 or not claimed:
+    count, size, claimed = _script(backend)(keys=keys, args=[f"{task_id}:{index}", index,
+                                                             json.dumps([1, task_id, state, result]),
+                                                             int(settings.RESULT_EXPIRES or 0), token, CLAIM_SECONDS])
+    if count == -1:
+        logger.info("chord %s: member %s finished after the body was sent; not counted again", group_id, task_id)
         return
-    body = message.chord
+    if size is None:  # nobody wrote .s: the body can never be sent from these keys -- say so, never drop silently
+        logger.error("chord %s: member %s counted but the chord has no size key %s (sent with another "
+                     "RESULT_BACKEND, expired, or already failed on a Celery worker); its body %s is not sent "
+                     "from here", group_id, task_id, keys[2], (body or {}).get("task"))
+        return
+    if not claimed:
+        return
     members = [json.loads(raw) for raw in backend.client.zrange(keys[0], 0, -1)]
     try:
         failed = next((m for m in members if m[2] in PROPAGATE_STATES), None)
         if failed is not None:
-            error = ChordError(f"chord {message.group_id}: member {failed[1]} ended {failed[2]}: "
+            error = ChordError(f"chord {group_id}: member {failed[1]} ended {failed[2]}: "
                                f"{_describe(failed[3])}")
             logger.error("%s", error)
             record_body_failure(body, error, backend)
         else:
-            _send_body(body, [m[3] for m in members], message.group_id, backend)
+            _send_body(body, [m[3] for m in members], group_id, backend)
     finally:
         _cleanup(backend, keys, token)
+
+
+def _script(backend: RedisBackend) -> Any:
+    """The part-return script, registered once per client (redis-py then calls it by its SHA)."""
+    client = backend.client
+    script = _scripts.get(id(client))
+    if script is None:
+        script = _scripts.setdefault(id(client), client.register_script(PART_RETURN))
+    return script
 
 
 def _send_body(body: dict, results: list, group_id: str, backend: RedisBackend) -> None:
@@ -133,4 +153,4 @@ def _describe(result: Any) -> str:
     return repr(result)
 
 
-__all__ = ["on_member_finished", "start_chord"]
+__all__ = ["count_member", "on_member_finished", "start_chord"]

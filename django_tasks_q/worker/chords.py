@@ -42,10 +42,18 @@ def on_member_finished(message: TaskMessage, state: str, retval: Any, request: A
     from ..results.redis import RedisBackend
 
     if isinstance(backend, RedisBackend):  # Celery's chord keys in Redis (results/redis_chords.py)
-        if message.chord and message.group_id and state in _COUNTED:
-            from ..results import redis_chords
+        from ..results import redis_chords
 
+        if message.chord and message.group_id and state in _COUNTED:
             redis_chords.on_member_finished(message, state, retval, backend)
+        elif state in _FAILED and message.chain:
+            # a chain that is a chord member failed before its last step, which will never run: count
+            # that step as failed now (as Celery does), or the chord would wait for it forever
+            for step in message.chain:
+                options = (step.get("options") or {}) if isinstance(step, dict) else {}
+                if options.get("group_id") and options.get("task_id") and isinstance(options.get("chord"), dict):
+                    redis_chords.count_member(backend, options["group_id"], options["task_id"],
+                                              options.get("group_index"), options["chord"], state, retval)
         return
     if not message.chord or not message.group_id:
         if state in _FAILED and message.chain:
@@ -141,7 +149,10 @@ def record_body_failure(body: dict, error: ChordError, backend: Any) -> None:
             backend.mark(step_id, TaskState.FAILURE, result=describe_exception(error), traceback=str(error),
                          task_name=step.get("task") or "")
     request = context.Request(id=body_id, task=body.get("task"), root_id=options.get("root_id") or body_id)
-    call_errbacks(list(options.get("link_error") or []), request, error, str(error))
+    errbacks = options.get("link_error") or []
+    if isinstance(errbacks, dict):  # a Celery client's signature(..., link_error=sig) keeps a single one
+        errbacks = [errbacks]
+    call_errbacks(list(errbacks), request, error, str(error))
 
 
 def _no_counter(message: TaskMessage, backend: Any) -> None:

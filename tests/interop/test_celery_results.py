@@ -8,6 +8,7 @@ the key's pub/sub channel.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import uuid
@@ -35,6 +36,11 @@ def both(settings, result_redis_url):
     app.__dict__.pop("backend", None)  # celery caches the backend object per app
     app._local.__dict__.pop("backend", None)
     yield get_backend()
+    # Celery's AsyncResult unsubscribes in __del__, possibly at exit when the server is gone: do it now
+    gc.collect()
+    consumer = app.backend.result_consumer
+    consumer.stop()
+    consumer.subscribed_to.clear()
     app.conf.result_backend = previous
     app._local.__dict__.pop("backend", None)
 

@@ -1,0 +1,142 @@
+"""Chords shared with Celery on the Redis result backend: real ``celery worker`` and ``taskworker`` processes.
+
+One worker of each kind per broker, on different queues, so where a task
+is routed says which side runs it: the Celery worker consumes ``videos``,
+ours consumes ``default``. Both count chord members on Celery's chord keys
+(``celery-taskset-meta-<gid>.s/.j/.d/.t/.c``), so
+
+* our client's chord can run entirely on a Celery worker, which fires our
+  body once;
+* one chord's header can be split between the two kinds of worker, and
+  whichever finishes the header last fires the body, once;
+* a Celery client's chord whose member fails on our worker fails: Celery's
+  ``AsyncResult.get()`` raises a ``ChordError``, the body never runs, its
+  errback is sent, and a chain member failing midway fails it too. (Celery's
+  own ``get()`` on the chord's result re-raises the failed member's error
+  first, as Celery does: its parent failed.)
+
+(``test_mixed_fleet.py`` covers a Celery client's successful chord on our
+worker and our chord on a Celery worker with ``echo``.)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import celery
+import pytest
+import redis
+from celery.result import AsyncResult as CeleryAsyncResult
+
+from django_tasks_q import AsyncResult, chord
+from django_tasks_q.broker import connection
+from django_tasks_q.core.states import TaskState
+from testproject.videos.tasks import add, sleep, tally
+from tests.interop.celery_app import app
+from tests.interop.processes import celery_worker
+from tests.workers import WorkerProcess
+
+V = "testproject.videos.tasks."
+W = "testproject.videos.workflow_tasks."
+
+
+@pytest.fixture(scope="module")
+def workers(interop_broker, result_redis_url, django_db_blocker):
+    """A Celery worker on ``videos`` and ours on ``default``, sharing the Redis result database."""
+    with celery_worker(interop_broker, queues="videos", result_backend=result_redis_url, name="celery@%h"), \
+            WorkerProcess(interop_broker, "-Q", "default", "-P", "threads", "-c", "2", "-n", "ours@%h",
+                          env={"TASKS_Q_RESULT_BACKEND": result_redis_url}) as ours:
+        yield ours
+
+
+@pytest.fixture
+def clients(settings, interop_broker, result_redis_url, transactional_db, workers):
+    """Our client and the Celery client app on the module's broker and the shared result database."""
+    settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": interop_broker, "RESULT_BACKEND": result_redis_url}
+    connection.reset()
+    saved = app.conf.broker_url, app.conf.result_backend
+    _point_celery(interop_broker, result_redis_url)
+    yield redis.Redis.from_url(result_redis_url)
+    _point_celery(*saved)
+    connection.reset()
+
+
+def _point_celery(broker_url: str, result_backend: str | None) -> None:
+    app.conf.broker_url, app.conf.result_backend = broker_url, result_backend
+    app._local.__dict__.pop("backend", None)
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+def stored(raw: redis.Redis, task_id: str) -> dict:
+    return json.loads(raw.get(f"celery-task-meta-{task_id}"))
+
+
+def only_done_marker_left(raw: redis.Redis, group_id: str) -> bool:
+    base = f"celery-taskset-meta-{group_id}"
+    return raw.keys(base + "*") == [f"{base}.c".encode()] and raw.get(base + ".c") == b"done"
+
+
+def test_our_chord_on_a_celery_worker_and_split_between_both_fires_once(clients, tmp_path):
+    raw = clients
+    # entirely on the Celery worker: it counts on the keys our client wrote and sends our body
+    tallies = tmp_path / "celery-only"
+    joined = chord([add.s(i, i).set(queue="videos") for i in range(4)],
+                   tally.s(str(tallies)).set(queue="videos")).apply_async()
+    assert joined.get(timeout=20) == 12
+    assert stored(raw, joined.id)["worker"].startswith("celery@")  # the body ran there
+    assert [stored(raw, r.id)["worker"].split("@")[0] for r in joined.parent.results] == ["celery"] * 4
+
+    # one header split between the two kinds of worker: the slow member decides who sends the body
+    for slow_queue in ("videos", "default"):
+        fast_queue = "default" if slow_queue == "videos" else "videos"
+        split = tmp_path / f"split-{slow_queue}"
+        result = chord([sleep.si(1).set(queue=slow_queue), add.s(1, 1).set(queue=fast_queue),
+                        add.s(2, 2).set(queue=fast_queue)], tally.s(str(split))).apply_async()
+        assert result.get(timeout=20) == 7
+        assert CeleryAsyncResult(result.id, app=app).get(timeout=5) == 7
+        workers = {stored(raw, r.id)["worker"].split("@")[0] for r in result.parent.results}
+        assert workers == {"celery", "ours"}
+        assert only_done_marker_left(raw, result.parent.id)
+
+    time.sleep(0.5)  # a second run of any body would have landed by now
+    assert tallies.read_text().splitlines() == ["4 12"]
+    for slow_queue in ("videos", "default"):
+        assert (tmp_path / f"split-{slow_queue}").read_text().splitlines() == ["3 7"]
+
+
+def test_celery_clients_chord_fails_on_our_worker_when_a_member_fails(clients, tmp_path):
+    raw = clients
+    tallies, errback = tmp_path / "tally", tmp_path / "errback"
+    body = app.signature(V + "tally", (str(tallies),),
+                         link_error=app.signature(W + "record_id", kwargs={"path": str(errback)}))
+    broken = celery.chord([app.signature(V + "add", (1, 1)), app.signature(V + "fail", ("celery member",)),
+                           app.signature(V + "add", (2, 2))], body).apply_async()
+    with pytest.raises(ValueError, match="celery member"):  # Celery's get() re-raises a failed parent's error
+        broken.get(timeout=20)
+    with pytest.raises(Exception) as raised:  # the body itself: Celery makes up a class for our ChordError
+        CeleryAsyncResult(broken.id, app=app).get(timeout=20)
+    assert type(raised.value).__name__ == "ChordError" and "ValueError: celery member" in str(raised.value)
+    assert AsyncResult(broken.id).state == TaskState.FAILURE
+    _wait_for(errback)
+    assert json.loads(errback.read_text()) == broken.id  # the body's errback, with the body's id
+    assert stored(raw, broken.id)["status"] == "FAILURE"
+    assert only_done_marker_left(raw, broken.parent.id)
+
+    # a chain in the header failing before its last step: that step is counted as failed, no stall
+    midway = celery.chord([app.signature(V + "add", (1, 1)),
+                           celery.chain(app.signature(V + "fail", ("midway",)), app.signature(V + "add", (10,)))],
+                          app.signature(V + "tally", (str(tallies),))).apply_async()
+    with pytest.raises(Exception, match="midway") as raised:
+        CeleryAsyncResult(midway.id, app=app).get(timeout=20)
+    assert type(raised.value).__name__ == "ChordError"
+    time.sleep(0.5)
+    assert not tallies.exists()  # no body ever ran
+
+
+def _wait_for(path, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"{path.name} was never written"

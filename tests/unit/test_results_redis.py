@@ -1,0 +1,278 @@
+"""The Redis result backend on a real redis-server: Celery's key layout, expiry, waiting, chords.
+
+Results go to database 1 of the session's server (as ``result_redis_url`` in
+the interop suite). Chords run through the real executor from messages
+captured off the publisher, as in ``test_groups.py``, so the counting is the
+worker's own code and the Lua script runs on the real server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from types import SimpleNamespace
+
+import pytest
+import redis
+
+from django_tasks_q import chord
+from django_tasks_q.checks import check_settings
+from django_tasks_q.core.canvas import Signature, signature
+from django_tasks_q.core.protocol import TaskMessage
+from django_tasks_q.core.states import TaskState
+from django_tasks_q.exceptions import ChordError, ImproperlyConfigured, TimeoutError
+from django_tasks_q.results import redis_chords
+from django_tasks_q.results.async_result import AsyncResult
+from django_tasks_q.results.backend import _make, describe_exception, get_backend
+from django_tasks_q.results.group_result import GroupResult
+from django_tasks_q.results.redis import RedisBackend
+from django_tasks_q.worker.executor import execute
+from testproject.videos.tasks import add, fail, log, mark, tally
+
+NAME = "testproject.videos.tasks.add"
+
+
+@pytest.fixture
+def url(redis_url) -> str:
+    return redis_url.rsplit("/", 1)[0] + "/1"
+
+
+@pytest.fixture
+def backend(settings, url) -> RedisBackend:
+    settings.TASKS_Q = {**settings.TASKS_Q, "RESULT_BACKEND": url, "RESULT_EXPIRES": 120}
+    made = get_backend()
+    assert isinstance(made, RedisBackend)
+    return made
+
+
+@pytest.fixture
+def raw(url) -> redis.Redis:
+    client = redis.Redis.from_url(url)
+    yield client
+    client.close()
+
+
+def request(task_id: str, **more) -> SimpleNamespace:
+    fields = dict(id=task_id, task=NAME, args=(2, 3), kwargs={"k": 1}, hostname="w1@host", retries=2,
+                  delivery_info={"routing_key": "videos"}, group_id="g-1", parent_id="p-1")
+    return SimpleNamespace(**{**fields, **more})
+
+
+# -- task results ----------------------------------------------------------------------------------
+
+def test_every_state_round_trips_in_celerys_layout(backend, raw):
+    cases = [
+        (TaskState.RECEIVED, None, ""),
+        (TaskState.STARTED, {"pid": 7, "hostname": "w1@host"}, ""),
+        ("PROGRESS", {"current": 3, "total": 10}, ""),
+        (TaskState.RETRY, describe_exception(ConnectionError("flaky")), "Traceback (retry)"),
+        (TaskState.SUCCESS, {"sum": [1, "two", None]}, ""),
+        (TaskState.FAILURE, describe_exception(KeyError("missing")), "Traceback (most recent call last): ..."),
+        (TaskState.REVOKED, describe_exception(Exception("revoked")), ""),
+    ]
+    for state, result, traceback in cases:
+        task_id = str(uuid.uuid4())
+        backend.mark(task_id, state, result=result, traceback=traceback, request=request(task_id), task_name=NAME)
+        found = backend.meta(task_id)
+        assert (found.state, found.result, found.traceback) == (state, result, traceback), state
+        assert found.task_name == NAME and found.retries == 2
+        assert (found.date_done is not None) == (state in (TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKED))
+
+        stored = json.loads(raw.get(f"celery-task-meta-{task_id}"))
+        assert stored == {"status": state, "result": result, "traceback": traceback or None, "children": [],
+                          "date_done": stored["date_done"], "task_id": task_id, "group_id": "g-1",
+                          "parent_id": "p-1", "name": NAME, "args": [2, 3], "kwargs": {"k": 1},
+                          "worker": "w1@host", "retries": 2, "queue": "videos"}, state
+
+    # through AsyncResult: the exception comes back as its own type, custom state meta as info
+    failed = str(uuid.uuid4())
+    backend.mark(failed, TaskState.FAILURE, result=describe_exception(KeyError("missing")))
+    with pytest.raises(KeyError, match="missing"):
+        AsyncResult(failed).get(timeout=1)
+    busy = str(uuid.uuid4())
+    backend.mark(busy, "PROGRESS", result={"current": 3})
+    assert AsyncResult(busy).state == "PROGRESS" and AsyncResult(busy).info == {"current": 3}
+    assert AsyncResult(str(uuid.uuid4())).state == TaskState.PENDING
+
+
+def test_results_and_saved_groups_expire_after_result_expires(backend, raw, settings):
+    task_id, group_id = str(uuid.uuid4()), str(uuid.uuid4())
+    backend.mark(task_id, TaskState.SUCCESS, result=1)
+    GroupResult(group_id, [AsyncResult(task_id)]).save()
+    assert 0 < raw.ttl(f"celery-task-meta-{task_id}") <= 120
+    assert 0 < raw.ttl(f"celery-taskset-meta-{group_id}") <= 120
+    assert json.loads(raw.get(f"celery-taskset-meta-{group_id}")) == {
+        "result": [[group_id, None], [[[task_id, None], None]]]}  # Celery's GroupResult.as_tuple()
+    assert [r.id for r in GroupResult.restore(group_id)] == [task_id]
+
+    settings.TASKS_Q = {**settings.TASKS_Q, "RESULT_EXPIRES": None}
+    kept = str(uuid.uuid4())
+    get_backend().mark(kept, TaskState.SUCCESS, result=2)
+    assert raw.ttl(f"celery-task-meta-{kept}") == -1  # no expiry
+    assert backend.cleanup(older_than=None) == 0  # nothing to sweep: keys expire on their own
+
+
+def test_forget_deletes_the_key_and_the_state_is_pending_again(backend, raw):
+    task_id = str(uuid.uuid4())
+    backend.mark(task_id, TaskState.SUCCESS, result="done")
+    AsyncResult(task_id).forget()
+    assert raw.exists(f"celery-task-meta-{task_id}") == 0
+    assert AsyncResult(task_id).state == TaskState.PENDING
+
+
+def test_get_sleeps_on_the_publish_and_times_out_without_polling(backend, raw):
+    task_id = str(uuid.uuid4())
+    threading.Timer(0.3, backend.mark, (task_id, TaskState.SUCCESS), {"result": 42}).start()
+    gets_before = _get_calls(raw)
+    started = time.monotonic()
+    assert AsyncResult(task_id).get(timeout=10) == 42
+    # woken by the publish: well before the 5 s safety re-read, with one GET (the read after subscribing)
+    assert time.monotonic() - started < 4
+    assert _get_calls(raw) - gets_before == 1
+
+    gets_before = _get_calls(raw)
+    with pytest.raises(TimeoutError, match="not ready after 1.0s"):
+        AsyncResult(str(uuid.uuid4())).get(timeout=1.0, interval=0.01)
+    # waited on the subscription (a poll every 0.01 s would be ~100 GETs): one read, one last look
+    assert _get_calls(raw) - gets_before <= 2
+
+
+def _get_calls(client: redis.Redis) -> int:
+    return client.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
+
+
+# -- chords on Celery's chord keys ---------------------------------------------------------------
+
+@pytest.fixture
+def outbox(monkeypatch):
+    """Every message sent, decoded as a worker reads it (nothing reaches a broker)."""
+    sent: list[TaskMessage] = []
+
+    def capture(encoded, route, task_id=None, deliver_at=None):
+        payload = encoded.payload.decode() if isinstance(encoded.payload, bytes) else encoded.payload
+        sent.append(TaskMessage.from_wire(encoded.headers, json.loads(payload)))
+
+    monkeypatch.setattr("django_tasks_q.core.calling.publish", capture)
+    return sent
+
+
+def work(outbox: list[TaskMessage], order=None) -> None:
+    """Run the captured messages (in ``order``, then whatever they send) like a worker."""
+    pending = [outbox[i] for i in order] if order is not None else list(outbox)
+    done = {m.id for m in outbox}  # only what running these sends is run after them
+    while pending:
+        execute(pending.pop(0), {"queue": "default", "routing_key": "default"}, "unit@host")
+        for message in outbox:
+            if message.id not in done:
+                done.add(message.id)
+                pending.append(message)
+
+
+def chord_keys(raw: redis.Redis, group_id: str) -> set[str]:
+    return {k.decode() for k in raw.keys(f"celery-taskset-meta-{group_id}*")}
+
+
+def test_chord_counts_on_celerys_keys_and_sends_its_body_once(backend, raw, outbox, tmp_path):
+    tallies = tmp_path / "tally"
+    result = chord([add.s(i, i) for i in range(4)], tally.s(str(tallies))).delay()
+    header, group_id = outbox[:], result.parent.id
+    assert raw.get(f"celery-taskset-meta-{group_id}.s") == b"4"  # written before the members were sent
+    assert [(m.group_id, m.group_index, m.chord["task"], m.chord["chord_size"]) for m in header] == [
+        (group_id, i, "testproject.videos.tasks.tally", 4) for i in range(4)]
+
+    work(outbox, order=[2, 0, 3])  # three of four done: Celery's .j layout, scored by header index
+    joined = raw.zrange(f"celery-taskset-meta-{group_id}.j", 0, -1, withscores=True)
+    assert [(json.loads(v), s) for v, s in joined] == [([1, header[i].id, "SUCCESS", i * 2], i) for i in (0, 2, 3)]
+    assert "testproject.videos.tasks.tally" not in [m.task for m in outbox]
+
+    work(outbox, order=[1, 1])  # the last member, then a redelivered copy of it
+    assert result.get(timeout=2) == 12
+    assert tallies.read_text().splitlines() == ["4 12"]  # ran once, with the results in header order
+    assert chord_keys(raw, group_id) == {f"celery-taskset-meta-{group_id}.c"}
+    assert raw.get(f"celery-taskset-meta-{group_id}.c") == b"done"
+
+    execute(header[0], {"queue": "default"}, "unit@host")  # a late duplicate after the body was sent
+    assert [m.task for m in outbox].count("testproject.videos.tasks.tally") == 1
+    assert chord_keys(raw, group_id) == {f"celery-taskset-meta-{group_id}.c"}  # nothing recreated
+
+
+def test_concurrent_last_members_claim_the_body_once(backend, raw):
+    """Many workers finishing the same header at once: the script hands the claim to exactly one."""
+    group_id = str(uuid.uuid4())
+    redis_chords.start_chord(backend, group_id, 8)
+    keys = redis_chords._keys(group_id)
+    claims, barrier = [], threading.Barrier(8)
+
+    def finish(index: int) -> None:
+        barrier.wait()
+        for attempt in range(3):  # each member counted three times (redeliveries)
+            claims.append(redis_chords._script(backend)(
+                keys=keys, args=[f"t{index}:{index}", index, json.dumps([1, f"t{index}", "SUCCESS", index]),
+                                 120, f"token-{index}-{attempt}", 60])[2])
+
+    threads = [threading.Thread(target=finish, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claims) == [0] * 23 + [1]
+    assert raw.zcard(keys[0]) == 8 and raw.scard(keys[1]) == 8
+
+
+def test_failed_member_fails_the_chord_once_all_have_finished(backend, raw, outbox, tmp_path):
+    flag = tmp_path / "errback"
+    body = signature(log, (), link_error=[Signature(mark, (str(flag), "errback ran"), immutable=True)])
+    result = chord([add.s(1, 1), fail.si("member broke"), add.s(2, 2)], body).delay()
+    failing = outbox[1]
+    work(outbox, order=[1, 0])
+    assert AsyncResult(result.id).state == TaskState.PENDING  # Celery's rule: wait for every member
+    work(outbox, order=[2])
+    with pytest.raises(ChordError, match=rf"member {failing.id} ended FAILURE: ValueError: member broke"):
+        result.get(timeout=2)
+    assert "testproject.videos.tasks.log" not in [m.task for m in outbox]
+    assert flag.read_text().startswith("errback ran")
+    assert chord_keys(raw, result.parent.id) == {f"celery-taskset-meta-{result.parent.id}.c"}
+
+
+def test_a_chain_member_failing_midway_fails_the_chord(backend, outbox):
+    result = chord([add.s(1, 1), fail.si("midway") | add.s(10)], log.s()).delay()
+    work(outbox)
+    with pytest.raises(ChordError, match="ValueError: midway"):
+        result.get(timeout=2)
+    assert "testproject.videos.tasks.log" not in [m.task for m in outbox]
+
+
+def test_a_member_of_a_chord_without_a_size_key_is_reported_not_dropped(backend, raw, outbox, caplog):
+    result = chord([add.s(1, 1)], log.s()).delay()
+    raw.delete(f"celery-taskset-meta-{result.parent.id}.s")  # e.g. sent while RESULT_BACKEND was "django"
+    with caplog.at_level(logging.ERROR, logger="django_tasks_q"):
+        work(outbox)
+    assert f"chord {result.parent.id}: member {outbox[0].id} counted but the chord has no size key" in caplog.text
+    assert AsyncResult(outbox[0].id).get(timeout=1) == 2  # the member's own result is stored
+
+
+# -- settings ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("redis://localhost:notaport/1", "Port could not be cast"),
+    ("redis://localhost:6379/results", "the database after the host must be a number, got 'results'"),
+    ("redis://", "no host"),
+    ("cache", "not a supported result backend"),
+])
+def test_a_malformed_result_backend_is_named_by_check_and_refused(settings, value, problem):
+    settings.TASKS_Q = {**settings.TASKS_Q, "RESULT_BACKEND": value}
+    errors = check_settings()
+    assert [e.id for e in errors] == ["django_tasks_q.E004"]
+    assert errors[0].msg.startswith("TASKS_Q['RESULT_BACKEND']") and problem in errors[0].msg
+    with pytest.raises(ImproperlyConfigured, match=problem):
+        _make(value)
+
+
+@pytest.mark.parametrize("value", ["redis://localhost:6379/1", "rediss://:pw@cache.example:6380/0",
+                                   "unix:///run/redis.sock?db=2", "django", None])
+def test_well_formed_result_backends_pass_the_check(settings, value):
+    settings.TASKS_Q = {**settings.TASKS_Q, "RESULT_BACKEND": value}
+    assert check_settings() == []
