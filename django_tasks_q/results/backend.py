@@ -9,7 +9,7 @@ not kept: ``AsyncResult`` stays PENDING).
 
 from __future__ import annotations
 
-import importlib
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -54,14 +54,19 @@ def _safe_args(exc: BaseException) -> tuple:
 
 
 def rebuild_exception(description: Any) -> BaseException:
-    """The exception a task raised, as the same type when that type can be imported here."""
+    """The exception a task raised, as the same type when its module is already loaded here.
+
+    Only modules this process has imported are looked in (as Celery does):
+    a result store is data, and must not make a client import a module it
+    names.
+    """
     if not isinstance(description, dict) or "exc_type" not in description:
         return TaskError(repr(description))
     name, module = description["exc_type"], description.get("exc_module") or "builtins"
     message = description.get("exc_message") or []
     args = tuple(message) if isinstance(message, (list, tuple)) else (message,)
     try:
-        cls = getattr(importlib.import_module(module), name)
+        cls = getattr(sys.modules[module], name)
         if isinstance(cls, type) and issubclass(cls, BaseException):
             return cls(*args)
     except Exception:  # not importable, or a constructor with another signature

@@ -262,3 +262,17 @@ def test_async_result_identity():
 
     bound = add.AsyncResult("x")
     assert (bound.id, bound.task_name) == ("x", NAME)
+
+
+def test_a_stored_exception_never_makes_the_reader_import_its_module():
+    import sys
+
+    from django_tasks_q.exceptions import TaskError
+    from django_tasks_q.results.backend import rebuild_exception
+
+    assert "wave" not in sys.modules  # a stdlib module nothing here imports; wave.Error exists
+    rebuilt = rebuild_exception({"exc_type": "Error", "exc_module": "wave", "exc_message": ["x"]})
+    assert isinstance(rebuilt, TaskError) and "wave.Error: x" in str(rebuilt)
+    assert "wave" not in sys.modules
+    assert isinstance(rebuild_exception({"exc_type": "KeyError", "exc_module": "builtins", "exc_message": ["k"]}),
+                      KeyError)
