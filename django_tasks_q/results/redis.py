@@ -2,7 +2,7 @@
 
 ``RESULT_BACKEND = "redis://host:6379/1"`` (or ``rediss://``). Each task's
 state is one JSON document under ``celery-task-meta-<id>``, written with
-``SETEX`` (``RESULT_EXPIRES``) and published on a channel of the same name
+an expiry (``RESULT_EXPIRES``) and published on a channel of the same name
 in the same round trip -- exactly what Celery's Redis backend writes and
 listens for, so during a migration Celery's ``AsyncResult`` reads what our
 workers stored and ours reads what Celery's workers stored. A saved group
@@ -63,10 +63,7 @@ class RedisBackend(ResultBackend):
         key = task_key(task_id)
         expires = settings.RESULT_EXPIRES
         with self.client.pipeline(transaction=False) as pipe:
-            if expires:
-                pipe.setex(key, int(expires), document)
-            else:
-                pipe.set(key, document)
+            pipe.set(key, document, ex=int(expires) if expires else None)
             pipe.publish(key, document)
             pipe.execute()
 
@@ -130,10 +127,7 @@ class RedisBackend(ResultBackend):
         document = {"result": [[group_id, None], [[[task_id, None], None] for task_id in task_ids]]}
         expires = settings.RESULT_EXPIRES
         key = group_key(group_id)
-        if expires:
-            self.client.setex(key, int(expires), json.dumps(document))
-        else:
-            self.client.set(key, json.dumps(document))
+        self.client.set(key, json.dumps(document), ex=int(expires) if expires else None)
 
     def restore_group(self, group_id: str) -> list[str] | None:
         raw = self.client.get(group_key(group_id))
