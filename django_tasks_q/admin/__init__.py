@@ -3,3 +3,4 @@
 from . import results  # noqa: F401
 from . import routing  # noqa: F401
 from . import schedules  # noqa: F401
+from . import workers  # noqa: F401
