@@ -1,10 +1,16 @@
-"""Read-only admin for ``TaskResult``: workers write results, staff read them."""
+"""Read-only admin for ``TaskResult``: workers write results, staff read them.
+
+Two actions act on tasks, not on the rows: *run again* sends each selected
+task anew by name with its stored arguments (a new task id), and *revoke*
+stores a revoke for each (as ``taskcontrol revoke``). Both need the change
+permission on task results, and POST with CSRF like every admin action.
+"""
 
 from __future__ import annotations
 
 import json
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.utils.html import format_html
 
 from ..models import TaskResult
@@ -32,11 +38,43 @@ class TaskResultAdmin(admin.ModelAdmin):
         ("Family", {"fields": ("parent_id", "root_id", "group_id"), "classes": ("collapse",)}),
     )
 
+    actions = ("run_again", "revoke")
+
     def has_add_permission(self, request) -> bool:
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
-        return False
+        return False  # rows are the workers' record: nobody edits them
+
+    def has_act_permission(self, request) -> bool:
+        """Acting on the tasks (run again, revoke) needs the model's change permission."""
+        return request.user.has_perm("django_tasks_q.change_taskresult")
+
+    @admin.action(description="Run the selected tasks again (same arguments, new id)", permissions=["act"])
+    def run_again(self, request, queryset) -> None:
+        from ..core.calling import send_task
+
+        sent, skipped = [], []
+        for row in queryset:
+            if not row.task_name:
+                skipped.append(row.task_id)
+                continue
+            result = send_task(row.task_name, list(row.args or []), dict(row.kwargs or {}),
+                               **({"queue": row.queue} if row.queue else {}))
+            sent.append(f"{row.task_name}[{result.id}]")
+        if sent:
+            self.message_user(request, f"sent {len(sent)} task(s) again: {', '.join(sent)}", messages.SUCCESS)
+        if skipped:
+            self.message_user(request, f"not sent (no task name recorded): {', '.join(skipped)}", messages.WARNING)
+
+    @admin.action(description="Revoke the selected tasks", permissions=["act"])
+    def revoke(self, request, queryset) -> None:
+        from ..worker.revocations import revoke
+
+        ids = list(queryset.values_list("task_id", flat=True))
+        revoke(ids, reason=f"admin: {request.user}")
+        self.message_user(request, f"revoked {len(ids)} task(s); running workers see it within about a second",
+                          messages.SUCCESS)
 
     @admin.display(description="runtime", ordering="runtime")
     def runtime_display(self, obj: TaskResult) -> str:
