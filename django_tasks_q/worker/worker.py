@@ -284,14 +284,19 @@ class Worker:
         holds_eta = eta is not None and eta > timezone.now()
         # RECEIVED is written only for a task that will wait (eta, or every slot busy):
         # one that starts at once gets its receipt date with the STARTED write.
-        waits = holds_eta or bool(self.ready) or self.pool.free_slots() == 0
-        if waits and self.track_started and not job.message.ignore_result:
-            self._record(job, TaskState.RECEIVED)
+        if holds_eta or bool(self.ready) or self.pool.free_slots() == 0:
+            self._record_waiting(job)
         if holds_eta:  # due within ETA_HOLD_MAX: held here
             heapq.heappush(self.timers, (eta.timestamp(), next(self._seq), job))
             self._update_qos()
         else:
             self.ready.append(job)
+
+    def _record_waiting(self, job: Job) -> None:
+        """RECEIVED for a task that waits here -- except a retry, whose RETRY (and its cause) stays
+        visible until the next attempt starts, as in Celery."""
+        if self.track_started and not job.message.ignore_result and not job.message.retries:
+            self._record(job, TaskState.RECEIVED)
 
     # -- delayed delivery (broker.delayed) ---------------------------------
     def _park(self, job: Job, until: float) -> bool:
@@ -360,8 +365,7 @@ class Worker:
             self.events.task_revoked(job.message, expired=True)
             return
         if self.rate_limits.hold(job):  # held, unacked, until its fleet-wide slot (worker.ratelimit)
-            if self.track_started and not job.message.ignore_result:
-                self._record(job, TaskState.RECEIVED)
+            self._record_waiting(job)
             return
         if not job.acks_late:
             self._ack(job)
