@@ -30,7 +30,6 @@ import pytest
 import redis
 
 from django_tasks_q import AsyncResult, GroupResult
-from django_tasks_q.broker import connection
 from tests.interop.celery_app import app
 from tests.workers import WorkerProcess
 
@@ -50,26 +49,6 @@ def ours(interop_broker, result_redis_url):
         yield worker
         _started.clear()
         print(worker.output())  # shown when a test failed
-
-
-@pytest.fixture
-def clients(settings, interop_broker, result_redis_url):
-    """The Celery client app (and our result reading) on the module's broker and the shared result store."""
-    settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": interop_broker, "RESULT_BACKEND": result_redis_url}
-    connection.reset()
-    saved = app.conf.broker_url, app.conf.result_backend
-    point_celery(interop_broker, result_redis_url)
-    yield
-    point_celery(*saved)
-    connection.reset()
-
-
-def point_celery(broker_url: str, result_backend: str | None) -> None:
-    """Re-point the Celery client app: it caches its connection pools and backend per app."""
-    app.conf.broker_url, app.conf.result_backend = broker_url, result_backend
-    app._local.__dict__.pop("backend", None)
-    app._pool = None
-    app.amqp._producer_pool = None
 
 
 def send(name: str, *args, **options) -> AsyncResult:

@@ -30,7 +30,6 @@ import redis
 from celery.result import AsyncResult as CeleryAsyncResult
 
 from django_tasks_q import AsyncResult, chord
-from django_tasks_q.broker import connection
 from django_tasks_q.core.states import TaskState
 from testproject.videos.tasks import add, sleep, tally
 from tests.interop.celery_app import app
@@ -51,22 +50,9 @@ def workers(interop_broker, result_redis_url, django_db_blocker):
 
 
 @pytest.fixture
-def clients(settings, interop_broker, result_redis_url, transactional_db, workers):
-    """Our client and the Celery client app on the module's broker and the shared result database."""
-    settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": interop_broker, "RESULT_BACKEND": result_redis_url}
-    connection.reset()
-    saved = app.conf.broker_url, app.conf.result_backend
-    _point_celery(interop_broker, result_redis_url)
-    yield redis.Redis.from_url(result_redis_url)
-    _point_celery(*saved)
-    connection.reset()
-
-
-def _point_celery(broker_url: str, result_backend: str | None) -> None:
-    app.conf.broker_url, app.conf.result_backend = broker_url, result_backend
-    app._local.__dict__.pop("backend", None)
-    app._pool = None
-    app.amqp._producer_pool = None
+def clients(clients, result_redis_url, workers):
+    """The shared clients (tests/interop/conftest.py), with both workers up; the raw result store."""
+    return redis.Redis.from_url(result_redis_url)
 
 
 def stored(raw: redis.Redis, task_id: str) -> dict:

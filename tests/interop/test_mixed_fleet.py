@@ -25,7 +25,6 @@ import redis
 from celery.result import AsyncResult as CeleryAsyncResult
 
 from django_tasks_q import AsyncResult, chord, group
-from django_tasks_q.broker import connection
 from django_tasks_q.core.states import TaskState
 from django_tasks_q.exceptions import ChordError
 from testproject.videos.tasks import add, echo, fail, naps, tally, whoami
@@ -52,26 +51,6 @@ def theirs(interop_broker, result_redis_url):
     with celery_worker(interop_broker, result_backend=result_redis_url, name="celery@%h", pool="prefork",
                        extra=("-c", "1")) as worker:
         yield worker
-
-
-@pytest.fixture
-def clients(settings, interop_broker, result_redis_url, transactional_db):
-    """Both clients on the module's broker and the shared result store."""
-    settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": interop_broker, "RESULT_BACKEND": result_redis_url}
-    connection.reset()
-    saved = app.conf.broker_url, app.conf.result_backend
-    point_celery(interop_broker, result_redis_url)
-    yield
-    point_celery(*saved)
-    connection.reset()
-
-
-def point_celery(broker_url: str, result_backend: str | None) -> None:
-    """Re-point the Celery client app: it caches its connection pools and backend per app."""
-    app.conf.broker_url, app.conf.result_backend = broker_url, result_backend
-    app._local.__dict__.pop("backend", None)
-    app._pool = None
-    app.amqp._producer_pool = None
 
 
 def send(name: str, *args, **options) -> CeleryAsyncResult:

@@ -28,7 +28,6 @@ import pytest
 import redis
 
 from django_tasks_q import group, send_task
-from django_tasks_q.broker import connection
 from testproject.videos.tasks import add, mark, whoami
 from tests.interop.processes import CeleryProcess, celery_worker
 
@@ -49,15 +48,6 @@ def theirs(interop_broker, result_redis_url):
         print(worker.output())  # shown when a test failed
 
 
-@pytest.fixture
-def ours(settings, interop_broker, result_redis_url):
-    """Our client on the module's broker, reading results from the store Celery's worker writes."""
-    settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": interop_broker, "RESULT_BACKEND": result_redis_url}
-    connection.reset()
-    yield
-    connection.reset()
-
-
 def stored(result_redis_url: str, task_id: str) -> dict:
     """Celery's ``celery-task-meta-<id>`` document for ``task_id``."""
     raw = redis.Redis.from_url(result_redis_url).get(f"celery-task-meta-{task_id}")
@@ -65,7 +55,7 @@ def stored(result_redis_url: str, task_id: str) -> dict:
     return json.loads(raw)
 
 
-def test_our_priorities_keep_our_order_on_a_celery_worker(request, ours, interop_broker, tmp_path):
+def test_our_priorities_keep_our_order_on_a_celery_worker(request, clients, interop_broker, tmp_path):
     assert not _started, "this test queues its messages before the module's worker starts: run it first"
     order = tmp_path / "order"
     # FIFO would run them in the order sent; on Redis only 0, 3, 6 and 9 reach Celery's default four steps
@@ -77,7 +67,7 @@ def test_our_priorities_keep_our_order_on_a_celery_worker(request, ours, interop
     assert [line.split()[0] for line in order.read_text().splitlines()] == [f"p{p}" for p in reversed(sent)]
 
 
-def test_send_task_eta_retries_and_lineage_on_a_celery_worker(theirs, ours, result_redis_url):
+def test_send_task_eta_retries_and_lineage_on_a_celery_worker(theirs, clients, result_redis_url):
     assert send_task(V + "add", (2, 3)).get(timeout=20) == 5
 
     eta = datetime.now(timezone.utc) + timedelta(seconds=1.5)
