@@ -1,4 +1,4 @@
-"""Real Celery processes for the interop suite, started the way Celery users start them."""
+"""Real Celery processes for the interop suite, started the way Celery users start them, and what they store."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 from tests.workers import ROOT, WorkerProcess
 
@@ -42,3 +43,15 @@ def run_celery(broker_url: str, *args: str, timeout: float = 60) -> subprocess.C
     """A one-shot ``celery -A tests.interop.celery_app <args>`` (``inspect``, ``control``), run to its end."""
     return subprocess.run([sys.executable, "-m", "celery", "-A", "tests.interop.celery_app", *args], cwd=ROOT,
                           env=celery_env(broker_url), capture_output=True, text=True, timeout=timeout)
+
+
+def stored(result_store: str | Any, task_id: str) -> dict:
+    """The ``celery-task-meta-<id>`` document a worker (either kind) stored, from a Redis URL or client."""
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(result_store) if isinstance(result_store, str) else result_store
+    raw = client.get(f"celery-task-meta-{task_id}")
+    assert raw is not None, f"no result stored for {task_id}"
+    return json.loads(raw)

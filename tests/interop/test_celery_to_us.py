@@ -21,16 +21,15 @@ limits, link, link_error, chain, group, chord) are in ``test_mixed_fleet.py``.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime, timedelta, timezone
 
 import celery
 import pytest
-import redis
 
 from django_tasks_q import AsyncResult, GroupResult
 from tests.interop.celery_app import app
+from tests.interop.processes import stored
 from tests.workers import WorkerProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -54,13 +53,6 @@ def ours(interop_broker, result_redis_url):
 def send(name: str, *args, **options) -> AsyncResult:
     """Celery's ``send_task``; the id read back through our ``AsyncResult``."""
     return AsyncResult(app.send_task(V + name, args=args, **options).id)
-
-
-def stored(result_redis_url: str, task_id: str) -> dict:
-    """The worker's ``celery-task-meta-<id>`` document, as Celery's layout has it."""
-    raw = redis.Redis.from_url(result_redis_url).get(f"celery-task-meta-{task_id}")
-    assert raw is not None, f"no result stored for {task_id}"
-    return json.loads(raw)
 
 
 def test_priorities_of_a_celery_client_keep_their_order_on_our_worker(request, clients, interop_broker, tmp_path):

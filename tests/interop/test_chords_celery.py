@@ -33,7 +33,7 @@ from django_tasks_q import AsyncResult, chord
 from django_tasks_q.core.states import TaskState
 from testproject.videos.tasks import add, sleep, tally
 from tests.interop.celery_app import app
-from tests.interop.processes import celery_worker
+from tests.interop.processes import celery_worker, stored
 from tests.workers import WorkerProcess
 
 V = "testproject.videos.tasks."
@@ -53,10 +53,6 @@ def workers(interop_broker, result_redis_url, django_db_blocker):
 def clients(clients, result_redis_url, workers):
     """The shared clients (tests/interop/conftest.py), with both workers up; the raw result store."""
     return redis.Redis.from_url(result_redis_url)
-
-
-def stored(raw: redis.Redis, task_id: str) -> dict:
-    return json.loads(raw.get(f"celery-task-meta-{task_id}"))
 
 
 def only_done_marker_left(raw: redis.Redis, group_id: str) -> bool:

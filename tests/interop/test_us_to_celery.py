@@ -20,16 +20,14 @@ and chord are in ``test_mixed_fleet.py``.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-import redis
 
 from django_tasks_q import group, send_task
 from testproject.videos.tasks import add, mark, whoami
-from tests.interop.processes import CeleryProcess, celery_worker
+from tests.interop.processes import CeleryProcess, celery_worker, stored
 
 pytestmark = pytest.mark.django_db(transaction=True)
 V = "testproject.videos.tasks."
@@ -46,13 +44,6 @@ def theirs(interop_broker, result_redis_url):
         yield worker
         _started.clear()
         print(worker.output())  # shown when a test failed
-
-
-def stored(result_redis_url: str, task_id: str) -> dict:
-    """Celery's ``celery-task-meta-<id>`` document for ``task_id``."""
-    raw = redis.Redis.from_url(result_redis_url).get(f"celery-task-meta-{task_id}")
-    assert raw is not None, f"no result stored for {task_id}"
-    return json.loads(raw)
 
 
 def test_our_priorities_keep_our_order_on_a_celery_worker(request, clients, interop_broker, tmp_path):

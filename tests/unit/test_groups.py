@@ -3,7 +3,6 @@ through the real executor from captured messages, eager mode, and the chord coun
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -23,7 +22,7 @@ from django_tasks_q.results.async_result import AsyncResult
 from django_tasks_q.results.backend import describe_exception, get_backend
 from django_tasks_q.results.group_result import GroupResult
 from django_tasks_q.worker import chords
-from django_tasks_q.worker.executor import execute
+from tests.unit.outbox import outbox, work  # noqa: F401 - outbox is a fixture
 from testproject.videos.tasks import add, echo, fail, log, mark
 
 NAME = "testproject.videos.tasks.add"
@@ -139,31 +138,6 @@ def test_counter_increments_race_and_exactly_one_sees_the_total():
 
 def s(task, *args, **options) -> Signature:
     return signature(task, args, **options)
-
-
-@pytest.fixture
-def outbox(monkeypatch):
-    """Every message sent, decoded as a worker would read it (nothing reaches a broker)."""
-    sent: list[TaskMessage] = []
-
-    def capture(encoded, route, task_id=None, deliver_at=None):
-        payload = encoded.payload.decode() if isinstance(encoded.payload, bytes) else encoded.payload
-        sent.append(TaskMessage.from_wire(encoded.headers, json.loads(payload)))
-
-    monkeypatch.setattr("django_tasks_q.core.calling.publish", capture)
-    return sent
-
-
-def work(outbox: list[TaskMessage], order=None) -> None:
-    """Run the captured messages (in ``order`` of indices, then whatever they send) like a worker."""
-    pending = [outbox[i] for i in order] if order is not None else list(outbox)
-    done = {m.id for m in pending}
-    while pending:
-        execute(pending.pop(0), {"queue": "default"}, "unit@host")
-        for message in outbox:
-            if message.id not in done:
-                done.add(message.id)
-                pending.append(message)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -302,7 +276,6 @@ import os, sys, time
 import django
 django.setup()
 from django_tasks_q.worker import chords
-from django_tasks_q.worker.executor import execute
 from testproject.videos.tasks import add, echo, fail, log, mark
 go, rounds = sys.argv[1], int(sys.argv[2])
 while not os.path.exists(go):

@@ -21,7 +21,6 @@ import redis
 from django_tasks_q import chord
 from django_tasks_q.checks import check_settings
 from django_tasks_q.core.canvas import Signature, signature
-from django_tasks_q.core.protocol import TaskMessage
 from django_tasks_q.core.states import TaskState
 from django_tasks_q.exceptions import ChordError, ImproperlyConfigured, TimeoutError
 from django_tasks_q.results import redis_chords
@@ -30,6 +29,7 @@ from django_tasks_q.results.backend import _make, describe_exception, get_backen
 from django_tasks_q.results.group_result import GroupResult
 from django_tasks_q.results.redis import RedisBackend
 from django_tasks_q.worker.executor import execute
+from tests.unit.outbox import outbox, work  # noqa: F401 - outbox is a fixture
 from testproject.videos.tasks import add, fail, log, mark, tally
 
 NAME = "testproject.videos.tasks.add"
@@ -145,31 +145,6 @@ def _get_calls(client: redis.Redis) -> int:
 
 
 # -- chords on Celery's chord keys ---------------------------------------------------------------
-
-@pytest.fixture
-def outbox(monkeypatch):
-    """Every message sent, decoded as a worker reads it (nothing reaches a broker)."""
-    sent: list[TaskMessage] = []
-
-    def capture(encoded, route, task_id=None, deliver_at=None):
-        payload = encoded.payload.decode() if isinstance(encoded.payload, bytes) else encoded.payload
-        sent.append(TaskMessage.from_wire(encoded.headers, json.loads(payload)))
-
-    monkeypatch.setattr("django_tasks_q.core.calling.publish", capture)
-    return sent
-
-
-def work(outbox: list[TaskMessage], order=None) -> None:
-    """Run the captured messages (in ``order``, then whatever they send) like a worker."""
-    pending = [outbox[i] for i in order] if order is not None else list(outbox)
-    done = {m.id for m in outbox}  # only what running these sends is run after them
-    while pending:
-        execute(pending.pop(0), {"queue": "default", "routing_key": "default"}, "unit@host")
-        for message in outbox:
-            if message.id not in done:
-                done.add(message.id)
-                pending.append(message)
-
 
 def chord_keys(raw: redis.Redis, group_id: str) -> set[str]:
     return {k.decode() for k in raw.keys(f"celery-taskset-meta-{group_id}*")}
