@@ -221,8 +221,10 @@ class Monitor:
             return self.problem if self.problem.startswith("queues hold") else ""
         if getattr(worker.pool, "inline_task", None) is not None:
             return ""  # the solo pool runs a task in the main loop's thread
-        if now - stats.loop_at > limit:
-            return f"the main loop has not iterated for {now - stats.loop_at:.0f}s"
+        # a solo task that just ended kept the loop busy, not stuck, until a moment ago
+        alive_at = max(stats.loop_at, getattr(worker.pool, "inline_ended_at", 0.0))
+        if now - alive_at > limit:
+            return f"the main loop has not iterated for {now - alive_at:.0f}s"
         silent = now - stats.received_at
         # jobs held unacked (waiting for a slot or a rate limit) fill the prefetch window: silence is expected
         holding = bool(worker.ready) or bool(len(getattr(worker, "rate_limits", ())))

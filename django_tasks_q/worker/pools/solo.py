@@ -25,6 +25,8 @@ class SoloPool(Pool):
         self._done: list[tuple[Job, Outcome]] = []
         self._lock = threading.Lock()
         self._current: str | None = None  # id of the task running now
+        #: when the last inline task ended: the main loop was alive then, though it has not iterated yet
+        self.inline_ended_at = 0.0
 
     def free_slots(self) -> int:
         return 0 if self._done else 1
@@ -43,6 +45,7 @@ class SoloPool(Pool):
         finally:
             with self._lock:
                 self._current = None
+                self.inline_ended_at = time.monotonic()
             timelimits.discard(task_id)
         self._done.append((job, outcome))
 
