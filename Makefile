@@ -22,13 +22,16 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# Redis, RabbitMQ and PostgreSQL binaries for the session fixtures in tests/servers.py,
+# Redis, RabbitMQ and PostgreSQL binaries for the session fixtures in tests/servers.py
+# (and Chromium + ChromeDriver for the dashboard's browser test),
 # which run their own private instances; the system services are never started.
 servers:
 	@pkgs=""
 	command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || pkgs="$$pkgs redis-server"
 	command -v rabbitmq-server >/dev/null || [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || pkgs="$$pkgs rabbitmq-server"
 	command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || pkgs="$$pkgs postgresql"
+	command -v chromium >/dev/null || pkgs="$$pkgs chromium"
+	command -v chromedriver >/dev/null || pkgs="$$pkgs chromium-driver"
 	[ -n "$$pkgs" ] || exit 0
 	if ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ]; then
 		echo "make servers: missing$$pkgs; not installing (needs root on Debian)." \

@@ -29,6 +29,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "ETA_HOLD_MAX": (int, float), "REVOKE_EXPIRES": (int, float), "WORKER_HEARTBEAT": (int, float),
     "WORKER_STUCK_AFTER": (int, float), "DEAD_LETTER_QUEUE": (str, type(None)),
     "EVENTS": (bool,), "REMOTE_CONTROL": (bool,),
+    "EVENTS_KEEP_SECONDS": (int, float), "EVENTS_KEEP_ROWS": (int,), "ACTIVITY_KEEP_DAYS": (int, float),
+    "API_TOKEN": (str, type(None)),
 }
 
 

@@ -46,12 +46,16 @@ DEFAULTS: dict[str, Any] = {
     "DEAD_LETTER_QUEUE": "tasksq.dead",
     "EVENTS": False,
     "REMOTE_CONTROL": True,
+    "EVENTS_KEEP_SECONDS": 86400,
+    "EVENTS_KEEP_ROWS": 100_000,
+    "ACTIVITY_KEEP_DAYS": 30,
+    "API_TOKEN": None,
 }
 
 ENV_PREFIX = "TASKS_Q_"
 #: Keys whose environment value is taken as the string it is ("null" still means None).
 STRING_KEYS = frozenset({"BROKER_URL", "RESULT_BACKEND", "DEFAULT_QUEUE", "TIMEZONE", "TASK_SERIALIZER",
-                         "SIGNING_KEY", "DEAD_LETTER_QUEUE"})
+                         "SIGNING_KEY", "DEAD_LETTER_QUEUE", "API_TOKEN"})
 
 
 def _from_env(key: str) -> tuple[bool, Any]:

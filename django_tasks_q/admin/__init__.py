@@ -1,5 +1,6 @@
 """Admin registrations, one module per model family."""
 
+from . import dashboard  # noqa: F401
 from . import results  # noqa: F401
 from . import routing  # noqa: F401
 from . import schedules  # noqa: F401

@@ -14,6 +14,7 @@ from django.contrib import admin, messages
 from django.utils.html import format_html
 
 from ..models import TaskResult
+from ..web.actions import revoke, send_again
 
 
 def _pretty(value) -> str:
@@ -52,16 +53,13 @@ class TaskResultAdmin(admin.ModelAdmin):
 
     @admin.action(description="Run the selected tasks again (same arguments, new id)", permissions=["act"])
     def run_again(self, request, queryset) -> None:
-        from ..core.calling import send_task
-
         sent, skipped = [], []
         for row in queryset:
-            if not row.task_name:
+            result = send_again(row)
+            if result is None:
                 skipped.append(row.task_id)
-                continue
-            result = send_task(row.task_name, list(row.args or []), dict(row.kwargs or {}),
-                               **({"queue": row.queue} if row.queue else {}))
-            sent.append(f"{row.task_name}[{result.id}]")
+            else:
+                sent.append(f"{row.task_name}[{result.id}]")
         if sent:
             self.message_user(request, f"sent {len(sent)} task(s) again: {', '.join(sent)}", messages.SUCCESS)
         if skipped:
@@ -69,10 +67,8 @@ class TaskResultAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke the selected tasks", permissions=["act"])
     def revoke(self, request, queryset) -> None:
-        from ..worker.revocations import revoke
-
         ids = list(queryset.values_list("task_id", flat=True))
-        revoke(ids, reason=f"admin: {request.user}")
+        revoke(ids, who=f"admin: {request.user}")
         self.message_user(request, f"revoked {len(ids)} task(s); running workers see it within about a second",
                           messages.SUCCESS)
 

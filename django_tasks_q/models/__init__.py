@@ -2,6 +2,7 @@
 
 from .beat import BeatLease
 from .control import RateLimitBucket, Revocation
+from .dashboard import Dashboard
 from .groups import ChordCounter, GroupResultMeta
 from .results import TaskResult
 from .routing import Queue, TaskRoute
@@ -9,6 +10,6 @@ from .schedules import ClockedSchedule, CrontabSchedule, IntervalSchedule, Perio
 from .transport import BrokerBinding, BrokerMessage
 from .workers import Worker
 
-__all__ = ["BeatLease", "BrokerBinding", "BrokerMessage", "ChordCounter", "ClockedSchedule", "CrontabSchedule",
+__all__ = ["BeatLease", "BrokerBinding", "BrokerMessage", "ChordCounter", "ClockedSchedule", "CrontabSchedule", "Dashboard",
            "GroupResultMeta", "IntervalSchedule", "PeriodicTask", "Queue", "RateLimitBucket", "Revocation", "SolarSchedule", "TaskResult", "TaskRoute",
            "Worker"]

@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -48,6 +48,8 @@ from .revocations import RevocationWatch, send_task_revoked
 
 logger = logging.getLogger(__name__)
 VERSION = "0.1.0"
+#: Most task ids remembered as started with an unconfirmed ack (each outage adds at most the prefetch window).
+MAX_STARTED_UNACKED = 10_000
 
 
 def expand_hostname(name: str | None) -> str:
@@ -95,6 +97,9 @@ class Worker:
         self.events = EventDispatcher(self.hostname, heartbeat=self.heartbeat)
         self.send_events = settings.EVENTS if events is None else events
         self.remote_control = settings.REMOTE_CONTROL
+        #: (id, retries) of tasks started although their early ack failed: the ack may have reached the
+        #: broker before the connection broke, or not -- then a copy comes back, and is acked, not run
+        self._started_unacked: OrderedDict[tuple[str, int], None] = OrderedDict()
 
     def every(self, seconds: float, function: Any) -> None:
         """Run ``function()`` in the main loop about every ``seconds``; an error is logged, never raised."""
@@ -273,7 +278,7 @@ class Worker:
 
     def _on_message(self, queue: str, kombu_message: Any) -> None:
         job = intake.read(kombu_message, queue, self.intake_policy)
-        if job is None or self._revoked(job):
+        if job is None or self._revoked(job) or self._already_started(job):
             return
         logger.debug("received task %s[%s]", job.message.task, job.message.id)
         eta = job.message.eta
@@ -368,11 +373,35 @@ class Worker:
             self._record_waiting(job)
             return
         if not job.acks_late:
-            self._ack(job)
+            try:
+                self._ack(job)
+            except Exception:
+                # The broker may have taken the ack before the connection broke (a Redis killed while
+                # it synced its log has applied it and sent no reply): then no copy will come back, so
+                # run the task now rather than lose it, and ack the copy that comes back if it does.
+                self._started_unacked[(job.message.id, job.message.retries)] = None
+                while len(self._started_unacked) > MAX_STARTED_UNACKED:
+                    self._started_unacked.popitem(last=False)
+                self._begin(job)
+                raise  # the connection is gone: reconnect
+        self._begin(job)
+
+    def _begin(self, job: Job) -> None:
         self.active[job.message.id] = (job, time.time())
         self.events.task_started(job.message)
         self.pool.apply(job)
         self.revocations.check_started(job.message.id)
+
+    def _already_started(self, job: Job) -> bool:
+        """A copy of a task this worker started after its ack failed: ack it instead of running it twice."""
+        key = (job.message.id, job.message.retries)
+        if key not in self._started_unacked:
+            return False
+        del self._started_unacked[key]
+        logger.warning("task %s[%s] came back after its ack was lost with the connection; it was already "
+                       "started here, so this copy is acked, not run again", job.message.task, job.message.id)
+        self._ack(job)
+        return True
 
     def _revoked(self, job: Job) -> bool:
         """A revoked task is acked and recorded REVOKED instead of run (worker.revocations)."""

@@ -213,4 +213,11 @@ def tally(values, path):
     return sum(values)
 
 
+@task
+def needs_file(path):
+    """Fails until ``path`` exists: a failure that a retry after the fix turns into a success."""
+    with open(path) as fh:
+        return fh.read()
+
+
 from . import workflow_tasks  # noqa: E402,F401  canvas test tasks (tests/integration/test_workflows_chain.py)

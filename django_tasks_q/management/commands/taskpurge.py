@@ -8,9 +8,8 @@ delayed store until their eta are not in a queue and are not touched.
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ...broker.connection import new_connection
-from ...broker.queues import get_queue
 from ...conf import settings
+from ...web.actions import purge
 
 
 class Command(BaseCommand):
@@ -25,14 +24,10 @@ class Command(BaseCommand):
         if not options["force"] and not _confirmed(names):
             raise CommandError("nothing purged (answer 'yes' to purge, or pass --force)", returncode=1)
         total = 0
-        with new_connection() as connection:
-            channel = connection.channel()
-            for name in names:
-                queue = get_queue(name)(channel)
-                queue.declare()
-                purged = queue.purge() or 0
-                total += purged
-                self.stdout.write(f"purged {purged} message{'s' if purged != 1 else ''} from {name}")
+        for name in names:
+            purged = purge(name)
+            total += purged
+            self.stdout.write(f"purged {purged} message{'s' if purged != 1 else ''} from {name}")
         self.stdout.write(f"{total} message{'s' if total != 1 else ''} deleted from {len(names)} queue(s)")
 
 
