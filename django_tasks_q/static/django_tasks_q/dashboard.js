@@ -134,7 +134,8 @@
 
   function drawFailures(tasks) {
     fill("tq-failures", tasks.map(function (t) {
-      var error = t.result && t.result.exc_type ? t.result.exc_type + ": " + t.result.exc_message : "";
+      var error = t.result && t.result.exc_type
+        ? t.result.exc_type + ": " + [].concat(t.result.exc_message).join(", ") : "";
       var details = el("details", {}, [el("summary", {text: error || "traceback"}),
                                        el("pre", {text: t.traceback || "(no traceback recorded)"})]);
       details.open = Boolean(openTracebacks[t.task_id]);
