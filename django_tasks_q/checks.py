@@ -66,7 +66,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                              SUPPORTED, 4))
     if values["PREFETCH_MULTIPLIER"] < 1:
         errors.append(_error("PREFETCH_MULTIPLIER", "must be at least 1", number=5))
-    for key in ("ETA_HOLD_MAX", "REVOKE_EXPIRES", "WORKER_HEARTBEAT", "WORKER_STUCK_AFTER"):
+    for key in ("ETA_HOLD_MAX", "REVOKE_EXPIRES", "WORKER_HEARTBEAT", "WORKER_STUCK_AFTER",
+                "EVENTS_KEEP_SECONDS", "EVENTS_KEEP_ROWS", "ACTIVITY_KEEP_DAYS"):
         if values[key] < 0:
             errors.append(_error(key, f"must not be negative, got {values[key]!r}", number=8))
     for name in [values["TASK_SERIALIZER"], *values["ACCEPT_CONTENT"]]:

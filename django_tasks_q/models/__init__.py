@@ -1,5 +1,6 @@
 """ORM models, one module per family; imported here so Django finds them."""
 
+from .activity import TaskActivity, TaskEvent
 from .beat import BeatLease
 from .control import RateLimitBucket, Revocation
 from .dashboard import Dashboard
@@ -11,5 +12,5 @@ from .transport import BrokerBinding, BrokerMessage
 from .workers import Worker
 
 __all__ = ["BeatLease", "BrokerBinding", "BrokerMessage", "ChordCounter", "ClockedSchedule", "CrontabSchedule", "Dashboard",
-           "GroupResultMeta", "IntervalSchedule", "PeriodicTask", "Queue", "RateLimitBucket", "Revocation", "SolarSchedule", "TaskResult", "TaskRoute",
-           "Worker"]
+           "GroupResultMeta", "IntervalSchedule", "PeriodicTask", "Queue", "RateLimitBucket", "Revocation", "SolarSchedule", "TaskActivity", "TaskEvent",
+           "TaskResult", "TaskRoute", "Worker"]

@@ -162,15 +162,13 @@ def series(window: timedelta, buckets: int, now: datetime | None = None) -> list
     Read from the per-minute roll-ups ``taskevents`` keeps (:mod:`django_tasks_q.eventstore`); where it
     has recorded nothing in the window, counted from stored results instead.
     """
-    try:
-        from ..eventstore import activity_series
-    except ImportError:  # pragma: no cover - only while the event store is absent
-        activity_series = None
-    if activity_series is not None:
-        recorded = activity_series(window, buckets)
-        if any(bucket["succeeded"] or bucket["failed"] or bucket["retried"] for bucket in recorded):
-            return recorded
-    return _series_from_results(window, buckets, now or timezone.now())
+    from ..eventstore import activity_series
+
+    now = now or timezone.now()
+    recorded = activity_series(window, buckets, now=now)
+    if any(bucket["succeeded"] or bucket["failed"] or bucket["retried"] for bucket in recorded):
+        return recorded
+    return _series_from_results(window, buckets, now)
 
 
 def _series_from_results(window: timedelta, buckets: int, now: datetime) -> list[dict[str, Any]]:

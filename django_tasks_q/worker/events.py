@@ -28,9 +28,15 @@ connection is dropped and made again for the first event after
 cannot be published, come in that pause, or arrive while the queue is full
 are dropped and counted in the log.
 
-Not on ``django://``: every event would be a database row, and a topic
-exchange with no receiver bound makes that transport raise ``Unroutable``.
-A worker on ``django://`` logs once that events are off and stays off.
+On ``django://`` every event is a database row, so one is written only
+when a queue is bound to ``celeryev`` (a ``manage.py taskevents`` runs):
+the sender thread looks at the bindings at most once a second
+(:func:`django_listeners`) and, with none, drops events without writing
+anything -- no row, no ``Unroutable``. That broker enforces neither
+``auto_delete`` nor ``expires``, so a bound queue that has held an event
+for ``STALE_AFTER`` seconds is taken for the queue of a receiver that died
+and deleted by the publisher (a live ``taskevents`` drains its queue every
+second and binds it again every few seconds).
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from kombu import Exchange, Producer
 from kombu.clocks import LamportClock
 
 from ..broker.connection import new_connection
-from ..conf import settings
+from ..broker.transport.django_bindings import Unroutable
 from ..core.states import TaskState
 
 logger = logging.getLogger(__name__)
@@ -62,6 +68,10 @@ LOG_EVERY = 10.0
 QUEUE_SIZE = 10000
 #: after a failed publish, events are dropped without trying for this long (seconds)
 RETRY_AFTER = 2.0
+#: django:// only: seconds between two looks at which queues are bound to ``celeryev``
+LISTENERS_TTL = 1.0
+#: django:// only: a bound queue holding an event this old (seconds) has lost its receiver
+STALE_AFTER = 60.0
 
 #: bounded reprs of task arguments, as Celery's argsrepr
 ARGS_REPR = reprlib.Repr()
@@ -97,8 +107,36 @@ def exchange_for(connection: Any) -> Exchange:
 
 
 def supported(url: str | None = None) -> bool:
-    """Events go out on Redis and AMQP brokers (and ``memory://``), not on ``django://``."""
-    return not str(url if url is not None else settings.BROKER_URL).startswith("django:")
+    """Every broker carries events; on ``django://`` only while a receiver is bound (module docstring)."""
+    return True
+
+
+def django_listeners(channel: Any, stale_after: float = STALE_AFTER) -> list[str]:
+    """The queues bound to ``celeryev`` on a ``django://`` channel whose receivers are alive.
+
+    A bound queue holding a message older than ``stale_after`` seconds is
+    deleted (rows and bindings), as RabbitMQ would expire it: its receiver
+    is gone and nothing else would ever empty it.
+    """
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from ..models import BrokerBinding, BrokerMessage
+
+    database = getattr(channel, "database", "default")
+    queues = set(BrokerBinding.objects.using(database).filter(exchange=EXCHANGE_NAME)
+                 .values_list("queue", flat=True))
+    if not queues:
+        return []
+    cutoff = timezone.now() - timedelta(seconds=stale_after)
+    stale = set(BrokerMessage.objects.using(database).filter(queue__in=queues, created_at__lt=cutoff)
+                .values_list("queue", flat=True).distinct())
+    for queue in sorted(stale):
+        logger.warning("deleting event queue %s: it has not been read for %.0fs (its taskevents is gone)",
+                       queue, stale_after)
+        channel.queue_delete(queue)
+    return sorted(queues - stale)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -128,6 +166,8 @@ class EventDispatcher:
         self._dropped = 0
         self._logged_at = -1e9
         self._failing = False
+        self._listeners_at = -1e9  # django:// only: when the bindings were last read
+        self._listening = True
         if enabled:
             self.enable()
 
@@ -227,11 +267,15 @@ class EventDispatcher:
                     connection.transport_options["confirm_publish"] = False  # events are transient
                     connection.ensure_connection(max_retries=1)
                     producer = Producer(connection.channel(), exchange=exchange_for(connection), auto_declare=True)
+                if connection.transport.driver_type == "django" and not self._anyone_listening(producer.channel):
+                    continue  # nobody receives events: write no row
                 producer.publish(event, routing_key=routing_key, serializer="json",
                                  headers={"hostname": self.hostname}, retry=False)
                 if self._failing:
                     logger.info("events are published again")
                 self._failing = False
+            except Unroutable:  # django://: the receiver's queue went away since we looked
+                self._listeners_at = -1e9
             except Exception as exc:
                 self._failing = True
                 self._dropped += 1
@@ -240,6 +284,13 @@ class EventDispatcher:
                 connection, producer = _release(connection), None
                 retry_at = time.monotonic() + RETRY_AFTER
         _release(connection)
+
+    def _anyone_listening(self, channel: Any) -> bool:
+        now = time.monotonic()
+        if now - self._listeners_at >= LISTENERS_TTL:
+            self._listeners_at = now
+            self._listening = bool(django_listeners(channel))
+        return self._listening
 
     def _complain(self, text: str, *args: Any) -> None:
         now = time.monotonic()
@@ -257,4 +308,5 @@ def _release(connection: Any) -> None:
     return None
 
 
-__all__ = ["EXCHANGE_NAME", "SW_IDENT", "EventDispatcher", "exchange_for", "supported", "utcoffset"]
+__all__ = ["EXCHANGE_NAME", "SW_IDENT", "EventDispatcher", "django_listeners", "exchange_for", "supported",
+           "utcoffset"]

@@ -93,7 +93,8 @@ def test_prefetch_multiplier_must_be_positive():
     assert [e.id for e in errors] == ["django_tasks_q.E005"]
 
 
-@pytest.mark.parametrize("key", ["ETA_HOLD_MAX", "REVOKE_EXPIRES", "WORKER_HEARTBEAT", "WORKER_STUCK_AFTER"])
+@pytest.mark.parametrize("key", ["ETA_HOLD_MAX", "REVOKE_EXPIRES", "WORKER_HEARTBEAT", "WORKER_STUCK_AFTER",
+                                 "EVENTS_KEEP_SECONDS", "EVENTS_KEEP_ROWS", "ACTIVITY_KEEP_DAYS"])
 def test_durations_must_not_be_negative(key):
     errors = errors_for({key: -1})
     assert [e.id for e in errors] == ["django_tasks_q.E008"]

@@ -113,11 +113,44 @@ def test_a_failing_publish_never_raises_and_is_logged_once(caplog):
     assert len(errors) == 1  # at most once per LOG_EVERY seconds
 
 
-def test_events_stay_off_on_the_django_broker(caplog):
-    dispatcher = events.EventDispatcher("w@host", url="django://")
-    with caplog.at_level(logging.WARNING, logger=events.__name__):
-        assert dispatcher.enable() is False
-    assert not dispatcher.enabled and "not published on django://" in caplog.text
+@pytest.mark.django_db(transaction=True)
+def test_on_the_django_broker_events_become_rows_only_for_a_live_receiver(caplog):
+    from django.utils import timezone as dj_timezone
+
+    from django_tasks_q.models import BrokerBinding, BrokerMessage
+
+    def publish(*ids: str) -> None:
+        dispatcher = events.EventDispatcher("w@host", enabled=True, url="django://")
+        assert dispatcher.enabled
+        for task_id in ids:
+            dispatcher.task_started(TaskMessage(id=task_id, task="x"))
+        dispatcher.stop(timeout=10)  # returns once the thread has handled every event
+        assert dispatcher._dropped == 0
+
+    with caplog.at_level(logging.WARNING):
+        publish("nobody-listens")  # no queue bound to celeryev: no row, no Unroutable, no log line
+        assert BrokerMessage.objects.count() == 0 and caplog.records == []
+
+        connection = Connection("django://")
+        queue = Queue("taskevents.test", exchange=events.exchange_for(connection), routing_key="#")
+        simple = connection.SimpleQueue(queue)
+        publish("t-1", "t-2")
+        got = [simple.get(timeout=5) for _ in range(2)]
+        assert [(m.payload["type"], m.payload["uuid"]) for m in got] == [("task-started", "t-1"),
+                                                                         ("task-started", "t-2")]
+        assert caplog.records == []
+
+        # a receiver that stopped reading (killed): its queue is deleted once an event sat in it a minute
+        publish("t-3")
+        assert events.django_listeners(simple.channel) == ["taskevents.test"]  # fresh: still live
+        BrokerMessage.objects.filter(queue="taskevents.test").update(
+            created_at=dj_timezone.now() - timedelta(seconds=events.STALE_AFTER + 1))
+        assert events.django_listeners(simple.channel) == []
+    assert not BrokerMessage.objects.filter(queue="taskevents.test").exists()
+    assert not BrokerBinding.objects.filter(exchange=events.EXCHANGE_NAME).exists()
+    assert "deleting event queue taskevents.test" in caplog.text
+    simple.close()
+    connection.release()
 
 
 def test_slim_outcomes_keep_what_events_need():
