@@ -171,6 +171,9 @@ class Monitor:
             "last_progress_at": now - timedelta(seconds=time.monotonic() - stats.progress_at),
             "load": list(os.getloadavg()) if hasattr(os, "getloadavg") else [],
             "problem": self.problem,
+            # add_consumer / cancel_consumer / pool_grow / pool_shrink change these at run time
+            "queues": list(worker.queue_names),
+            "concurrency": worker.pool.concurrency,
         }
         if stopped:
             values.update(stopped_at=now, active=0)

@@ -417,3 +417,6 @@ def heartbeat(control: RemoteControl, **kwargs: Any) -> None:
 
 
 __all__ = ["HANDLERS", "RemoteControl", "mailbox", "nok", "ok", "request_info"]
+
+
+from . import control_actions  # noqa: E402,F401  registers add_consumer, cancel_consumer, time_limit, pool_grow/shrink

@@ -30,15 +30,17 @@ from .. import signals
 from ..broker import connection as publishing
 from ..broker import delayed
 from ..broker.connection import mask_url, new_connection
-from ..broker.queues import consumer_queue, describe_queue
 from ..conf import settings
 from ..core.registry import registry
 from ..core.states import TaskState
 from ..exceptions import ImproperlyConfigured, TaskRevokedError
 from ..results.backend import describe_exception, get_backend
 from . import deadletter, intake
+from .consumers import ConsumerSet
 from .events import EventDispatcher
 from .executor import make_request
+from .handoff import Handoff
+from .limit_overrides import LimitOverrides
 from .monitor import LoopStats, Monitor
 from .pools import create_pool
 from .pools.base import Job
@@ -69,6 +71,7 @@ class Worker:
         self.pool = create_pool(pool, concurrency or (os.cpu_count() or 1), self.hostname,
                                 max_tasks_per_child=max_tasks_per_child, max_memory_per_child=max_memory_per_child)
         multiplier = settings.PREFETCH_MULTIPLIER if prefetch_multiplier is None else prefetch_multiplier
+        self.prefetch_multiplier = multiplier
         self.prefetch = max(1, self.pool.concurrency * multiplier)
         self.ready: deque[Job] = deque()
         self.timers: list[tuple[float, int, Job]] = []  # (eta as epoch seconds, seq, job)
@@ -97,6 +100,10 @@ class Worker:
         self.events = EventDispatcher(self.hostname, heartbeat=self.heartbeat)
         self.send_events = settings.EVENTS if events is None else events
         self.remote_control = settings.REMOTE_CONTROL
+        # run-time changes by control commands (worker/control_actions.py)
+        self.handoff = Handoff()  # calls the command thread hands to the main loop
+        self.time_limits = LimitOverrides()
+        self.consumers: ConsumerSet | None = None  # the task-queue consumers while connected
         #: (id, retries) of tasks started although their early ack failed: the ack may have reached the
         #: broker before the connection broke, or not -- then a copy comes back, and is acked, not run
         self._started_unacked: OrderedDict[tuple[str, int], None] = OrderedDict()
@@ -212,45 +219,45 @@ class Worker:
                 except connection.channel_errors as exc:
                     raise ImproperlyConfigured(f"the broker refused the dead-letter queue {dead!r} "
                                                f"(DEAD_LETTER_QUEUE): {exc}") from exc
-            consumers = [Consumer(channel, [consumer_queue(name, self.hostname)],
-                                  on_message=partial(self._on_message, name),
-                                  on_decode_error=partial(intake.undecodable, name, self.intake_policy),
-                                  accept=settings.ACCEPT_CONTENT, no_ack=False, auto_declare=False)
-                         for name in self.queue_names]
-            for name, consumer in zip(self.queue_names, consumers):
-                try:
-                    consumer.declare()
-                except connection.recoverable_connection_errors:
-                    raise  # e.g. the database behind django:// is down: reconnect, do not exit
-                except connection.channel_errors as exc:  # not transient: retrying cannot fix it
-                    raise ImproperlyConfigured(
-                        f"the broker refused queue {name!r} as declared here ({describe_queue(consumer.queues[0])}): "
-                        f"{exc}; fix the Queue row or TASKS_Q['QUEUES'], or delete the old declaration") from exc
-                consumer.consume()
-            consumers.extend(self._consume_ready_parked(connection, channel))
+            consumers = ConsumerSet(connection, channel, self.hostname, self._task_consumer)
+            consumers.start(self.queue_names)
+            parked = self._consume_ready_parked(connection, channel)
             logger.info("%s ready: consuming %s from %s", self.hostname, ", ".join(self.queue_names),
                         mask_url(settings.BROKER_URL))
             self._consuming = True
+            self.consumers = consumers
             try:
                 while not self.stopping:
                     self._tick()
                     self._drain(connection)
                     self.stats.check_reconnect(connection)  # the watchdog found this consumer silent
-                self._warm_stop(consumers)
+                self._warm_stop(consumers.all() + parked)
             finally:
                 self._channel = None
+                self.consumers = None
+
+    def _task_consumer(self, channel: Any, queue: Any, name: str) -> Consumer:
+        return Consumer(channel, [queue], on_message=partial(self._on_message, name),
+                        on_decode_error=partial(intake.undecodable, name, self.intake_policy),
+                        accept=settings.ACCEPT_CONTENT, no_ack=False, auto_declare=False)
+
+    def update_prefetch(self) -> None:
+        """After ``pool_grow``/``pool_shrink``: the prefetch window follows the concurrency."""
+        self.prefetch = max(1, self.pool.concurrency * self.prefetch_multiplier)
+        self._update_qos()
 
     # -- the loop ------------------------------------------------------
     def _tick(self) -> None:
         """One pass: due timers to ready, ready jobs to the pool, finished jobs acked."""
         self.stats.tick()
+        self.handoff.run_pending()  # queue and pool changes from control commands
         now = time.time()
         self.ready.extendleft(reversed(self.rate_limits.due(now)))  # rate-limited jobs whose slot came
         while self.timers and self.timers[0][0] <= now:
             self.ready.append(heapq.heappop(self.timers)[2])
             self._update_qos()
         while self.ready and self.pool.free_slots() > 0 and not self.stopping:
-            self._start(self.ready.popleft())
+            self._start(self.time_limits.apply(self.ready.popleft()))  # limits set by `time_limit`
             for job, outcome in self.pool.poll(0):
                 self._finish(job, outcome)
         for job, outcome in self.pool.poll(0):

@@ -26,6 +26,8 @@ class Job:
     acks_late: bool
     kombu_message: Any = field(default=None, repr=False)
     started_at: float | None = None
+    #: (hard, soft) limits as the message carried them, before a ``time_limit`` command replaced them
+    sent_limits: tuple | None = field(default=None, repr=False)
 
 
 class Pool:
@@ -61,6 +63,17 @@ class Pool:
         solo and threads raise ``TaskRevokedError`` inside the task.
         """
         raise NotImplementedError
+
+    def grow(self, n: int) -> None:
+        """Add ``n`` slots (main thread; the ``pool_grow`` control command). ValueError when it cannot."""
+        raise ValueError(f"the {self.name} pool cannot grow")
+
+    def shrink(self, n: int) -> None:
+        """Remove ``n`` slots, idle ones now, busy ones when their task ends (``pool_shrink``).
+
+        ValueError when it cannot (a pool keeps at least one slot).
+        """
+        raise ValueError(f"the {self.name} pool cannot shrink")
 
     def stop(self, wait: bool = True) -> None:
         """Finish running jobs (``wait``) or abandon them, then release resources."""

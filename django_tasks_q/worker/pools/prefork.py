@@ -15,7 +15,10 @@ When a child stops before answering:
 * ``terminate(task_id)`` killed it -> REVOKED (``TaskRevokedError("terminated")``),
   message acked.
 
-A stopped child is replaced at once and the worker goes on serving. The soft
+A stopped child is replaced at once and the worker goes on serving --
+except one that ``shrink()`` (the ``pool_shrink`` control command) retired:
+idle ones are stopped at once, busy ones once their task ends, and none is
+replaced; ``grow()`` forks new children. The soft
 limit is the child's own business (a SIGALRM timer, worker/timelimits.py).
 Children ignore SIGTERM and SIGINT so that a signal to the whole process
 group leaves running tasks to the parent's warm shutdown; that is why
@@ -101,6 +104,7 @@ class _Child:
         #: the job this child was killed over, and why: a TimeLimitExceeded or TaskRevokedError
         self.stopped: tuple[Job, BaseException, int] | None = None
         self.doomed = False  # sent SIGKILL: never give it another job
+        self.retiring = False  # pool_shrink chose it: stop it once idle, do not replace it
 
 
 class PreforkPool(Pool):
@@ -134,14 +138,14 @@ class PreforkPool(Pool):
         return [c.process.pid for c in self._children]
 
     def free_slots(self) -> int:
-        return sum(1 for c in self._children if c.job is None and not c.doomed)
+        return sum(1 for c in self._children if c.job is None and not c.doomed and not c.retiring)
 
     def in_flight(self) -> int:
         return sum(1 for c in self._children if c.job is not None)
 
     def apply(self, job: Job) -> None:
         with self._lock:
-            child = next(c for c in self._children if c.job is None and not c.doomed)
+            child = next(c for c in self._children if c.job is None and not c.doomed and not c.retiring)
             job.started_at = time.monotonic()
             child.job = job
         try:
@@ -253,7 +257,42 @@ class PreforkPool(Pool):
                        WorkerLostError(f"worker child exited with code {exitcode} while running {job.message.task}"))
         return Outcome(state=TaskState.FAILURE)
 
+    # -- pool_grow / pool_shrink -----------------------------------------
+    def grow(self, n: int) -> None:
+        for _ in range(n):
+            child = self._spawn()
+            with self._lock:
+                self._children.append(child)
+            self.concurrency += 1
+
+    def shrink(self, n: int) -> None:
+        """Retire ``n`` children, idle ones first; a busy one finishes its task before it goes."""
+        if n >= self.concurrency:
+            raise ValueError(f"cannot shrink the prefork pool by {n}: it has {self.concurrency} process(es) "
+                             f"and keeps at least one")
+        staying = [c for c in self._children if not c.retiring]
+        for child in sorted(staying, key=lambda c: c.job is not None)[:n]:
+            child.retiring = True
+        self.concurrency -= n
+        self._retire_idle()
+
+    def _retire_idle(self) -> None:
+        for child in [c for c in self._children if c.retiring and c.job is None]:
+            try:
+                child.pipe.send(None)  # the child's loop ends
+            except (OSError, ValueError):
+                pass
+            child.process.join(timeout=5)
+            if child.process.exitcode is None:
+                self._kill(child, signal.SIGKILL)
+                child.process.join(timeout=5)
+            child.pipe.close()
+            with self._lock:
+                self._children.remove(child)
+            logger.info("pool shrunk: child %s stopped", child.process.pid)
+
     def _replace_dead(self) -> None:
+        self._retire_idle()
         for index, child in enumerate(self._children):
             if child.job is None and (child.doomed or not child.process.is_alive()):
                 if child.doomed:

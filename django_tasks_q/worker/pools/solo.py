@@ -49,6 +49,12 @@ class SoloPool(Pool):
             timelimits.discard(task_id)
         self._done.append((job, outcome))
 
+    def grow(self, n: int) -> None:
+        raise ValueError("the solo pool runs one task at a time in the worker's main thread: it cannot grow or "
+                         "shrink; start the worker with -P prefork or -P threads to resize it at run time")
+
+    shrink = grow
+
     def poll(self, timeout: float = 0) -> list[tuple[Job, Outcome]]:
         done, self._done = self._done, []
         return done

@@ -5,10 +5,15 @@ A soft time limit or ``terminate()`` reaches a task thread through
 so a thread blocked in one long C call sees it when that call returns
 (worker/timelimits.py). A hard ``time_limit`` cannot be enforced on a thread:
 it is logged once per task name and otherwise ignored.
+
+``grow``/``shrink`` (the ``pool_grow``/``pool_shrink`` control commands)
+start threads, or queue one stop marker per thread to retire: jobs are only
+queued for free slots, so idle threads take the markers first.
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import signal
 import threading
@@ -33,12 +38,30 @@ class ThreadPool(Pool):
         self._running = 0
         self._lock = threading.Lock()
         self._held: Counter[str] = Counter()  # ids of tasks handed to the threads and not yet finished
+        self._numbers = itertools.count(1)
 
     def start(self) -> None:
-        for number in range(self.concurrency):
-            thread = threading.Thread(target=self._serve, name=f"TaskThread-{number + 1}", daemon=True)
+        self._add_threads(self.concurrency)
+
+    def _add_threads(self, n: int) -> None:
+        self._threads = [thread for thread in self._threads if thread.is_alive()]  # forget retired ones
+        for _ in range(n):
+            thread = threading.Thread(target=self._serve, name=f"TaskThread-{next(self._numbers)}", daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def grow(self, n: int) -> None:
+        self._add_threads(n)
+        self.concurrency += n
+
+    def shrink(self, n: int) -> None:
+        """Fewer slots now; ``n`` threads exit as they become idle (each takes one ``None`` from the queue)."""
+        if n >= self.concurrency:
+            raise ValueError(f"cannot shrink the threads pool by {n}: it has {self.concurrency} thread(s) "
+                             f"and keeps at least one")
+        self.concurrency -= n
+        for _ in range(n):  # jobs are only queued for free slots, so an idle thread takes these first
+            self._jobs.put(None)
 
     def _serve(self) -> None:
         try:
