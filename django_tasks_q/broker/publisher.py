@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+from base64 import b64encode
 from typing import Any
 
 from kombu.exceptions import OperationalError
 
 from ..conf import settings
-from ..core.protocol import EncodedMessage
+from ..core.protocol import EncodedMessage, new_id
 from ..core.routing import Route
 from ..exceptions import BrokerUnavailable, ImproperlyConfigured, InvalidTaskOptions
 from . import connection, delayed
 from .queues import describe_queue, get_queue
 
 logger = logging.getLogger(__name__)
+#: Messages ``publish_many`` prepares and sends together.
+BATCH = 500
 
 
 #: the highest priority each transport orders, when the queue declares no max_priority
@@ -36,6 +39,80 @@ def check_priority(priority: int, queue: Any, url: str) -> None:
                                  f"orders on {scheme}://")
 
 
+def envelope(message: EncodedMessage, exchange: str, routing_key: str, properties: dict[str, Any]) -> dict:
+    """The message as kombu's virtual transports store it (``prepare_message`` + ``basic_publish``),
+    built directly: the same JSON a kombu ``Producer`` would have written."""
+    body = message.payload.encode(message.content_encoding or "utf-8") if isinstance(message.payload, str) \
+        else message.payload
+    return {
+        "body": b64encode(body).decode(),
+        "content-encoding": message.content_encoding,
+        "content-type": message.content_type,
+        "headers": message.headers or {},
+        "properties": {**properties, "delivery_info": {"exchange": exchange, "routing_key": routing_key},
+                       "priority": properties.get("priority") or 0, "body_encoding": "base64",
+                       "delivery_tag": new_id()},
+    }
+
+
+def _direct_channel(state: Any, queue_name: str) -> Any:
+    """The Redis channel that takes prepared messages itself, once ``queue_name`` is declared; else None."""
+    if queue_name not in state.declared:
+        return None  # the first send goes through kombu, which declares the queue and its binding
+    channel = state.producer.channel  # resolved by that first send: no connection check per message
+    return channel if hasattr(channel, "put_messages") else None
+
+
+def _properties(task_id: str, route: Route, reply_to: str | None) -> dict[str, Any]:
+    properties: dict[str, Any] = {"correlation_id": task_id, "delivery_mode": 2}
+    if reply_to:
+        properties["reply_to"] = reply_to
+    if route.priority is not None:
+        properties["priority"] = route.priority
+    return properties
+
+
+def publish_many(messages: list[tuple[EncodedMessage, str, float | None]], route: Route) -> None:
+    """Publish ``(message, task id, deliver_at)`` items to one route, in as few round trips as the broker allows.
+
+    On Redis, messages go out pipelined (a thousand commands per round trip);
+    elsewhere, and for messages parked until an eta, one by one through
+    :func:`publish`. A broker failure part-way raises ``BrokerUnavailable``
+    saying how many were sent (those before it in the list).
+    """
+    if not messages:
+        return
+    first, task_id, first_at = messages[0]
+    publish(first, route, task_id=task_id, deliver_at=first_at)  # declares the queue; checks the route
+    queue = get_queue(route.queue)
+    exchange = route.exchange if route.exchange is not None else queue.exchange.name
+    routing_key = route.routing_key or queue.routing_key
+    sent = 1
+    rest = messages[1:]
+    while rest:
+        batch, rest = rest[:BATCH], rest[BATCH:]
+        state = connection.current()
+        channel = _direct_channel(state, queue.name)
+        prepared = None
+        if channel is not None and all(at is None for _, _, at in batch):
+            prepared = [envelope(message, exchange, routing_key, _properties(task_id, route, None))
+                        for message, task_id, _ in batch]
+        try:
+            if prepared is None or not channel.put_messages(exchange, routing_key, prepared):
+                for message, task_id, at in batch:
+                    publish(message, route, task_id=task_id, deliver_at=at)
+                    sent += 1
+                continue
+        except BrokerUnavailable as exc:
+            raise BrokerUnavailable(f"{exc} ({sent} of {len(messages)} messages were sent, in order)") from exc
+        except (OperationalError, OSError, *state.connection.connection_errors) as exc:
+            connection.reset()
+            raise BrokerUnavailable(
+                f"could not send tasks {first.headers.get('task')} to {connection.mask_url(settings.BROKER_URL)}: "
+                f"{exc} ({sent} of {len(messages)} messages were sent, in order)") from exc
+        sent += len(batch)
+
+
 def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: str | None = None,
             deliver_at: float | None = None) -> None:
     """Publish to ``route``; raise ``BrokerUnavailable`` (never hang) if the broker is down.
@@ -46,15 +123,20 @@ def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: st
     queue = get_queue(route.queue)
     if route.priority is not None:
         check_priority(route.priority, queue, settings.BROKER_URL)
-    properties = {"correlation_id": task_id, "delivery_mode": 2}
-    if reply_to:
-        properties["reply_to"] = reply_to
-    if route.priority is not None:
-        properties["priority"] = route.priority
+    properties = _properties(task_id, route, reply_to)
     state = connection.current()
     exchange = route.exchange if route.exchange is not None else queue.exchange.name
     routing_key = route.routing_key or queue.routing_key
     headers = message.headers
+    if deliver_at is None:
+        channel = _direct_channel(state, queue.name)
+        if channel is not None:
+            try:
+                if channel.put_messages(exchange, routing_key, [envelope(message, exchange, routing_key, properties)]):
+                    return
+            except state.connection.connection_errors:
+                connection.reset()  # kombu's path below reconnects and retries within the policy
+                state = connection.current()
     try:
         if deliver_at is not None and delayed.supports_parking(state.connection):
             exchange, routing_key, headers = delayed.parked_route(state.connection, exchange, routing_key, headers,

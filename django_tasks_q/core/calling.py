@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
 from ..broker.delayed import deliver_at
-from ..broker.publisher import publish
+from ..broker.publisher import publish, publish_many
 from ..conf import settings
+from ..exceptions import InvalidTaskOptions
 from ..results.async_result import AsyncResult
 from .options import CallOptions, TaskOptions
-from .protocol import TaskMessage, absolute_time
+from .protocol import EncodedMessage, TaskMessage, absolute_time, new_id
 from .registry import registry
-from .routing import resolve
+from .routing import Route, resolve
 
 if TYPE_CHECKING:
     from .task import Task
@@ -42,18 +45,58 @@ def send(name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Task 
     conf = settings.as_dict()  # one read of the settings per call
     call = CallOptions.from_kwargs(f"{name}.apply_async()", **options)
     task = task or registry.get(name)
-    args = tuple(args or ())
-    kwargs = dict(kwargs or {})
     if conf["ALWAYS_EAGER"] and task is not None:
-        return task.apply(args, kwargs, task_id=call.task_id, link=call.link, link_error=call.link_error)
-    opts = task.options if task is not None else None
+        return task.apply(tuple(args or ()), dict(kwargs or {}), task_id=call.task_id, link=call.link,
+                          link_error=call.link_error)
+    route = _route(name, call, task)
+    outgoing = _build(name, args, kwargs, call, task, conf, timezone.now())
+    publish(outgoing.encoded, route, task_id=outgoing.task_id, deliver_at=outgoing.deliver_at)
+    return AsyncResult(outgoing.task_id, task_name=name)
+
+
+def send_many(name: str, calls: Iterable[tuple[Any, Any]], options: dict[str, Any],
+              task: Task | None = None) -> list[AsyncResult]:
+    """One task per ``(args, kwargs)`` in ``calls``, all with the same ``options``, in as few round trips
+    as the broker allows (:func:`~django_tasks_q.broker.publisher.publish_many`)."""
+    conf = settings.as_dict()
+    call = CallOptions.from_kwargs(f"{name}.apply_async_many()", **options)
+    if call.task_id is not None:
+        raise InvalidTaskOptions(f"{name}.apply_async_many(): task_id names one task; each call gets its own id")
+    task = task or registry.get(name)
+    if conf["ALWAYS_EAGER"] and task is not None:
+        return [task.apply(tuple(args or ()), dict(kwargs or {}), link=call.link, link_error=call.link_error)
+                for args, kwargs in calls]
+    route = _route(name, call, task)
     now = timezone.now()
-    task_id = call.task_id or str(uuid.uuid4())
+    outgoing = [_build(name, args, kwargs, call, task, conf, now) for args, kwargs in calls]
+    publish_many([(item.encoded, item.task_id, item.deliver_at) for item in outgoing], route)
+    return [AsyncResult(item.task_id, task_name=name) for item in outgoing]
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    task_id: str
+    encoded: EncodedMessage
+    deliver_at: float | None
+
+
+def _route(name: str, call: CallOptions, task: Task | None) -> Route:
+    opts = task.options if task is not None else None
+    declared = {"queue": opts.queue, "routing_key": opts.routing_key, "priority": opts.priority} if opts else {}
+    return resolve(name, call={"queue": call.queue, "routing_key": call.routing_key, "exchange": call.exchange,
+                               "priority": call.priority}, task=declared)
+
+
+def _build(name: str, args: Any, kwargs: Any, call: CallOptions, task: Task | None, conf: dict[str, Any],
+           now: datetime) -> Outgoing:
+    """The encoded message for one call (a new id unless the call names one)."""
+    opts = task.options if task is not None else None
+    task_id = call.task_id or new_id()
     message = TaskMessage(
         id=task_id,
         task=name,
-        args=args,
-        kwargs=kwargs,
+        args=tuple(args or ()),
+        kwargs=dict(kwargs or {}),
         eta=call.eta if call.eta is not None else absolute_time(call.countdown, now),
         expires=absolute_time(_first(call.expires, opts, "expires"), now),
         retries=call.retries,
@@ -72,11 +115,7 @@ def send(name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Task 
     )
     encoded = message.encode(_first(call.serializer, opts, "serializer", conf["TASK_SERIALIZER"]),
                              conf["SIGNING_KEY"])
-    declared = {"queue": opts.queue, "routing_key": opts.routing_key, "priority": opts.priority} if opts else {}
-    route = resolve(name, call={"queue": call.queue, "routing_key": call.routing_key, "exchange": call.exchange,
-                                "priority": call.priority}, task=declared)
-    publish(encoded, route, task_id=task_id, deliver_at=deliver_at(message.eta, conf["ETA_HOLD_MAX"]))
-    return AsyncResult(task_id, task_name=name)
+    return Outgoing(task_id, encoded, deliver_at(message.eta, conf["ETA_HOLD_MAX"]))
 
 
 def send_task(name: str, args: Any = None, kwargs: Any = None, **options: Any) -> AsyncResult:

@@ -29,6 +29,33 @@ from ..exceptions import EncodeError, InvalidMessage, InvalidSignature
 SIGNATURE_HEADER = "x-tasks-q-signature"
 ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 
+def new_id() -> str:
+    """A random (version 4) UUID as text, like ``str(uuid.uuid4())`` at a fifth of the cost: ids are made
+    twice per message sent (task id, delivery tag), so ``uuid.UUID``'s checks showed in profiles."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def fast_json(value: Any) -> str | None:
+    """``value`` as JSON by the standard library's C encoder, or ``None`` when it holds a type only kombu's
+    encoder knows (datetime, Decimal, UUID ...). Same text as kombu's ``dumps`` for plain values."""
+    try:
+        return json.dumps(value)
+    except TypeError:
+        return None
+
+
+def _args_repr(args: tuple | list) -> str:
+    return "()" if not args else _repr.repr(tuple(args))
+
+
+def _kwargs_repr(kwargs: dict) -> str:
+    return "{}" if not kwargs else _repr.repr(kwargs)
+
+
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 256
 _repr.maxlevel = 3
@@ -118,8 +145,8 @@ class TaskMessage:
             "timelimit": [self.time_limit, self.soft_time_limit],
             "root_id": self.root_id or self.id,
             "parent_id": self.parent_id,
-            "argsrepr": _repr.repr(tuple(self.args)),
-            "kwargsrepr": _repr.repr(self.kwargs),
+            "argsrepr": _args_repr(self.args),
+            "kwargsrepr": _kwargs_repr(self.kwargs),
             "origin": self.origin or ORIGIN,
             "ignore_result": self.ignore_result,
             "replaced_task_nesting": 0,
@@ -133,8 +160,13 @@ class TaskMessage:
 
     def encode(self, serializer: str = "json", signing_key: str | None = None) -> "EncodedMessage":
         """Serialise now, so unserialisable arguments fail before anything is sent."""
+        body = self.body()
+        payload = fast_json(body) if serializer == "json" else None
         try:
-            content_type, content_encoding, payload = dumps(self.body(), serializer=serializer)
+            if payload is not None:
+                content_type, content_encoding = "application/json", "utf-8"
+            else:
+                content_type, content_encoding, payload = dumps(body, serializer=serializer)
         except Exception as exc:  # kombu raises its own EncodeError wrapping the cause
             cause = exc.__cause__ or exc
             raise EncodeError(

@@ -1,0 +1,112 @@
+"""``delay_many`` / ``apply_async_many``, and the direct Redis publish path behind every ``delay()``.
+
+After the first send to a queue (through kombu, which declares it), sends
+to Redis skip kombu's producer and write the message themselves: the JSON
+must be what kombu writes, in the list kombu would pick, so that our
+workers, Celery's workers and kombu's restore all read it as before.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+
+import pytest
+import redis
+
+from django_tasks_q.core.protocol import new_id
+from django_tasks_q.core.states import TaskState
+from django_tasks_q.exceptions import InvalidTaskOptions
+from django_tasks_q.models import TaskResult
+from tests.integration.broker_tools import purge, queue_size
+from tests.workers import WorkerProcess
+from testproject.videos.tasks import add
+
+pytestmark = pytest.mark.django_db(transaction=True)
+QUEUE = "bulk"
+
+
+def raw_messages(url: str, key: bytes) -> list[dict]:
+    return [json.loads(item) for item in redis.Redis.from_url(url).lrange(key, 0, -1)]
+
+
+def list_keys(url: str) -> set[bytes]:
+    return {key for key in redis.Redis.from_url(url).keys(f"{QUEUE}*")}
+
+
+def test_the_direct_path_writes_what_kombu_writes(redis_url, broker, monkeypatch):
+    from django_tasks_q.broker.transport.redis import Channel
+
+    broker(redis_url)
+    purge(redis_url, QUEUE)
+    direct_sends = []
+    put_messages = Channel.put_messages
+    monkeypatch.setattr(Channel, "put_messages",
+                        lambda self, *args: direct_sends.append(args[2]) or put_messages(self, *args))
+    through_kombu = add.apply_async((1, 2), queue=QUEUE, priority=5)  # first send: kombu declares the queue
+    direct = add.apply_async((3, 4), queue=QUEUE, priority=5)
+    assert [[m["headers"]["id"] for m in sent] for sent in direct_sends] == [[direct.id]]
+    [key] = list_keys(redis_url)  # both in the same priority list
+    newest, oldest = raw_messages(redis_url, key)
+    assert oldest["headers"]["id"] == through_kombu.id and newest["headers"]["id"] == direct.id
+    assert newest.keys() == oldest.keys()
+    assert newest["properties"].keys() == oldest["properties"].keys()
+    for name in ("content-type", "content-encoding"):
+        assert newest[name] == oldest[name]
+    for name in ("delivery_info", "priority", "delivery_mode", "body_encoding"):
+        assert newest["properties"][name] == oldest["properties"][name], name
+    assert newest["properties"]["correlation_id"] == direct.id
+    assert newest["headers"].keys() == oldest["headers"].keys()
+    assert json.loads(base64.b64decode(newest["body"]))[:2] == [[3, 4], {}]
+    assert newest["properties"]["delivery_tag"] != oldest["properties"]["delivery_tag"]
+    uuid.UUID(newest["properties"]["delivery_tag"])
+
+
+def test_delay_many_sends_in_batches_and_a_worker_runs_them_all(redis_url, broker):
+    broker(redis_url)
+    purge(redis_url, QUEUE)
+    results = add.delay_many([(i, i) for i in range(1201)])  # to DEFAULT_QUEUE: past two batches of 500
+    results += add.apply_async_many([((i,), {"y": 1}) for i in range(99)], queue=QUEUE, priority=3)
+    assert len({r.id for r in results}) == 1300
+    assert queue_size(redis_url, QUEUE) == 99
+    with WorkerProcess(redis_url, "-P", "threads", "-c", "4", "-Q", f"default,{QUEUE}", "-n", "bulk@%h"):
+        assert [r.get(timeout=60) for r in results[-3:]] == [97, 98, 99]
+        assert results[1200].get(timeout=60) == 2400
+        ran = TaskResult.objects.filter(task_id__in=[r.id for r in results], state=TaskState.SUCCESS)
+        assert ran.count() == 1300
+
+
+def test_delay_many_on_the_embedded_broker(broker, settings):
+    broker("django://")
+    purge("django://", QUEUE)
+    results = add.apply_async_many([((i, 1), None) for i in range(30)], queue=QUEUE)
+    assert len({r.id for r in results}) == 30 and queue_size("django://", QUEUE) == 30
+    purge("django://", QUEUE)
+
+
+def test_bad_calls_are_refused_before_anything_is_sent(redis_url, broker):
+    broker(redis_url)
+    purge(redis_url, QUEUE)
+    with pytest.raises(TypeError, match=r"call 1 must be a tuple of arguments, got 2 \(for one argument write \(2,\)\)"):
+        add.delay_many([(1, 1), 2])
+    with pytest.raises(TypeError, match=r"call 0 must be an \(args, kwargs\) pair"):
+        add.apply_async_many([((1, 2),)], queue=QUEUE)
+    with pytest.raises(InvalidTaskOptions, match="each call gets its own id"):
+        add.apply_async_many([((1, 2), {})], queue=QUEUE, task_id="same-for-all")
+    with pytest.raises(InvalidTaskOptions):
+        add.apply_async_many([((1, 2), {})], queue=QUEUE, countdwn=3)
+    assert queue_size(redis_url, QUEUE) == 0
+    assert add.apply_async_many([], queue=QUEUE) == []
+
+
+def test_eager_mode_runs_each_call(settings):
+    settings.TASKS_Q = {**settings.TASKS_Q, "ALWAYS_EAGER": True}
+    assert [r.get() for r in add.delay_many([(1, 2), (3, 4)])] == [3, 7]
+
+
+def test_new_ids_are_random_version_4_uuids():
+    ids = [new_id() for _ in range(5000)]
+    assert len(set(ids)) == 5000
+    parsed = [uuid.UUID(value) for value in ids]
+    assert all(u.version == 4 and u.variant == uuid.RFC_4122 and str(u) == value for u, value in zip(parsed, ids))
