@@ -154,6 +154,13 @@ def pipelined(client: Any, *commands: tuple) -> list:
 
 
 class QoS(kombu_redis.QoS):
+    def ack(self, delivery_tag: str) -> None:
+        """kombu's ack (drop the tag from the unacked index and hash) as one raw write, not a MULTI pipeline
+        object: the pipeline's bookkeeping cost more than the round trip, once per task run."""
+        with self.channel.conn_or_acquire() as client:
+            pipelined(client, ("ZREM", self.unacked_index_key, delivery_tag), ("HDEL", self.unacked_key, delivery_tag))
+        kombu_redis.virtual.QoS.ack(self, delivery_tag)
+
     def append(self, message: Any, delivery_tag: str) -> None:
         if delivery_tag == self.channel._held_by_script:  # POP_SCRIPT recorded it already
             kombu_redis.virtual.QoS.append(self, message, delivery_tag)
