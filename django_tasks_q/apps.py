@@ -18,3 +18,8 @@ class DjangoTasksQConfig(AppConfig):
 
         from .core import builtins  # noqa: F401  celery.map / celery.starmap / celery.chunks
         autodiscover_modules("tasks")
+        try:
+            from .backends import register_framework_tasks
+        except ImportError:  # neither django.tasks (Django 6) nor the django-tasks package: nothing to adapt
+            return
+        register_framework_tasks()  # module-level @task of Django's framework, for TaskQBackend

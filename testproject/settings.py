@@ -29,6 +29,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_tasks_q",
+    "django_tasks",
     "testproject.videos",
     "testproject.reports",
 ]
@@ -93,6 +94,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"
 STATIC_URL = "static/"
+
+# Django's task framework (django-tasks on Django 5.2) sends through django-tasks-q
+TASKS = {"default": {"BACKEND": "django_tasks_q.backends.TaskQBackend", "QUEUES": ["default", "videos"]}}
 
 TASKS_Q = {
     "QUEUES": {"videos": {"max_priority": 10}, "reports": {}},
