@@ -33,32 +33,41 @@ import logging
 import sys
 from collections.abc import Iterable
 from traceback import format_exception
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
 from django.core import checks
 from django.db import transaction
 from django.utils import timezone
 
+from .core import aio
 from .core.options import TaskOptions
 from .core.protocol import new_id
 from .core.registry import registry
 from .core.task import Task
 
-try:  # Django >= 6.0
-    from django.tasks import TaskContext, TaskResult, TaskResultStatus
-    from django.tasks.backends.base import BaseTaskBackend
-    from django.tasks.base import Task as FrameworkTask
-    from django.tasks.base import TaskError
-    from django.tasks.exceptions import TaskResultDoesNotExist
-    from django.tasks.signals import task_enqueued, task_finished, task_started
-except ImportError:  # Django 5.2 with the django-tasks package
+if TYPE_CHECKING:  # checked against the backport, the one these machines run (Django 5.2)
     from django_tasks import TaskContext, TaskResult, TaskResultStatus
     from django_tasks.backends.base import BaseTaskBackend
     from django_tasks.base import Task as FrameworkTask
     from django_tasks.base import TaskError
     from django_tasks.exceptions import TaskResultDoesNotExist
     from django_tasks.signals import task_enqueued, task_finished, task_started
+else:
+    try:  # Django >= 6.0
+        from django.tasks import TaskContext, TaskResult, TaskResultStatus
+        from django.tasks.backends.base import BaseTaskBackend
+        from django.tasks.base import Task as FrameworkTask
+        from django.tasks.base import TaskError
+        from django.tasks.exceptions import TaskResultDoesNotExist
+        from django.tasks.signals import task_enqueued, task_finished, task_started
+    except ImportError:  # Django 5.2 with the django-tasks package
+        from django_tasks import TaskContext, TaskResult, TaskResultStatus
+        from django_tasks.backends.base import BaseTaskBackend
+        from django_tasks.base import Task as FrameworkTask
+        from django_tasks.base import TaskError
+        from django_tasks.exceptions import TaskResultDoesNotExist
+        from django_tasks.signals import task_enqueued, task_finished, task_started
 
 logger = logging.getLogger(__name__)
 
@@ -95,17 +104,18 @@ class Adapter(Task):
         framework = self.framework_task
         request = self.request
         started = timezone.now()
-        result = TaskResult(
+        result: TaskResult[Any] = TaskResult(
             task=framework, id=request.id or new_id(), status=TaskResultStatus.RUNNING, enqueued_at=None,
             started_at=started, last_attempted_at=started, finished_at=None, args=list(args),
             kwargs=dict(kwargs), backend=framework.backend, errors=[],
             worker_ids=[request.hostname or "worker"] * ((request.retries or 0) + 1))
         task_started.send(sender=TaskQBackend, task_result=result)
+        call_args = (TaskContext(task_result=result), *args) if framework.takes_context else args
         try:
-            if framework.takes_context:
-                value = framework.call(TaskContext(task_result=result), *args, **kwargs)
+            if self.is_async:  # on the thread's own loop, as our async tasks (core/aio.py)
+                value = aio.run(framework.func(*call_args, **kwargs))
             else:
-                value = framework.call(*args, **kwargs)
+                value = framework.func(*call_args, **kwargs)
         except BaseException as exc:
             object.__setattr__(result, "status", TaskResultStatus.FAILED)
             object.__setattr__(result, "finished_at", timezone.now())
@@ -133,7 +143,9 @@ def register_framework_tasks() -> int:
     found = 0
     for config in apps.get_app_configs():
         module = sys.modules.get(f"{config.name}.tasks")
-        for value in vars(module).values() if module is not None else ():
+        if module is None:
+            continue
+        for value in vars(module).values():
             if isinstance(value, FrameworkTask) and value.module_path.startswith(f"{module.__name__}."):
                 adapter_for(value)
                 found += 1
@@ -164,7 +176,7 @@ class TaskQBackend(BaseTaskBackend):
         if task.run_after is not None:
             options["eta"] = task.run_after
         now = timezone.now()
-        result = TaskResult(task=task, id=options["task_id"], status=TaskResultStatus.READY, enqueued_at=now,
+        result: TaskResult[Any] = TaskResult(task=task, id=options["task_id"], status=TaskResultStatus.READY, enqueued_at=now,
                             started_at=None, last_attempted_at=None, finished_at=None, args=args, kwargs=kwargs,
                             backend=self.alias, errors=[], worker_ids=[])
         _record_ready(result, adapter.name, options.get("queue", ""))
@@ -193,7 +205,7 @@ class TaskQBackend(BaseTaskBackend):
         if row.state in ("FAILURE", "REVOKED", "RETRY") and isinstance(row.result, dict):
             path = f"{row.result.get('exc_module') or 'builtins'}.{row.result.get('exc_type') or 'Exception'}"
             errors.append(TaskError(exception_class_path=path, traceback=row.traceback or ""))
-        result = TaskResult(
+        result: TaskResult[Any] = TaskResult(
             task=framework, id=row.task_id, status=status, enqueued_at=row.date_created,
             started_at=row.date_started, last_attempted_at=row.date_started, finished_at=row.date_done,
             args=list(row.args or []), kwargs=dict(row.kwargs or {}), backend=self.alias, errors=errors,
@@ -212,7 +224,7 @@ class TaskQBackend(BaseTaskBackend):
         if meta is None or framework is None:
             raise TaskResultDoesNotExist(f"no result is recorded for {result_id!r}")
         status = STATUS.get(meta.state, TaskResultStatus.RUNNING)
-        result = TaskResult(task=framework, id=result_id, status=status, enqueued_at=None, started_at=None,
+        result: TaskResult[Any] = TaskResult(task=framework, id=result_id, status=status, enqueued_at=None, started_at=None,
                             last_attempted_at=None, finished_at=meta.date_done, args=[], kwargs={},
                             backend=self.alias, errors=[], worker_ids=[])
         if status == TaskResultStatus.SUCCESSFUL:

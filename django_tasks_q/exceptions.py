@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 
 class TasksQError(Exception):
     """Base class of django-tasks-q's own errors."""
@@ -57,6 +60,8 @@ class Retry(TasksQError):
         #: new arguments for the next attempt (``self.retry(args=..., kwargs=...)``), None to keep them
         self.retry_args = retry_args
         self.retry_kwargs = retry_kwargs
+        #: set by ``Task.retry()``: sends the next attempt; the executor calls it after recording RETRY
+        self.resend: Callable[[], Any] | None = None
 
 
 class MaxRetriesExceededError(TasksQError):

@@ -10,17 +10,18 @@ imported: a misspelled option is an error at start-up, not a silent no-op.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from functools import partial
 from datetime import datetime
-from typing import Any
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
 
+from asgiref.sync import sync_to_async
 from django.db import transaction
 
 from ..exceptions import ImproperlyConfigured, MaxRetriesExceededError, Retry
 from ..results.async_result import AsyncResult
 from ..results.backend import get_backend
-from . import context
+from . import aio, context
 from .calling import send, send_many
 from .canvas import Signature, builtin_signature
 from .options import TaskOptions
@@ -36,7 +37,13 @@ def _checked_args(name: str, calls: Iterable[Any]) -> list[Sequence[Any]]:
     return listed
 
 
-class Task:
+#: the task function's parameters (without ``self`` for ``bind=True``) and its return type: type checkers
+#: then see ``add.delay(1, "x")`` as the error it is for ``add(x: int, y: int)``, and ``.get()`` as an int
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Task(Generic[P, R]):
     """A registered task. Subclass it (``base=``) to add hooks."""
 
     def __init__(self, function: Callable[..., Any], options: TaskOptions):
@@ -48,19 +55,21 @@ class Task:
         self.__name__ = function.__name__
         self.__module__ = function.__module__
         self.__wrapped__ = function
+        self.is_async = inspect.iscoroutinefunction(function)
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
 
     # -- running -------------------------------------------------------
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run in this process, like calling the function."""
         return self.run(*args, **kwargs)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
-        if self.options.bind:
-            return self.function(self, *args, **kwargs)
-        return self.function(*args, **kwargs)
+        call_args = (self, *args) if self.options.bind else args
+        if self.is_async:  # its thread's event loop, reused from task to task (core/aio.py)
+            return aio.run(self.function(*call_args, **kwargs))
+        return self.function(*call_args, **kwargs)
 
     @property
     def request(self) -> context.Request:
@@ -80,15 +89,21 @@ class Task:
         """Called in the worker after every run, whatever the outcome."""
 
     # -- calling -------------------------------------------------------
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """``add.delay(2, 3)``: send with default options."""
         return self.apply_async(args, kwargs)
 
-    def apply_async(self, args: tuple | list | None = None, kwargs: dict | None = None, **options: Any) -> AsyncResult:
+    def apply_async(self, args: tuple | list | None = None, kwargs: dict | None = None,
+                    **options: Any) -> AsyncResult[R]:
         """Send the task; see DESIGN §4 for the options."""
         return send(self.name, args, kwargs, options, task=self)
 
-    def delay_many(self, calls: Iterable[Sequence[Any]]) -> list[AsyncResult]:
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """``await add.adelay(2, 3)`` from an async view: ``delay`` in a worker thread (it may read routes
+        from the database), so the event loop is not blocked by the broker round trip."""
+        return await sync_to_async(self.apply_async)(args, kwargs)
+
+    def delay_many(self, calls: Iterable[Sequence[Any]]) -> list[AsyncResult[R]]:
         """``add.delay_many([(1, 2), (3, 4)])``: one task per argument tuple, sent together.
 
         On Redis the messages go out pipelined, hundreds per round trip; on
@@ -97,7 +112,7 @@ class Task:
         return self.apply_async_many([(args, None) for args in _checked_args(self.name, calls)])
 
     def apply_async_many(self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any] | None]],
-                         **options: Any) -> list[AsyncResult]:
+                         **options: Any) -> list[AsyncResult[R]]:
         """``add.apply_async_many([((1, 2), {}), ((3,), {"y": 4})], queue="fast")``: one task per
         ``(args, kwargs)`` pair, all with the same options (each gets its own id), sent together."""
         pairs = list(calls)
@@ -108,7 +123,7 @@ class Task:
                                 f"such as ((1, 2), {{}}), got {pair!r}; nothing was sent")
         return send_many(self.name, pairs, options, task=self)
 
-    def delay_on_commit(self, *args: Any, **kwargs: Any) -> None:
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
         """Send after the current transaction commits; never if it rolls back.
 
         Returns ``None`` because the task id does not exist until the commit,
@@ -116,7 +131,7 @@ class Task:
         """
         transaction.on_commit(lambda: self.apply_async(args, kwargs))
 
-    def apply(self, args: tuple | list | None = None, kwargs: dict | None = None, **options: Any) -> AsyncResult:
+    def apply(self, args: tuple | list | None = None, kwargs: dict | None = None, **options: Any) -> AsyncResult[R]:
         """Run now in this process and return an ``EagerResult`` (used by ALWAYS_EAGER)."""
         from ..worker.eager import execute_eagerly
 
@@ -148,15 +163,18 @@ class Task:
         """One message running ``it`` in parts of ``n`` as ``starmap``: a list of lists (``celery.chunks``)."""
         return builtin_signature("celery.chunks", self, it, n)
 
-    def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's name
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
         return AsyncResult(task_id, task_name=self.name)  # the module's class, not this method
 
     # -- inside a running task ----------------------------------------
     def update_state(self, state: str, meta: Any = None, task_id: str | None = None) -> None:
         """Record a custom state such as ``PROGRESS`` with ``meta`` (read back as ``AsyncResult.info``)."""
         request = self.request
+        target_id = task_id or request.id
+        if target_id is None:
+            raise ImproperlyConfigured(f"{self.name}.update_state() outside a running task needs task_id=")
         target = request.backend or get_backend()
-        target.mark(task_id or request.id, state, result=meta, request=request, task_name=self.name)
+        target.mark(target_id, state, result=meta, request=request, task_name=self.name)
 
     def retry(self, exc: BaseException | None = None, countdown: float | None = None, eta: datetime | None = None,
               max_retries: int | None = None, args: tuple | None = None, kwargs: dict | None = None) -> Retry:
@@ -201,8 +219,23 @@ class Task:
         raise retry
 
 
+@overload
+def task(function: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...  # type: ignore[overload-overlap]
+@overload
+def task(function: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def task(*, bind: Literal[True], **options: Any) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+@overload
+def task(*, bind: Literal[False] = False, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
 def task(function: Callable[..., Any] | None = None, **options: Any) -> Any:
-    """Declare a task: ``@task`` or ``@task(bind=True, queue="videos", ...)``."""
+    """Declare a task: ``@task`` or ``@task(bind=True, queue="videos", ...)``.
+
+    Typed so the task keeps its function's signature: ``add.delay(1, "x")``
+    is a type error for ``add(x: int, y: int)``, and with ``bind=True`` the
+    first parameter (the task itself) is not part of the call.
+    """
 
     def decorate(fn: Callable[..., Any]) -> Task:
         given = dict(options)  # not options.pop(): the decorator may be applied to several functions

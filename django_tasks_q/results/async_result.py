@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from ..core.states import EXCEPTION_STATES, PROPAGATE_STATES, TaskState
 from .backend import ResultBackend, ResultMeta, get_backend, rebuild_exception
 
 
-class AsyncResult:
+#: what the task returns: ``AsyncResult[int].get()`` is an ``int``
+R = TypeVar("R")
+
+
+class AsyncResult(Generic[R]):
     """Reads a task's result from the configured backend; caches it once ready."""
 
     def __init__(self, id: str, backend: ResultBackend | None = None, task_name: str | None = None):  # noqa: A002
@@ -79,8 +83,13 @@ class AsyncResult:
     def retries(self) -> int:
         return self._meta().retries
 
-    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.1) -> Any:
-        """Wait for the outcome; re-raise the task's exception when ``propagate``."""
+    @overload
+    def get(self, timeout: float | None = None, propagate: Literal[True] = True, interval: float = 0.1) -> R: ...
+    @overload
+    def get(self, timeout: float | None = None, *, propagate: bool, interval: float = 0.1) -> R | BaseException: ...
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.1) -> R | BaseException:
+        """Wait for the outcome; re-raise the task's exception when ``propagate`` (else return it)."""
         if self._ready_meta is None:
             self._ready_meta = self.backend.wait(self.id, timeout, interval)
         meta = self._ready_meta
@@ -92,6 +101,28 @@ class AsyncResult:
         return meta.result
 
     wait = get
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.1) -> Any:
+        """``await result.aget()`` from async code: polls the result backend without blocking the loop."""
+        import asyncio
+
+        from asgiref.sync import sync_to_async
+
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        delay = min(0.02, interval)
+        while True:
+            meta = await sync_to_async(self.backend.meta)(self.id)
+            if meta is not None and meta.ready:
+                self._ready_meta = meta
+                return self.get(propagate=propagate)
+            if deadline is not None and loop.time() >= deadline:
+                from ..exceptions import TimeoutError as ResultTimeout
+
+                raise ResultTimeout(f"task {self.id} not ready after {timeout}s "
+                                    f"(state {meta.state if meta else 'PENDING'})")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, interval)
 
     def forget(self) -> None:
         self._ready_meta = None
@@ -112,7 +143,7 @@ class AsyncResult:
         revoke([self.id], terminate=terminate, signal=signal, reason=reason)
 
 
-class EagerResult(AsyncResult):
+class EagerResult(AsyncResult[R]):
     """The outcome of a task run in this process (``apply()`` / ALWAYS_EAGER)."""
 
     def __init__(self, id: str, state: str, value: Any, traceback: str = "", task_name: str | None = None,  # noqa: A002
@@ -133,7 +164,12 @@ class EagerResult(AsyncResult):
 
     result = info
 
-    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.1) -> Any:
+    @overload
+    def get(self, timeout: float | None = None, propagate: Literal[True] = True, interval: float = 0.1) -> R: ...
+    @overload
+    def get(self, timeout: float | None = None, *, propagate: bool, interval: float = 0.1) -> R | BaseException: ...
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.1) -> R | BaseException:
         if self._exception is not None:
             if propagate:
                 raise self._exception

@@ -220,4 +220,33 @@ def needs_file(path):
         return fh.read()
 
 
+@task
+async def async_nap(seconds, note=""):
+    """An ``async def`` task: which loop ran it, so tests can see the loop is the thread's, reused."""
+    import asyncio
+
+    await asyncio.sleep(seconds)
+    return {"note": note, "loop": id(asyncio.get_running_loop())}
+
+
+@task(soft_time_limit=0.3)
+async def async_overrun(path):
+    """Sleeps past its soft limit; the cancellation reaches the coroutine, which notes it and re-raises."""
+    import asyncio
+
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        with open(path, "w") as fh:
+            fh.write("cancelled")
+        raise
+
+
+@task(bind=True, max_retries=3, default_retry_delay=0)
+async def async_flaky(self, succeed_on_attempt):
+    if self.request.retries + 1 < succeed_on_attempt:
+        raise self.retry(exc=ConnectionError(f"attempt {self.request.retries + 1} failed"))
+    return self.request.retries
+
+
 from . import workflow_tasks  # noqa: E402,F401  canvas test tasks (tests/integration/test_workflows_chain.py)
