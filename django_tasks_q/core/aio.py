@@ -12,9 +12,12 @@ its ``finally`` blocks run, and is raised as the task's outcome.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+from . import context
 
 T = TypeVar("T")
 #: seconds between wake-ups of a running task's loop
@@ -30,8 +33,17 @@ def thread_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def share_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """From now on, this thread's coroutine tasks run on ``loop``, running in another thread (``-P asyncio``)."""
+    _local.shared = loop
+
+
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` on this thread's loop; on an interruption, cancel it cleanly, then re-raise."""
+    """Run ``coroutine`` on this thread's loop -- or the pool's shared one -- and return its result; on an
+    interruption, cancel it, then re-raise."""
+    shared = getattr(_local, "shared", None)
+    if shared is not None:
+        return _run_on(shared, coroutine)
     loop = thread_loop()
     future = loop.create_task(coroutine)
     wake: list[asyncio.Handle] = []
@@ -57,4 +69,29 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
             handle.cancel()
 
 
-__all__ = ["run", "thread_loop"]
+def _run_on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
+    """Hand ``coroutine`` to ``loop`` and wait for it, looking up every ``TICK`` seconds so an exception
+    put into this thread (soft time limit, terminate) is seen; it cancels the coroutine on the loop."""
+    future = asyncio.run_coroutine_threadsafe(_as(context.current(), coroutine), loop)
+    try:
+        while True:
+            try:
+                return future.result(timeout=TICK)
+            except concurrent.futures.TimeoutError:
+                continue
+    except BaseException:
+        future.cancel()  # the coroutine gets CancelledError on the loop and cleans up there
+        raise
+
+
+async def _as(request: context.Request, coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` with the task's request: the loop's thread has none, and ``self.request``,
+    ``self.retry()`` and ``update_state()`` read it (each asyncio task has its own copy of the context)."""
+    context.push(request)
+    try:
+        return await coroutine
+    finally:
+        context.pop()
+
+
+__all__ = ["run", "share_loop", "thread_loop"]

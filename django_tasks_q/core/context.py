@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -43,20 +43,20 @@ class Request:
         return self.group_id
 
 
-_stack = threading.local()
+#: the requests of the tasks running here, innermost last: a context variable, so each thread -- and each
+#: asyncio task, which gets a copy of its creator's context -- sees only its own
+_requests: ContextVar[tuple[Request, ...]] = ContextVar("tasks_q_requests", default=())
 
 
 def push(request: Request) -> None:
-    if not hasattr(_stack, "items"):
-        _stack.items = []
-    _stack.items.append(request)
+    _requests.set((*_requests.get(), request))
 
 
 def pop() -> None:
-    _stack.items.pop()
+    _requests.set(_requests.get()[:-1])
 
 
 def current() -> Request:
-    """The request of the task running in this thread (an empty one outside tasks)."""
-    items = getattr(_stack, "items", None)
+    """The request of the task running in this thread or asyncio task (an empty one outside tasks)."""
+    items = _requests.get()
     return items[-1] if items else Request()

@@ -17,7 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("-Q", "--queues", default=None,
                             help="comma-separated queues to consume (default: TASKS_Q['DEFAULT_QUEUE'])")
         parser.add_argument("-c", "--concurrency", type=int, default=None, help="pool size (default: CPU count)")
-        parser.add_argument("-P", "--pool", choices=["prefork", "threads", "solo"], default="prefork")
+        parser.add_argument("-P", "--pool", choices=["prefork", "threads", "solo", "asyncio"], default="prefork")
         parser.add_argument("-n", "--hostname", default=None, help="worker name; %%h is the host name")
         parser.add_argument("-l", "--loglevel", default="INFO")
         parser.add_argument("--prefetch-multiplier", type=int, default=None)

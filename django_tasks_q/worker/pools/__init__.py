@@ -1,4 +1,4 @@
-"""Worker pools: ``solo`` (inline), ``threads``, ``prefork`` (child processes)."""
+"""Worker pools: ``solo`` (inline), ``threads``, ``prefork`` (child processes), ``asyncio`` (threads + one loop)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ from .base import Job, Pool
 
 
 def create_pool(name: str, concurrency: int, hostname: str, **options) -> Pool:
+    cls: type[Pool]
     if name == "solo":
         from .solo import SoloPool as cls
     elif name == "threads":
         from .threads import ThreadPool as cls
     elif name == "prefork":
         from .prefork import PreforkPool as cls
+    elif name == "asyncio":
+        from .asyncio import AsyncioPool as cls
     else:
-        raise ImproperlyConfigured(f"unknown pool {name!r}; use solo, threads or prefork")
+        raise ImproperlyConfigured(f"unknown pool {name!r}; use solo, threads, prefork or asyncio")
     return cls(concurrency, hostname, **options)
 
 
