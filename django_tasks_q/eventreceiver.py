@@ -60,7 +60,7 @@ QUIET_TYPES = frozenset({"worker-heartbeat"})
 def describe(event: dict[str, Any], name: str = "") -> str:
     """One line of the live view for ``event`` (``name``: the task name when the event lacks it)."""
     kind = str(event.get("type", "?"))
-    stamp = event.get("timestamp")
+    stamp: Any = event.get("timestamp")  # None or junk: float() raises, caught below
     try:
         at = timezone.localtime(datetime.fromtimestamp(float(stamp), tz=dt_timezone.utc)).strftime("%H:%M:%S")
     except (TypeError, ValueError, OverflowError, OSError):
@@ -162,11 +162,12 @@ class EventReceiver:
                 self.housekeeping()
                 if embedded and time.monotonic() - bound_at >= REBIND_EVERY:
                     bound_at = time.monotonic()
-                    consumer.queues[0].declare()  # a publisher may have taken us for dead: bind again
+                    # a publisher may have taken us for dead: bind again
+                    consumer.queues[0].declare()  # type: ignore[index]  # kombu types queues as None
             try:
                 consumer.cancel()
                 if embedded:  # nothing deletes it there: do it now
-                    consumer.queues[0].delete()
+                    consumer.queues[0].delete()  # type: ignore[index]  # kombu types queues as None
             except Exception:  # the queue goes with the connection anyway
                 logger.debug("could not remove the event queue", exc_info=True)
 

@@ -379,8 +379,9 @@ def activity_series(window: timedelta, buckets: int, *, now: datetime | None = N
     end = now.astimezone(dt_timezone.utc).replace(second=0, microsecond=0) + timedelta(minutes=1)
     start = end - window
     size = window / buckets
-    series = [{"start": (start + size * i).isoformat(), "succeeded": 0, "failed": 0, "retried": 0,
-               "runtime_avg": None, "_runtime": 0.0} for i in range(buckets)]
+    series: list[dict[str, Any]] = [
+        {"start": (start + size * i).isoformat(), "succeeded": 0, "failed": 0, "retried": 0,
+         "runtime_avg": None, "_runtime": 0.0} for i in range(buckets)]
     rows = (TaskActivity.objects.filter(minute__gte=start, minute__lt=end).values("minute")
             .annotate(succeeded=Sum("succeeded"), failed=Sum("failed"), retried=Sum("retried"),
                       runtime=Sum("runtime_total")))

@@ -15,7 +15,7 @@ nothing is written -- not even a schedule row -- unless the whole form is valid.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from django import forms
 from django.contrib.admin import widgets
@@ -28,9 +28,12 @@ from django.utils.html import format_html, format_html_join
 from ..beat.entries import SCHEDULE_COLUMNS
 from ..core.registry import registry
 from ..models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
-from ..models.schedules import SCHEDULE_FIELDS
+from ..models.schedules import SCHEDULE_FIELDS, ScheduleRow
 
-SCHEDULE_MODELS: dict[str, type[models.Model]] = {
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _FieldGroups, _FieldOpts
+
+SCHEDULE_MODELS: dict[str, type[ScheduleRow]] = {
     "interval": IntervalSchedule,
     "crontab": CrontabSchedule,
     "clocked": ClockedSchedule,
@@ -63,7 +66,7 @@ class TaskNameInput(forms.TextInput):
 class JSONValueField(forms.JSONField):
     """JSON text that must decode to ``kind`` (list or dict); empty means ``kind()``."""
 
-    KIND_NAMES = {list: "list, e.g. [1, 2]", dict: 'object, e.g. {"day": "monday"}'}
+    KIND_NAMES: ClassVar[dict[type, str]] = {list: "list, e.g. [1, 2]", dict: 'object, e.g. {"day": "monday"}'}
 
     def __init__(self, *, kind: type, **kwargs: Any):
         self.kind = kind
@@ -90,17 +93,18 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), "a number")
 
 
-def _column(model: type[models.Model], name: str, **kwargs: Any) -> forms.Field:
+def _column(model: type[ScheduleRow], name: str, **kwargs: Any) -> forms.Field:
     """The schedule model's own form field, optional here: only the chosen kind's fields are required."""
-    return model._meta.get_field(name).formfield(required=False, **kwargs)
+    field = cast("models.Field[Any, Any]", model._meta.get_field(name))  # a concrete column, not a relation
+    return cast(forms.Field, field.formfield(required=False, **kwargs))  # None only for non-editable fields
 
 
-def _existing(model: type[models.Model], values: dict[str, Any]) -> models.Model | None:
+def _existing(model: type[ScheduleRow], values: dict[str, Any]) -> ScheduleRow | None:
     """The schedule row with exactly ``values``; the oldest if there are several (crontabs may repeat)."""
     return model.objects.filter(**values).order_by("pk").first()
 
 
-def find_or_create(model: type[models.Model], values: dict[str, Any]) -> models.Model:
+def find_or_create(model: type[ScheduleRow], values: dict[str, Any]) -> ScheduleRow:
     """The schedule row with exactly ``values``, created if there is none."""
     return _existing(model, values) or model.objects.get_or_create(**values)[0]
 
@@ -137,7 +141,7 @@ class PeriodicTaskForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         #: (kind, row) once clean() succeeds; the row is unsaved if no such schedule exists yet
-        self.schedule: tuple[str, models.Model] | None = None
+        self.schedule: tuple[str, ScheduleRow] | None = None
         if "priority" in self.fields:
             self.fields["priority"].validators.append(MaxValueValidator(255))
         kind = next((k for k in SCHEDULE_FIELDS if getattr(self.instance, f"{k}_id", None) is not None), None)
@@ -148,18 +152,18 @@ class PeriodicTaskForm(forms.ModelForm):
                 self.initial.setdefault(column, getattr(row, column))
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        cleaned = cast("dict[str, Any]", super().clean())  # ModelForm.clean() returns cleaned_data
         kind = cleaned.get("schedule_kind")
         if kind:
             for other, columns in SCHEDULE_COLUMNS.items():
                 if other != kind:  # the other kinds' fields are ignored, typos and all
                     for column in columns:
-                        self._errors.pop(column, None)
+                        self._errors.pop(column, None)  # type: ignore[attr-defined]  # private Django form attribute
             row = self._schedule_row(kind, cleaned)
             self.schedule = None if row is None else (kind, row)
         return cleaned
 
-    def _schedule_row(self, kind: str, cleaned: dict[str, Any]) -> models.Model | None:
+    def _schedule_row(self, kind: str, cleaned: dict[str, Any]) -> ScheduleRow | None:
         """The chosen kind's row, validated by the model; None (with field errors) if invalid."""
         columns = SCHEDULE_COLUMNS[kind]
         if any(self.has_error(column) for column in columns):
@@ -183,7 +187,7 @@ class PeriodicTaskForm(forms.ModelForm):
     def _post_clean(self) -> None:
         if self.schedule is not None:
             self._point_at(*self.schedule)
-        super()._post_clean()
+        super()._post_clean()  # type: ignore[misc]  # private Django form method
 
     def _update_errors(self, errors: ValidationError) -> None:
         # PeriodicTask.clean() checks the schedule foreign keys by id. This form sets
@@ -196,9 +200,9 @@ class PeriodicTaskForm(forms.ModelForm):
                 errors.error_dict.pop(name, None)
             if not errors.error_dict:
                 return
-        super()._update_errors(errors)
+        super()._update_errors(errors)  # type: ignore[misc]  # private Django form method
 
-    def _point_at(self, kind: str, row: models.Model) -> None:
+    def _point_at(self, kind: str, row: ScheduleRow) -> None:
         for name in SCHEDULE_FIELDS:
             setattr(self.instance, name, row if name == kind else None)
 
@@ -213,11 +217,11 @@ class PeriodicTaskForm(forms.ModelForm):
         return super().save(commit)
 
 
-def kind_fieldsets() -> list[tuple[str, dict]]:
+def kind_fieldsets() -> list[tuple[str, _FieldOpts]]:
     """Admin fieldsets for the inline schedule: the kind, then one fieldset per kind."""
-    sets = [("Schedule", {"fields": ["schedule_kind"]})]
+    sets: list[tuple[str, _FieldOpts]] = [("Schedule", {"fields": ["schedule_kind"]})]
     for kind, label in KIND_CHOICES:
-        fields = list(SCHEDULE_COLUMNS[kind])
+        fields: _FieldGroups = list(SCHEDULE_COLUMNS[kind])
         if kind == "crontab":
             fields = [("minute", "hour"), ("day_of_week", "day_of_month", "month_of_year"), "timezone"]
         sets.append((label.split(":")[0] + " schedule", {"fields": fields,

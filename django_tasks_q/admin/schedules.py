@@ -12,11 +12,11 @@ pages show what a schedule means: a description, and the next runs.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import ClassVar
 from zoneinfo import ZoneInfo
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import display_for_value
-from django.db import models
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
@@ -26,12 +26,13 @@ from ..core.calling import send
 from ..core.registry import registry
 from ..exceptions import BrokerUnavailable, EncodeError, ImproperlyConfigured
 from ..models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
+from ..models.schedules import ScheduleRow
 from .schedule_forms import PeriodicTaskForm, kind_fieldsets
 
 NEXT_RUNS = 5
 
 
-def _describe(row: models.Model | None) -> str:
+def _describe(row: ScheduleRow | None) -> str:
     if row is None:
         return "-"
     try:
@@ -119,14 +120,14 @@ class PeriodicTaskAdmin(admin.ModelAdmin):
 class ScheduleAdmin(admin.ModelAdmin):
     """What every schedule page shows: the schedule in words and how many tasks use it."""
 
-    readonly_fields = ("description_display", "tasks_display")
+    readonly_fields: ClassVar[tuple[str, ...]] = ("description_display", "tasks_display")
 
     @admin.display(description="description")
-    def description_display(self, obj: models.Model | None) -> str:
+    def description_display(self, obj: ScheduleRow | None) -> str:
         return _describe(obj) if obj is not None and obj.pk is not None else "-"
 
     @admin.display(description="used by")
-    def tasks_display(self, obj: models.Model | None) -> str:
+    def tasks_display(self, obj: ScheduleRow | None) -> str:
         if obj is None or obj.pk is None:
             return "-"
         names = list(obj.periodictask_set.order_by("name").values_list("name", flat=True)[:20])

@@ -48,6 +48,7 @@ def fingerprint(task: PeriodicTask) -> str:
 
 def reference(task: PeriodicTask) -> datetime | None:
     if task.clocked_id:  # an explicit one-off time is the intent: it runs (once) even if first seen late
+        assert task.clocked is not None  # a set clocked_id loads its row (or raises DoesNotExist)
         return task.last_run_at or datetime.min.replace(tzinfo=task.clocked.clocked_time.tzinfo)
     moments = [m for m in (task.last_run_at, task.baseline_at) if m is not None]
     return max(moments) if moments else None
@@ -76,7 +77,9 @@ class Decision:
 
 def decide(task: PeriodicTask, due: datetime, now: datetime) -> Decision:
     """What to do with a task whose ``due`` time has come."""
-    slot = task.schedule_row.as_schedule().last_at_or_before(now) or due
+    row = task.schedule_row
+    assert row is not None  # next_run_at() gave a due time, so the task has a schedule
+    slot = row.as_schedule().last_at_or_before(now) or due
     missed = now - due > GRACE
     return Decision(send=not (missed and task.catch_up == PeriodicTask.CatchUp.NONE), slot=max(slot, due))
 

@@ -21,10 +21,11 @@ dict read off the wire or out of the database.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast, overload
 
 from ..conf import settings
 from ..exceptions import ImproperlyConfigured
@@ -86,10 +87,10 @@ class Signature(dict):
         return self.options.get("task_id")
 
     @classmethod
-    def register_type(cls, name: str | None = None) -> Callable[[type], type]:
+    def register_type(cls, name: str | None = None) -> Callable[[builtins.type], builtins.type]:
         """Class decorator: ``signature(d)`` builds this class for ``d["subtask_type"] == name``."""
 
-        def register(klass: type) -> type:
+        def register(klass: builtins.type) -> builtins.type:  # ``type`` is the property above
             cls.TYPES[name or klass.__name__] = klass
             return klass
 
@@ -221,6 +222,12 @@ def signature(varies: Any, args: Iterable | None = None, kwargs: dict | None = N
     return Signature(varies, args, kwargs, {**dict(options or {}), **opts})
 
 
+@overload
+def maybe_signature(value: None) -> None: ...
+@overload
+def maybe_signature(value: dict) -> Signature: ...
+@overload
+def maybe_signature(value: Any) -> Signature | None: ...
 def maybe_signature(value: Any) -> Signature | None:
     """A ``Signature`` for a signature or a dict; ``None`` stays ``None``."""
     if value is None or isinstance(value, Signature):
@@ -327,13 +334,14 @@ class chain(Signature):  # noqa: N801 - Celery's name
         last: EagerResult | None = None
         for step in steps:
             if last is not None and last._exception is not None:
-                result = EagerResult(step.freeze().id, TaskState.FAILURE, None, last.traceback or "",
+                result: EagerResult[Any] = EagerResult(step.freeze().id, TaskState.FAILURE, None, last.traceback or "",
                                      task_name=step.task, exception=last._exception)
             else:
                 previous = () if last is None else (last.get(),)
                 result = step.apply(previous)
             result.parent = last
             last = result
+        assert last is not None  # _steps() refuses an empty chain
         return last
 
 
@@ -403,5 +411,5 @@ def builtin_signature(name: str, task: Any, it: Iterable, n: int | None = None) 
     """What ``Task.map/starmap/chunks`` return; ``task`` is a ``Task`` or a signature."""
     sig = task if isinstance(task, dict) else Signature(task)
     if name == "celery.chunks":
-        return chunks(sig, it, n)
+        return chunks(sig, it, cast(int, n))  # chunks() itself rejects a missing n
     return (xmap if name == "celery.map" else xstarmap)(sig, it)

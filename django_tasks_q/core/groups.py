@@ -92,7 +92,8 @@ class group(Signature):  # noqa: N801 - Celery's name
         partial_args = tuple(args or ()) + tuple(self.args)
         return [t.clone(partial_args, kwargs) if (partial_args or kwargs) else t.clone() for t in self.tasks]
 
-    def freeze(self, _id: str | None = None, **options: Any) -> GroupResult:
+    def freeze(  # type: ignore[override]  # Celery's API: a group's is a GroupResult
+            self, _id: str | None = None, **options: Any) -> GroupResult:
         """Fix the group id (``options["task_id"]``) and the members' task ids now."""
         self.options.update({k: v for k, v in options.items() if v is not None})
         if _id is not None:
@@ -100,8 +101,8 @@ class group(Signature):  # noqa: N801 - Celery's name
         group_id = self.options.setdefault("task_id", str(uuid.uuid4()))
         return GroupResult(group_id, [t.freeze() for t in self.tasks])
 
-    def apply_async(self, args: Iterable | None = None, kwargs: dict | None = None,
-                    **options: Any) -> GroupResult:
+    def apply_async(  # type: ignore[override]  # Celery's API: a group's is a GroupResult
+            self, args: Iterable | None = None, kwargs: dict | None = None, **options: Any) -> GroupResult:
         """Send every member with the group's id and its index; the results in member order."""
         options = {**self.options, **options}
         rest = options.pop("chain", None)
@@ -110,7 +111,9 @@ class group(Signature):  # noqa: N801 - Celery's name
             header.options["task_id"] = options.pop("task_id", None) or options.pop("group_id", None) \
                 or str(uuid.uuid4())
             body = chain(*[maybe_signature(step) for step in reversed(rest)])
-            return chord(header, body if len(body.tasks) > 1 else body.tasks[0]).apply_async(args, kwargs, **options)
+            # the chord body's result, not a GroupResult: only a chain step passes chain=, and it drops it
+            made = chord(header, body if len(body.tasks) > 1 else body.tasks[0])
+            return made.apply_async(args, kwargs, **options)  # type: ignore[return-value]  # chain= callers drop it
         if settings.ALWAYS_EAGER:
             return self.apply(args, kwargs, **options)
         group_id = options.get("group_id") or options.get("task_id") or str(uuid.uuid4())
@@ -121,7 +124,8 @@ class group(Signature):  # noqa: N801 - Celery's name
             results.append(member.apply_async(**common))
         return GroupResult(group_id, results)
 
-    def apply(self, args: Iterable | None = None, kwargs: dict | None = None, **options: Any) -> GroupResult:
+    def apply(  # type: ignore[override]  # Celery's API: a group's is a GroupResult
+            self, args: Iterable | None = None, kwargs: dict | None = None, **options: Any) -> GroupResult:
         """Run every member here, in order (``ALWAYS_EAGER``)."""
         group_id = options.get("group_id") or options.get("task_id") or self.options.get("task_id") \
             or str(uuid.uuid4())
@@ -250,8 +254,8 @@ class chord(Signature):  # noqa: N801 - Celery's name
 
                 call_errbacks(_as_list(body.options.get("link_error")),
                               Request(id=body_id, task=body.task, root_id=body_id, is_eager=True), error, str(error))
-                result = EagerResult(body_id, TaskState.FAILURE, describe_exception(error), str(error),
-                                     task_name=body.task, exception=error)
+                result: EagerResult[Any] = EagerResult(body_id, TaskState.FAILURE, describe_exception(error),
+                                                       str(error), task_name=body.task, exception=error)
                 result.parent = header
                 return result
         result = body.apply((header.get(),))
@@ -260,7 +264,7 @@ class chord(Signature):  # noqa: N801 - Celery's name
 
 
 def _result(body_id: str, body: Signature, header: GroupResult) -> AsyncResult:
-    result = AsyncResult(body_id, task_name=body.task)
+    result: AsyncResult[Any] = AsyncResult(body_id, task_name=body.task)
     result.parent = header
     return result
 

@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, cast
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
@@ -136,7 +136,8 @@ def _merge(sources: list[tuple[str, dict[str, Any] | None]]) -> tuple[Route, str
             for _weaker_label, weaker in sources[index + 1:]:
                 if weaker and picked.get("priority") is None and weaker.get("priority") is not None:
                     picked["priority"] = weaker["priority"]
-            return Route(**{name: picked.get(name) for name in FIELDS}), label
+            chosen: dict[str, Any] = {name: picked.get(name) for name in FIELDS}
+            return Route(**chosen), label
     raise AssertionError("DEFAULT_QUEUE always names a queue")
 
 
@@ -151,6 +152,8 @@ def explain(task_name: str, *, call: dict | None = None, task: dict | None = Non
     sources = _sources(task_name, call or {}, task or {})
     _, decided_by = _merge(sources)
     return [Step(rule=label, matched=bool(fields), decided=label == decided_by,
-                 route=Route(**{f: fields.get(f) for f in FIELDS}) if fields and fields.get("queue") else
-                 (Route(queue="", **{f: fields.get(f) for f in FIELDS if f != "queue"}) if fields else None))
+                 route=Route(**cast("dict[str, Any]", {f: fields.get(f) for f in FIELDS}))
+                 if fields and fields.get("queue") else
+                 (Route(queue="", **cast("dict[str, Any]", {f: fields.get(f) for f in FIELDS if f != "queue"}))
+                  if fields else None))
             for label, fields in sources]

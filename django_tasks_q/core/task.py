@@ -220,7 +220,7 @@ class Task(Generic[P, R]):
 
 
 @overload
-def task(function: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...  # type: ignore[overload-overlap]
+def task(function: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
 @overload
 def task(function: Callable[P, R], /) -> Task[P, R]: ...
 @overload

@@ -8,6 +8,8 @@ schedule row turns itself into one of those values with ``as_schedule()``.
 
 from __future__ import annotations
 
+from typing import TypeAlias, Union
+
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
@@ -147,6 +149,8 @@ class SolarSchedule(models.Model):
 
 
 SCHEDULE_FIELDS = ("interval", "crontab", "clocked", "solar")
+#: any of the four schedule rows (for type hints: each has ``as_schedule()``)
+ScheduleRow: TypeAlias = Union[IntervalSchedule, CrontabSchedule, ClockedSchedule, SolarSchedule]
 
 
 def _exactly_one_schedule() -> Q:
@@ -210,7 +214,7 @@ class PeriodicTask(models.Model):
         return f"{self.name}: {self.schedule_row}"
 
     @property
-    def schedule_row(self) -> models.Model | None:
+    def schedule_row(self) -> ScheduleRow | None:
         for name in SCHEDULE_FIELDS:
             row = getattr(self, name)
             if row is not None:

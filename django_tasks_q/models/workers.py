@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import models
 from django.utils import timezone
@@ -44,7 +44,7 @@ class Worker(models.Model):
     def __str__(self) -> str:
         return f"{self.hostname} ({'online' if self.is_online() else 'offline'})"
 
-    def is_online(self, now: timezone.datetime | None = None) -> bool:
+    def is_online(self, now: datetime | None = None) -> bool:
         """Beating within three intervals and not stopped."""
         if self.stopped_at is not None or self.last_heartbeat is None:
             return False

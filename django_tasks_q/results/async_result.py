@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from ..core.states import EXCEPTION_STATES, PROPAGATE_STATES, TaskState
 from .backend import ResultBackend, ResultMeta, get_backend, rebuild_exception
+
+if TYPE_CHECKING:
+    from .group_result import GroupResult
 
 
 #: what the task returns: ``AsyncResult[int].get()`` is an ``int``
@@ -22,8 +25,9 @@ class AsyncResult(Generic[R]):
         self.task_name = task_name
         self._backend = backend
         self._ready_meta: ResultMeta | None = None
-        #: the result of the task before this one in a chain (set by ``chain.apply_async``, client side)
-        self.parent: AsyncResult | None = None
+        #: the result of the task before this one in a chain (set by ``chain.apply_async``, client side),
+        #: or the header's ``GroupResult`` for a chord's body
+        self.parent: AsyncResult | GroupResult | None = None
 
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"

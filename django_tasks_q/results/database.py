@@ -14,18 +14,21 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.db import close_old_connections, connections, router
 from django.db.utils import DatabaseError, InterfaceError, OperationalError
 from django.utils import timezone
+
+if TYPE_CHECKING:
+    from django.db.models import Field
 
 from ..core.states import READY_STATES, TaskState
 from ..models import TaskResult
 from .backend import ResultBackend, ResultMeta
 
 _COMMON = ("state", "task_name", "result", "traceback", "retries")
-_BY_STATE = {
+_BY_STATE: dict[str, tuple[str, ...]] = {
     TaskState.RECEIVED: ("date_received", "worker", "queue", "args", "kwargs"),
     # a task started at once was never written as RECEIVED: keep the receipt date if there is one
     TaskState.STARTED: ("date_started", "worker", "date_received"),
@@ -45,11 +48,12 @@ def _upsert_sql(alias: str, update: tuple[str, ...]) -> tuple[str, list]:
     quote = connection.ops.quote_name
     table = quote(TaskResult._meta.db_table)
     fields = [f for f in TaskResult._meta.concrete_fields if not f.primary_key]
-    columns = ", ".join(quote(f.column) for f in fields)
+    columns = ", ".join(quote(cast(str, f.column)) for f in fields)  # concrete fields have a column
     placeholders = ", ".join(["%s"] * len(fields))
     assignments = []
     for name in update:
-        column = quote(TaskResult._meta.get_field(name).column)
+        field = cast("Field[Any, Any]", TaskResult._meta.get_field(name))  # update names are concrete fields
+        column = quote(cast(str, field.column))
         if name in _KEEP_EXISTING:
             assignments.append(f"{column} = COALESCE({table}.{column}, EXCLUDED.{column})")
         else:

@@ -69,7 +69,8 @@ def _runtime_histogram(out: Exposition) -> None:
     for row in rows:
         task = row["task_name"] or "<unknown>"
         for index, bound in enumerate(BUCKETS):
-            out.sample("tasksq_task_runtime_seconds_bucket", row[f"le_{index}"], task=task, le=bound)
+            count = row[f"le_{index}"]  # type: ignore[literal-required]  # stubs drop **buckets keys
+            out.sample("tasksq_task_runtime_seconds_bucket", count, task=task, le=bound)
         out.sample("tasksq_task_runtime_seconds_bucket", row["total"], task=task, le="+Inf")
         out.sample("tasksq_task_runtime_seconds_sum", float(row["seconds"] or 0.0), task=task)
         out.sample("tasksq_task_runtime_seconds_count", row["total"], task=task)

@@ -176,10 +176,11 @@ def _series_from_results(window: timedelta, buckets: int, now: datetime) -> list
     start = now - window
     rows = (TaskResult.objects.filter(date_done__gt=start, date_done__lte=now, state__in=[*READY_STATES, "RETRY"])
             .values_list("date_done", "state", "runtime"))
-    out = [{"start": (start + step * i).isoformat(), "succeeded": 0, "failed": 0, "retried": 0,
-            "runtime_avg": None, "_runtimes": []} for i in range(buckets)]
-    names = {TaskState.SUCCESS: "succeeded", TaskState.FAILURE: "failed", TaskState.RETRY: "retried"}
+    out: list[dict[str, Any]] = [{"start": (start + step * i).isoformat(), "succeeded": 0, "failed": 0,
+                                  "retried": 0, "runtime_avg": None, "_runtimes": []} for i in range(buckets)]
+    names: dict[str, str] = {TaskState.SUCCESS: "succeeded", TaskState.FAILURE: "failed", TaskState.RETRY: "retried"}
     for done, state, runtime in rows:
+        assert done is not None  # filtered on date_done above
         index = min(buckets - 1, int((done - start) / step))
         if state in names:
             out[index][names[state]] += 1

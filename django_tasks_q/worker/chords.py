@@ -20,6 +20,7 @@ one chord's header.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from django.db import transaction
@@ -79,7 +80,7 @@ def _fail_chords_ahead(message: TaskMessage, retval: Any, backend: Any) -> None:
             _fail_chord(message, body, retval, backend, group_id)
 
 
-def _increment(group_id: str) -> dict | None:
+def _increment(group_id: str) -> Mapping[str, Any] | None:
     from ..models import ChordCounter
 
     with transaction.atomic(using=_alias()):
@@ -113,7 +114,7 @@ def header_results(result_ids: list[str]) -> list[Any]:
     return [found.get(task_id) for task_id in result_ids]
 
 
-def _fire(counter: dict, backend: Any) -> None:
+def _fire(counter: Mapping[str, Any], backend: Any) -> None:
     from ..core.canvas import signature
     from ..models import ChordCounter
 

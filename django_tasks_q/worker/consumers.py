@@ -37,14 +37,15 @@ class ConsumerSet:
     def start(self, names: list[str]) -> None:
         """Declare and consume each queue; a declaration the broker refuses stops the worker (startup)."""
         for name in names:
-            consumer = self._make(self.channel, consumer_queue(name, self.hostname), name)
+            queue = consumer_queue(name, self.hostname)
+            consumer = self._make(self.channel, queue, name)
             try:
                 consumer.declare()
             except self.connection.recoverable_connection_errors:
                 raise  # e.g. the database behind django:// is down: reconnect, do not exit
             except self.connection.channel_errors as exc:  # not transient: retrying cannot fix it
                 raise ImproperlyConfigured(
-                    f"the broker refused queue {name!r} as declared here ({describe_queue(consumer.queues[0])}): "
+                    f"the broker refused queue {name!r} as declared here ({describe_queue(queue)}): "
                     f"{exc}; fix the Queue row or TASKS_Q['QUEUES'], or delete the old declaration") from exc
             consumer.consume()
             self.consumers[name] = consumer

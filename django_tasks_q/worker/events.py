@@ -251,7 +251,8 @@ class EventDispatcher:
 
     # -- the sender thread -----------------------------------------------
     def _run(self) -> None:
-        connection = producer = None
+        connection: Any = None
+        producer: Producer | None = None
         retry_at = 0.0
         while True:
             item = self._queue.get()
@@ -281,7 +282,8 @@ class EventDispatcher:
                 self._dropped += 1
                 self._complain("could not publish event %s (%s: %s); dropped %d event(s) so far",
                                event.get("type"), type(exc).__name__, exc, self._dropped)
-                connection, producer = _release(connection), None
+                _release(connection)
+                connection = producer = None
                 retry_at = time.monotonic() + RETRY_AFTER
         _release(connection)
 
@@ -305,7 +307,6 @@ def _release(connection: Any) -> None:
             connection.release()
         except Exception:  # it is being thrown away anyway
             logger.debug("closing the event connection failed", exc_info=True)
-    return None
 
 
 __all__ = ["EXCHANGE_NAME", "SW_IDENT", "EventDispatcher", "django_listeners", "exchange_for", "supported",

@@ -40,7 +40,7 @@ import logging
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 from ..exceptions import SoftTimeLimitExceeded, TaskRevokedError
 
@@ -123,6 +123,7 @@ class Guard:
         if not self.interruptible:
             return self
         global _main_guard
+        assert self.task_id is not None  # interruptible implies a task id
         self._thread = threading.get_ident()
         self._use_signal = threading.current_thread() is threading.main_thread()
         with _registry_lock:
@@ -148,7 +149,7 @@ class Guard:
                 self._timer.start()
         return self
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
         if not self.interruptible:
             return False
         for _attempt in range(3):

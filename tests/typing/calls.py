@@ -1,5 +1,5 @@
-"""Checked by mypy in tests/unit/test_typing.py, never run: each line marked ``# E: text`` must be
-reported by mypy with that text, and no other line may be."""
+"""Checked by mypy in tests/unit/test_typing.py, never run: each call below whose comment starts with
+``E:`` must be reported by mypy with the text after it, and no other line may be."""
 
 from django_tasks_q import AsyncResult, Task, task
 

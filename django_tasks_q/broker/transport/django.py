@@ -72,12 +72,12 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from queue import Empty
 from time import monotonic
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import django
 from django.apps import apps
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
-from django.db.models import F, Model, Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.utils.json import dumps, loads
@@ -86,6 +86,9 @@ from kombu.utils.uuid import uuid
 from ..delayed import PARK_HEADER, RELEASE_LEAD
 from .django_bindings import BindingsMixin, ExchangeTypeMismatch, Unroutable
 from .keeper import KeeperMixin, held_tags
+
+if TYPE_CHECKING:
+    from ...models import BrokerMessage
 
 __all__ = ["Channel", "ExchangeTypeMismatch", "Transport", "Unroutable", "register"]
 
@@ -125,10 +128,10 @@ def _unclaimed(now: datetime) -> Q:
     return Q(reserved_until__isnull=True) | Q(reserved_until__lt=now)
 
 
-class Channel(BindingsMixin, virtual.Channel):
+class Channel(BindingsMixin, virtual.Channel):  # type: ignore[misc]  # kombu types deadletter_queue as None
     """A virtual channel whose queues are rows of ``BrokerMessage``, bound by rows of ``BrokerBinding``."""
 
-    from_transport_options = (
+    from_transport_options = (  # type: ignore[assignment]  # kombu infers a fixed-length tuple
         *virtual.Channel.from_transport_options, "database", "visibility_timeout", "binding_cache_ttl"
     )
     database: str = "default"
@@ -140,7 +143,7 @@ class Channel(BindingsMixin, virtual.Channel):
         self.visibility_timeout = float(self.visibility_timeout)
         if self.visibility_timeout <= 0:
             raise ValueError(f"django:// visibility_timeout must be positive, got {self.visibility_timeout!r}")
-        self.model: type[Model] = apps.get_model("django_tasks_q", "BrokerMessage")
+        self.model: type[BrokerMessage] = apps.get_model("django_tasks_q", "BrokerMessage")
         self._no_ack_consumers: dict[str, str] = {}  # consumer tag -> queue
         self._last_warning = -WARN_EVERY
 
@@ -150,7 +153,7 @@ class Channel(BindingsMixin, virtual.Channel):
         return self.visibility_timeout / 3
 
     @property
-    def _rows(self) -> QuerySet:
+    def _rows(self) -> QuerySet[BrokerMessage]:
         return self.model.objects.using(self.database)
 
     # -- kombu's storage interface --------------------------------------------------
@@ -191,7 +194,7 @@ class Channel(BindingsMixin, virtual.Channel):
         soon = timezone.now() + timedelta(seconds=RELEASE_LEAD)
         return self._retrying(self._rows.filter(visible_at__lte=soon).update, visible_at=None)
 
-    def _claim_locked(self, ready: QuerySet, deadline: datetime) -> Model | None:
+    def _claim_locked(self, ready: QuerySet[BrokerMessage], deadline: datetime) -> BrokerMessage | None:
         """Row-lock the first candidate, skipping rows other consumers are claiming."""
         with transaction.atomic(using=self.database):
             row = ready.select_for_update(skip_locked=True).first()
@@ -199,7 +202,8 @@ class Channel(BindingsMixin, virtual.Channel):
                 self._rows.filter(pk=row.pk).update(reserved_until=deadline, delivery_count=F("delivery_count") + 1)
         return row
 
-    def _claim_optimistic(self, ready: QuerySet, now: datetime, deadline: datetime) -> Model | None:
+    def _claim_optimistic(self, ready: QuerySet[BrokerMessage], now: datetime,
+                          deadline: datetime) -> BrokerMessage | None:
         """Compare-and-set: the UPDATE matches only if nobody claimed the row since we read it."""
         for _ in range(CLAIM_ROUNDS):
             candidates = list(ready[:CLAIM_BATCH])
@@ -342,7 +346,7 @@ class Channel(BindingsMixin, virtual.Channel):
             self.connection.wake()
 
 
-class Transport(KeeperMixin, virtual.Transport):
+class Transport(KeeperMixin, virtual.Transport):  # type: ignore[misc]  # kombu types channels as None
     """The ``django://`` transport: polls with backoff and keeps claims alive."""
 
     Channel = Channel
@@ -350,8 +354,10 @@ class Transport(KeeperMixin, virtual.Transport):
     keeper_name = "django-transport-keeper"
     #: First sleep of an idle poller; it doubles up to ``polling_interval``.
     min_polling_interval = 0.005
-    connection_errors = (*virtual.Transport.connection_errors, InterfaceError, OperationalError)
-    channel_errors = (*virtual.Transport.channel_errors, DatabaseError)
+    connection_errors = (  # type: ignore[assignment]  # kombu infers a one-item tuple
+        *virtual.Transport.connection_errors, InterfaceError, OperationalError)
+    channel_errors = (  # type: ignore[assignment]  # kombu infers a one-item tuple
+        *virtual.Transport.channel_errors, DatabaseError)
     # kombu's ensure() (publish with retry) reconnects and retries on these only; an
     # Unroutable or ExchangeTypeMismatch is raised at once, as py-amqp's channel errors are.
     recoverable_connection_errors = connection_errors
@@ -371,7 +377,8 @@ class Transport(KeeperMixin, virtual.Transport):
         """Cut the current idle sleep short (an ack freed prefetch capacity)."""
         self._wakeup.set()
 
-    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+    def drain_events(  # type: ignore[override]  # as kombu's virtual.Transport does
+            self, connection: Any, timeout: float | None = None) -> None:
         """Deliver one message; while every queue is empty sleep, backing off.
 
         Raises ``socket.timeout`` once ``timeout`` seconds pass without a message.
@@ -379,7 +386,8 @@ class Transport(KeeperMixin, virtual.Transport):
         start = monotonic()
         while True:
             try:
-                self.cycle.get(self._deliver, timeout=timeout)
+                self.cycle.get(  # type: ignore[attr-defined]  # kombu types cycle as None
+                    self._deliver, timeout=timeout)
             except Empty:
                 pass
             else:

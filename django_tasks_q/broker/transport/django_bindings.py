@@ -95,7 +95,8 @@ class BindingsMixin:
 
     binding_cache_ttl: float = 1.0
     supports_fanout = True
-    exchange_types = {**virtual.Channel.exchange_types, "topic": TopicExchange}  # AMQP's # and *
+    #: classes here; kombu's ``Channel.__init__`` replaces them with instances
+    exchange_types: dict[str, Any] = {**virtual.Channel.exchange_types, "topic": TopicExchange}  # AMQP's # and *
 
     # Provided by the channel.
     database: str
@@ -135,7 +136,8 @@ class BindingsMixin:
         existing = local["type"] if local is not None and local["type"] != type else self._stored_type(exchange, type)
         if existing is not None:
             raise ExchangeTypeMismatch(exchange, existing, type)
-        super().exchange_declare(exchange, type, durable, auto_delete, arguments, nowait, passive)
+        super().exchange_declare(  # type: ignore[misc]  # mixin: virtual.Channel provides it
+            exchange, type, durable, auto_delete, arguments, nowait, passive)
 
     def exchange_delete(self, exchange: str, if_unused: bool = False, nowait: bool = False) -> None:
         """Delete ``exchange`` and its bindings; its queues and their messages stay (AMQP)."""

@@ -41,6 +41,8 @@ class KeeperMixin:
 
     channels: list[Any]
     keeper_name = "transport-keeper"
+    _keeper: threading.Thread | None
+    _keeper_stop: threading.Event
 
     def keep_claims(self) -> None:
         """Start the keeper on the first consumer (publishers never start one). Idempotent."""

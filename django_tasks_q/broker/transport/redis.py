@@ -170,9 +170,11 @@ class QoS(kombu_redis.QoS):
 
 class Channel(kombu_redis.Channel):
     QoS = QoS
-    from_transport_options = (*kombu_redis.Channel.from_transport_options, "binding_cache_ttl")
+    from_transport_options = (  # type: ignore[assignment]  # kombu infers a fixed-length tuple
+        *kombu_redis.Channel.from_transport_options, "binding_cache_ttl")
     binding_cache_ttl: float = 1.0
-    visibility_timeout: float = 60.0  # kept fresh by the keeper while the consumer lives
+    # kept fresh by the keeper while the consumer lives
+    visibility_timeout: float = 60.0  # type: ignore[assignment]  # kombu infers int
     # kombu's 300 s: a worker killed during its restore sweep would stop every sweep for five minutes
     unacked_mutex_expire: int = 30
     priority_steps = list(range(10))
@@ -249,7 +251,7 @@ class Channel(kombu_redis.Channel):
         if not queues:
             return
         self._in_poll = self.client.connection
-        self._brpop_sent_at = monotonic()
+        self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu types it as None
         if self._found_last_time:
             self._sent_command = "PING"
             self.client.connection.send_command("PING")
@@ -267,7 +269,7 @@ class Channel(kombu_redis.Channel):
                 raise
             return self._take_one()
         finally:
-            self._in_poll = None
+            self._in_poll = None  # type: ignore[assignment]  # kombu types it as bool
             self._flush_brpop_reauth()
 
     def _take_one(self) -> bool:
@@ -362,7 +364,7 @@ class Channel(kombu_redis.Channel):
         super()._on_connection_disconnect(connection)
 
 
-class Transport(KeeperMixin, kombu_redis.Transport):
+class Transport(KeeperMixin, kombu_redis.Transport):  # type: ignore[misc]  # kombu types channels as None
     Channel = Channel
     keeper_name = "redis-transport-keeper"
 
