@@ -40,26 +40,51 @@ from typing import Any
 
 from django.db import connections
 
+from ... import signals
 from ...core.registry import registry
 from ...core.states import TaskState
 from ...exceptions import TaskRevokedError, TimeLimitExceeded
 from .. import timelimits
 from ..executor import Outcome, execute, record_stopped
+from ..logging import configure_logging
 from .base import Job, Pool
 
 logger = logging.getLogger(__name__)
 _fork = multiprocessing.get_context("fork")
+_forkserver = multiprocessing.get_context("forkserver")
+_forkserver.set_forkserver_preload(["django_tasks_q.worker.pools.child_boot"])
+
+
+def _context() -> Any:
+    """How to make a child: ``fork`` while the worker has one thread; else through a fork server.
+
+    A forked child is a copy of every lock the worker's other threads held at
+    that instant -- the beat or remote-control thread in the middle of an
+    SQLite transaction, writing a log line -- with nobody left to release it:
+    its first database write then waits on SQLite's copy of a lock for ever.
+    So children made once threads run (``--beat``, replacements, ``pool_grow``)
+    come from a fork server: a single-threaded process started fresh (not
+    forked) that has set up Django once (``child_boot``) and forks them.
+    """
+    return _fork if threading.active_count() == 1 else _forkserver
 
 
 class WorkerLostError(Exception):
     """The child process running a task exited before finishing it."""
 
 
-def _child_main(pipe: Connection, hostname: str, max_tasks: int | None, max_memory_kb: int | None) -> None:
+def _child_main(pipe: Connection, hostname: str, max_tasks: int | None, max_memory_kb: int | None,
+                loglevel: str = "INFO", database_names: dict[str, Any] | None = None) -> None:
+    # A child of the fork server has only what settings say: give it the worker's log level and the
+    # databases the worker really uses (a test run, say, renames them at run time).
+    configure_logging(loglevel)
+    for alias, name in (database_names or {}).items():
+        connections[alias].settings_dict["NAME"] = name
     # Terminal Ctrl-C and a SIGTERM to the process group are the parent's to handle:
     # children finish their task and exit when the parent tells them to.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signals.send(signals.worker_process_init, sender=None, pid=os.getpid())
     done = 0
     while True:
         try:
@@ -126,10 +151,13 @@ class PreforkPool(Pool):
 
     def _spawn(self) -> _Child:
         connections.close_all()  # never share a database socket with a child
-        parent_end, child_end = _fork.Pipe()
-        process = _fork.Process(target=_child_main, name="TaskChild",
-                                args=(child_end, self.hostname, self.max_tasks_per_child, self.max_memory_per_child),
-                                daemon=True)
+        context = _context()
+        parent_end, child_end = context.Pipe()
+        loglevel = logging.getLevelName(logging.getLogger("django_tasks_q").getEffectiveLevel())
+        database_names = {alias: connections[alias].settings_dict["NAME"] for alias in connections}
+        process = context.Process(target=_child_main, name="TaskChild",
+                                  args=(child_end, self.hostname, self.max_tasks_per_child, self.max_memory_per_child,
+                                        loglevel, database_names), daemon=True)
         process.start()
         child_end.close()
         return _Child(process, parent_end)
@@ -161,14 +189,15 @@ class PreforkPool(Pool):
         else:
             ready = []
         for child in busy:
-            if child.pipe in ready:
+            job = child.job  # only this thread clears it
+            if job is not None and child.pipe in ready:
                 try:
                     _key, outcome, retiring = child.pipe.recv()
                 except (EOFError, OSError):
-                    finished.append((child.job, self._lost(child)))
+                    finished.append((job, self._lost(child)))
                     continue
                 with self._lock:
-                    finished.append((child.job, outcome))
+                    finished.append((job, outcome))
                     child.job = None
                     child.stopped = None  # answered before a kill took effect: its outcome stands
                 if retiring:
@@ -196,7 +225,7 @@ class PreforkPool(Pool):
         for child in self._children:
             job = child.job
             deadline = None if job is None else self._deadline(job)
-            if deadline is None or now < deadline or child.stopped is not None:
+            if job is None or deadline is None or now < deadline or child.stopped is not None:
                 continue
             if child.pipe.poll():  # it answered just in time: the next poll reads the answer
                 continue
@@ -244,6 +273,7 @@ class PreforkPool(Pool):
             job, stopped = child.job, child.stopped
             child.job = None
             child.stopped = None
+        assert job is not None, "_lost() is only called for a child that has a job"
         if stopped is not None and stopped[0] is job:
             _job, error, signum = stopped
             state = record_stopped(job.message, job.delivery_info, self.hostname, error, signum=signum)
