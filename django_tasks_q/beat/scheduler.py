@@ -18,6 +18,7 @@ from datetime import datetime
 from django.db import close_old_connections
 from django.utils import timezone
 
+from .. import signals
 from ..core.calling import send
 from ..models import PeriodicTask
 from . import entries
@@ -40,6 +41,7 @@ class Scheduler:
         sync_settings_schedule()  # a bad BEAT_SCHEDULE raises ImproperlyConfigured naming the entry
         lease = Lease(ttl=self.lease_ttl)
         logger.info("beat started (lease holder %s)", lease.holder)
+        signals.send(signals.beat_init, sender=self)
         try:
             while not self.stop_event.is_set():
                 try:
@@ -68,6 +70,7 @@ class Scheduler:
         if not leading:
             return self.poll_interval
         next_due = None
+        sent: list[str] = []
         tasks = PeriodicTask.objects.filter(enabled=True).select_related("interval", "crontab", "clocked", "solar")
         for task in tasks:
             self._rebase_if_changed(task, now)
@@ -75,10 +78,12 @@ class Scheduler:
             if due is None:
                 continue
             if due <= now:
-                self._run(task, due, now)
+                if self._run(task, due, now):
+                    sent.append(task.name)
                 due = entries.next_run_at(task, now)
             if due is not None and (next_due is None or due < next_due):
                 next_due = due
+        signals.send(signals.beat_tick, sender=self, due=sent)
         if next_due is None:
             return self.poll_interval
         return max(0.01, min(self.poll_interval, (next_due - timezone.now()).total_seconds()))
@@ -93,24 +98,26 @@ class Scheduler:
         logger.info("periodic task %r: schedule is %s; counting from now", task.name,
                     task.schedule_row.as_schedule().describe() if task.schedule_row else "missing")
 
-    def _run(self, task: PeriodicTask, due: datetime, now: datetime) -> None:
+    def _run(self, task: PeriodicTask, due: datetime, now: datetime) -> bool:
+        """Claim and send one due run; True when a task was sent."""
         decision = entries.decide(task, due, now)
         if not entries.claim(task, decision.slot, counted=decision.send):
             task.refresh_from_db()  # another beat sent this run
-            return
+            return False
         if not decision.send:
             logger.warning("periodic task %r missed its run at %s; skipped (catch_up=none)", task.name,
                            due.isoformat())
             task.last_run_at = decision.slot
-            return
+            return False
         try:
             result = send(task.task, task.args, task.kwargs, entries.send_options(task))
         except Exception:
             entries.unclaim(task, decision.slot)
             logger.exception("periodic task %r: could not send %s; will retry", task.name, task.task)
-            return
+            return False
         logger.info("periodic task %r: sent %s[%s] for %s", task.name, task.task, result.id, due.isoformat())
         task.last_run_at = decision.slot
         task.total_run_count += 1
         if task.one_off or task.clocked_id:
             task.enabled = False
+        return True

@@ -8,6 +8,7 @@ from typing import Any
 
 from kombu.exceptions import OperationalError
 
+from .. import signals
 from ..conf import settings
 from ..core.protocol import EncodedMessage, new_id
 from ..core.routing import Route
@@ -72,6 +73,11 @@ def _properties(task_id: str, route: Route, reply_to: str | None) -> dict[str, A
     return properties
 
 
+def _observed() -> bool:
+    """Does anyone listen to ``before_task_publish`` / ``after_task_publish``? (Checked per send: cheap.)"""
+    return bool(signals.before_task_publish.receivers or signals.after_task_publish.receivers)
+
+
 def publish_many(messages: list[tuple[EncodedMessage, str, float | None]], route: Route) -> None:
     """Publish ``(message, task id, deliver_at)`` items to one route, in as few round trips as the broker allows.
 
@@ -94,7 +100,7 @@ def publish_many(messages: list[tuple[EncodedMessage, str, float | None]], route
         state = connection.current()
         channel = _direct_channel(state, queue.name)
         prepared = None
-        if channel is not None and all(at is None for _, _, at in batch):
+        if channel is not None and not _observed() and all(at is None for _, _, at in batch):
             prepared = [envelope(message, exchange, routing_key, _properties(task_id, route, None))
                         for message, task_id, _ in batch]
         try:
@@ -128,11 +134,18 @@ def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: st
     exchange = route.exchange if route.exchange is not None else queue.exchange.name
     routing_key = route.routing_key or queue.routing_key
     headers = message.headers
+    observed = _observed()
+    if observed:
+        signals.send(signals.before_task_publish, sender=headers.get("task"), body=message.payload,
+                     exchange=exchange, routing_key=routing_key, headers=headers, properties=properties,
+                     declare=[] if queue.name in state.declared else [queue], retry_policy=state.retry_policy)
     if deliver_at is None:
         channel = _direct_channel(state, queue.name)
         if channel is not None:
             try:
                 if channel.put_messages(exchange, routing_key, [envelope(message, exchange, routing_key, properties)]):
+                    if observed:
+                        _published(message, exchange, routing_key)
                     return
             except state.connection.connection_errors:
                 connection.reset()  # kombu's path below reconnects and retries within the policy
@@ -154,6 +167,8 @@ def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: st
             **properties,
         )
         state.declared.add(queue.name)
+        if observed:
+            _published(message, exchange, routing_key)
     except state.connection.channel_errors as exc:  # e.g. RabbitMQ's PRECONDITION_FAILED on a re-declare
         connection.reset()  # the broker closed the channel: start clean next time
         raise ImproperlyConfigured(
@@ -167,3 +182,8 @@ def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: st
             f"could not send task {message.headers.get('task')} [{task_id}] to {url} "
             f"after {settings.BROKER_PUBLISH_RETRIES} retries: {exc}"
         ) from exc
+
+
+def _published(message: EncodedMessage, exchange: str, routing_key: str) -> None:
+    signals.send(signals.after_task_publish, sender=message.headers.get("task"), body=message.payload,
+                 exchange=exchange, routing_key=routing_key, headers=message.headers)

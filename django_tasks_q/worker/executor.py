@@ -177,9 +177,8 @@ def execute(message: TaskMessage, delivery_info: dict, hostname: str | None, *,
     context.push(request)
     try:
         if track and store:
-            backend.mark(request.id, TaskState.STARTED, request=request, task_name=task.name)
-        _safely("task_prerun receiver", signals.task_prerun.send, sender=task, task_id=request.id, task=task,
-                args=args, kwargs=kwargs)
+            backend.mark(message.id, TaskState.STARTED, request=request, task_name=task.name)
+        signals.send(signals.task_prerun, sender=task, task_id=request.id, task=task, args=args, kwargs=kwargs)
         try:
             try:
                 with guard:
@@ -208,8 +207,7 @@ def execute(message: TaskMessage, delivery_info: dict, hostname: str | None, *,
                 _fail(backend, request, task, message, publish_error, einfo, store)
             else:
                 _safely("on_retry", task.on_retry, cause, request.id, args, kwargs, einfo)
-                _safely("task_retry receiver", signals.task_retry.send, sender=task, request=request,
-                        reason=cause, einfo=einfo)
+                signals.send(signals.task_retry, sender=task, request=request, reason=cause, einfo=einfo)
                 retval, retry = cause, exc
         except Reject as exc:
             state, requeue, retval = TaskState.REVOKED if not exc.requeue else TaskState.RECEIVED, exc.requeue, exc
@@ -227,7 +225,7 @@ def execute(message: TaskMessage, delivery_info: dict, hostname: str | None, *,
             runtime = time.monotonic() - started
             if store:
                 try:
-                    backend.mark(request.id, state, result=retval, request=request, task_name=task.name,
+                    backend.mark(message.id, state, result=retval, request=request, task_name=task.name,
                                  runtime=runtime)
                 except (TypeError, ValueError) as exc:  # the return value is not JSON
                     state, einfo = TaskState.FAILURE, tb.format_exc()
@@ -238,7 +236,7 @@ def execute(message: TaskMessage, delivery_info: dict, hostname: str | None, *,
             if state == TaskState.SUCCESS:
                 logger.info("task %s[%s] succeeded in %.4fs: %r", task.name, request.id, runtime, retval)
                 _safely("on_success", task.on_success, retval, request.id, args, kwargs)
-                _safely("task_success receiver", signals.task_success.send, sender=task, result=retval)
+                signals.send(signals.task_success, sender=task, result=retval)
                 workflow.on_success(message, retval, request)  # links, next chain step (never raises)
     except Exception:  # the result store itself failed: log it, keep serving
         logger.exception("task %s[%s]: could not record its state", message.task, message.id)
@@ -246,8 +244,8 @@ def execute(message: TaskMessage, delivery_info: dict, hostname: str | None, *,
     finally:
         try:  # self.request stays set for after_return and task_postrun, as in Celery
             _safely("after_return", task.after_return, state, retval, request.id, args, kwargs, einfo)
-            _safely("task_postrun receiver", signals.task_postrun.send, sender=task, task_id=request.id, task=task,
-                    args=args, kwargs=kwargs, retval=retval, state=state)
+            signals.send(signals.task_postrun, sender=task, task_id=request.id, task=task, args=args, kwargs=kwargs,
+                         retval=retval, state=state)
         finally:
             context.pop()
             if not eager:
@@ -266,8 +264,8 @@ def _fail(backend: Any, request: context.Request, task: Task, message: TaskMessa
     """FAILURE: store it, then ``on_failure``, ``task_failure`` and the errbacks."""
     _store_failure(backend, request, task, exc, einfo, store)
     _safely("on_failure", task.on_failure, exc, request.id, request.args, request.kwargs, einfo)
-    _safely("task_failure receiver", signals.task_failure.send, sender=task, task_id=request.id,
-            exception=exc, args=request.args, kwargs=request.kwargs, traceback=einfo, einfo=einfo)
+    signals.send(signals.task_failure, sender=task, task_id=request.id, exception=exc, args=request.args,
+                 kwargs=request.kwargs, traceback=einfo, einfo=einfo)
     workflow.on_failure(message, request, exc, einfo, backend)  # errbacks, later chain steps FAILURE
 
 
@@ -277,10 +275,7 @@ def _revoke(backend: Any, request: context.Request, task: Any, exc: BaseExceptio
     if store:
         backend.mark(request.id, TaskState.REVOKED, result=describe_exception(exc), traceback=einfo,
                      request=request, task_name=request.task or "", runtime=None)
-    revoked = getattr(signals, "task_revoked", None)
-    if revoked is not None:
-        _safely("task_revoked receiver", revoked.send, sender=task, request=request, terminated=True,
-                signum=signum, expired=False)
+    signals.send(signals.task_revoked, sender=task, request=request, terminated=True, signum=signum, expired=False)
 
 
 def record_stopped(message: TaskMessage, delivery_info: dict, hostname: str | None, error: BaseException,
@@ -336,7 +331,7 @@ def _db_hygiene() -> None:
         if conn.connection is None:
             continue
         idle = now - getattr(conn, "_tasksq_used_at", now)
-        conn._tasksq_used_at = now
+        setattr(conn, "_tasksq_used_at", now)  # a mark of ours on Django's connection wrapper
         if conn.in_atomic_block or (conn.errors_occurred and not conn.is_usable()):
             logger.warning("closing database connection %r left broken or inside a transaction", conn.alias)
             conn.close()

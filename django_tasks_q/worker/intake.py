@@ -27,7 +27,7 @@ from kombu.transport import virtual
 
 from .. import signals
 from ..conf import settings
-from ..core.protocol import MAX_NAME_LENGTH, SIGNATURE_HEADER, TaskMessage, usable_id, verify
+from ..core.protocol import MAX_NAME_LENGTH, SIGNATURE_HEADER, TaskMessage, signing_keys, usable_id, verify
 from ..core.registry import registry
 from ..core.states import TaskState
 from ..exceptions import InvalidMessage, InvalidSignature, NotRegistered
@@ -46,13 +46,13 @@ _unverified_warned = False
 class Policy:
     """The settings intake needs, read once by the worker instead of once per message."""
 
-    signing_key: str | None
+    signing_keys: tuple[str, ...]  # the first signs; a message signed with any of them is accepted
     acks_late: bool
     dead_letter_queue: str | None = None
 
     @classmethod
     def from_settings(cls) -> "Policy":
-        return cls(signing_key=settings.SIGNING_KEY, acks_late=settings.ACKS_LATE,
+        return cls(signing_keys=signing_keys(settings.SIGNING_KEY), acks_late=settings.ACKS_LATE,
                    dead_letter_queue=settings.DEAD_LETTER_QUEUE)
 
 
@@ -73,8 +73,8 @@ def undecodable(queue: str, policy: Policy, kombu_message: Any, exc: BaseExcepti
 
 def _read(kombu_message: Any, queue: str, policy: Policy) -> Job:
     headers = kombu_message.headers
-    if policy.signing_key:
-        verify(policy.signing_key, headers if isinstance(headers, dict) else {}, kombu_message.body)
+    if policy.signing_keys:
+        verify(policy.signing_keys, headers if isinstance(headers, dict) else {}, kombu_message.body)
     elif isinstance(headers, dict) and SIGNATURE_HEADER in headers:
         _warn_unverified(headers)
     body = kombu_message.decode()
@@ -149,10 +149,10 @@ def _refuse(kombu_message: Any, exc: BaseException, queue: str | None, policy: P
                  _label(name, "<no task name>"), _label(task_id, "<no id>"), queue,
                  _label(getattr(kombu_message, "content_type", None), "none"), deadletter._short(reason),
                  exc_info=None if isinstance(exc, EXPECTED) else exc)
-    try:
-        signals.task_rejected.send(sender=name if isinstance(name, str) else None, message=kombu_message, reason=exc)
-    except Exception:
-        logger.exception("task_rejected receiver raised")
+    if isinstance(exc, NotRegistered):
+        signals.send(signals.task_unknown, sender=None, name=name, id=task_id, message=kombu_message, exc=exc)
+    signals.send(signals.task_rejected, sender=name if isinstance(name, str) else None, message=kombu_message,
+                 reason=exc)
     dead = policy.dead_letter_queue
     channel = getattr(kombu_message, "channel", None)
     if dead and queue != dead and channel is not None:
@@ -199,7 +199,7 @@ def guard_channel(channel: Any) -> None:
         channel.Message = _guarded(channel.Message)
 
 
-def _guarded(message_class: type) -> type:
+def _guarded(message_class: Any) -> Any:
     class GuardedMessage(message_class):
         _tasks_q_guarded = True
 

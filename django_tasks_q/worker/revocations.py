@@ -92,11 +92,8 @@ def _mark_revoked(task_id: str) -> None:
 def send_task_revoked(task_name: str, request: Any, *, terminated: bool = False, signum: int | None = None,
                       expired: bool = False) -> None:
     """The ``task_revoked`` signal, as Celery sends it; a receiver's error is logged, never raised."""
-    try:
-        signals.task_revoked.send(sender=registry.get(task_name), request=request, terminated=terminated,
-                                  signum=signum, expired=expired)
-    except Exception:
-        logger.exception("task_revoked receiver raised")
+    signals.send(signals.task_revoked, sender=registry.get(task_name), request=request, terminated=terminated,
+                 signum=signum, expired=expired)
 
 
 class _Entry(NamedTuple):
@@ -196,9 +193,10 @@ class RevocationWatch:
         now = timezone.now()
         columns = ("task_id", "expires_at", "created_at", "terminate", "signal")
         rows = Revocation.objects.filter(expires_at__gt=now)
-        full = time.monotonic() >= self._next_resync or self._newest is None
-        if not full:
-            rows = rows.filter(created_at__gte=self._newest - timedelta(seconds=self.overlap))
+        newest = self._newest
+        full = time.monotonic() >= self._next_resync or newest is None
+        if newest is not None and not full:
+            rows = rows.filter(created_at__gte=newest - timedelta(seconds=self.overlap))
         self._apply(rows.values_list(*columns), full)
         if full:
             self._next_resync = time.monotonic() + self.resync_every

@@ -81,6 +81,8 @@ class Worker:
         self._qos_size = 0
         self.stopping = False
         self.cold = False
+        self.stop_signal: str | None = None  # what asked for the shutdown: "SIGTERM", "SIGINT"; None: remote
+        self._shutdown_announced = False
         self.stats = LoopStats()  # counters and stamps for the monitor thread (worker/monitor.py)
         self.heartbeat = float(settings.WORKER_HEARTBEAT if heartbeat is None else heartbeat)  # 0: no monitor
         self.backend = get_backend()
@@ -149,9 +151,18 @@ class Worker:
             if self.pool.name == "solo":  # the task runs in this very thread: interrupt it
                 raise SystemExit(1)
             return
+        self.stop_signal = signal.Signals(signum).name
         self.stopping = True
 
+    def _announce_shutdown(self) -> None:
+        """``worker_shutting_down``, once, as the shutdown begins (before running tasks are waited for)."""
+        if not self._shutdown_announced:
+            self._shutdown_announced = True
+            signals.send(signals.worker_shutting_down, sender=self, sig=self.stop_signal or "remote",
+                         how="cold" if self.cold else "warm", exitcode=1 if self.cold else 0)
+
     def run(self) -> None:
+        signals.send(signals.worker_init, sender=self)
         print(self.banner(), flush=True)
         self.pool.start()
         monitor = Monitor(self, self.heartbeat).start() if self.heartbeat > 0 else None
@@ -163,7 +174,7 @@ class Worker:
                 self.events.enable()
             control = RemoteControl(self).start() if self.remote_control else None
             self.send_worker_event("worker-online")
-            signals.worker_ready.send(sender=self)
+            signals.send(signals.worker_ready, sender=self)
             while not self.stopping:
                 try:
                     self._serve()
@@ -186,6 +197,7 @@ class Worker:
                     delay = min(delay * 2, 30.0)
         finally:
             try:
+                self._announce_shutdown()
                 self._shutdown()
             finally:
                 self.revocations.stop()
@@ -293,6 +305,9 @@ class Worker:
         if park_until is not None and self._park(job, park_until):
             return
         self.events.task_received(job.message)
+        if signals.task_received.receivers:
+            signals.send(signals.task_received, sender=self,
+                         request=make_request(job.message, job.delivery_info, self.hostname))
         holds_eta = eta is not None and eta > timezone.now()
         # RECEIVED is written only for a task that will wait (eta, or every slot busy):
         # one that starts at once gets its receipt date with the STARTED write.
@@ -467,6 +482,7 @@ class Worker:
     # -- stopping ------------------------------------------------------
     def _warm_stop(self, consumers: list[Consumer]) -> None:
         """Stop taking work, finish running tasks, give unstarted ones back."""
+        self._announce_shutdown()
         logger.info("warm shutdown: waiting for %d running task(s)", self.pool.in_flight())
         for consumer in consumers:
             try:
@@ -489,5 +505,5 @@ class Worker:
 
     def _shutdown(self) -> None:
         self.pool.stop(wait=not self.cold)
-        signals.worker_shutdown.send(sender=self)
+        signals.send(signals.worker_shutdown, sender=self)
         logger.info("%s stopped", self.hostname)
