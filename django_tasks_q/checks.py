@@ -10,7 +10,7 @@ import difflib
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.core.checks import Error, Tags, register
+from django.core.checks import Error, Tags, Warning, register
 from kombu.serialization import registry as serializers
 
 from .broker.queues import build_queue
@@ -25,13 +25,16 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "QUEUES": (dict,), "ROUTES": (dict,), "BEAT_SCHEDULE": (dict,), "TIMEZONE": (str,),
     "TASK_SERIALIZER": (str,), "ACCEPT_CONTENT": (list, tuple), "ALWAYS_EAGER": (bool,),
     "EAGER_PROPAGATES": (bool,), "ACKS_LATE": (bool,), "PREFETCH_MULTIPLIER": (int,), "TRACK_STARTED": (bool,),
-    "SIGNING_KEY": (str, type(None)), "RESULT_BACKEND": (str, type(None)),
+    "SIGNING_KEY": (str, list, tuple, type(None)), "RESULT_BACKEND": (str, type(None)),
     "ETA_HOLD_MAX": (int, float), "REVOKE_EXPIRES": (int, float), "WORKER_HEARTBEAT": (int, float),
     "WORKER_STUCK_AFTER": (int, float), "DEAD_LETTER_QUEUE": (str, type(None)),
     "EVENTS": (bool,), "REMOTE_CONTROL": (bool,),
     "EVENTS_KEEP_SECONDS": (int, float), "EVENTS_KEEP_ROWS": (int,), "ACTIVITY_KEEP_DAYS": (int, float),
-    "API_TOKEN": (str, type(None)),
+    "API_TOKEN": (str, type(None)), "IMPORTS": (list, tuple),
+    "WORKER_HIJACK_ROOT_LOGGER": (bool,),
 }
+#: content types that let whoever can write to the broker run code in the worker
+UNSAFE_CONTENT = {"pickle", "application/x-python-serialize", "yaml", "application/x-yaml"}
 
 
 def _error(key: str, message: str, hint: str | None = None, number: int = 1) -> Error:
@@ -74,6 +77,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         if name not in serializers.name_to_type and name not in serializers.type_to_name:
             errors.append(_error("TASK_SERIALIZER" if name == values["TASK_SERIALIZER"] else "ACCEPT_CONTENT",
                                  f"serializer {name!r} is not known to kombu", number=6))
+    keys = values["SIGNING_KEY"]
+    if isinstance(keys, (list, tuple)) and (not keys or not all(isinstance(k, str) and k for k in keys)):
+        errors.append(_error("SIGNING_KEY", f"a list of keys must hold non-empty strings (the first signs), "
+                                            f"got {keys!r}", number=9))
+    if not all(isinstance(module, str) for module in values["IMPORTS"]):
+        errors.append(_error("IMPORTS", f"must list module paths as strings, got {values['IMPORTS']!r}", number=10))
     for name, spec in values["QUEUES"].items():
         try:
             build_queue(name, spec)
@@ -82,3 +91,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         except (TypeError, ValueError, AttributeError):  # dict("videos") is a ValueError
             errors.append(_error("QUEUES", f"entry {name!r} must be a dict of queue options, got {spec!r}", number=7))
     return errors
+
+
+@register(Tags.security)
+def check_accepted_content(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    """Warn when workers accept pickle (or YAML): a message then runs whatever code its sender chose."""
+    accepted = settings.as_dict()["ACCEPT_CONTENT"]
+    unsafe = sorted(set(accepted) & UNSAFE_CONTENT) if isinstance(accepted, (list, tuple)) else []
+    if not unsafe:
+        return []
+    return [Warning(f"TASKS_Q['ACCEPT_CONTENT'] accepts {', '.join(unsafe)}: anyone who can write to the broker "
+                    f"can run code in your workers",
+                    hint="accept only 'json' unless every producer is trusted, and set SIGNING_KEY so workers "
+                         "refuse messages nobody signed", id="django_tasks_q.W001")]

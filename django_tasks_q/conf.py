@@ -5,7 +5,7 @@ filled in here and nowhere else; a key missing from ``settings.TASKS_Q`` is
 taken from the environment variable ``TASKS_Q_<KEY>`` when set (parsed as
 JSON when it looks like JSON, so ``TASKS_Q_ACKS_LATE=true`` is a bool), then
 from the defaults. String settings (URLs, names, keys) are never parsed, so
-``TASKS_Q_SIGNING_KEY=20240517`` stays a string. The cache is dropped on Django's ``setting_changed`` so
+``TASKS_Q_SIGNING_KEY=20240517`` stays a string (a JSON list, ``["new", "old"]``, gives several keys). The cache is dropped on Django's ``setting_changed`` so
 ``override_settings(TASKS_Q=...)`` works in tests. Validation lives in
 ``checks.py`` so a bad value is reported by ``manage.py check`` with the key.
 """
@@ -50,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
     "EVENTS_KEEP_ROWS": 100_000,
     "ACTIVITY_KEEP_DAYS": 30,
     "API_TOKEN": None,
+    "IMPORTS": [],
+    "WORKER_HIJACK_ROOT_LOGGER": False,
 }
 
 ENV_PREFIX = "TASKS_Q_"
@@ -62,6 +64,11 @@ def _from_env(key: str) -> tuple[bool, Any]:
     raw = os.environ.get(ENV_PREFIX + key)
     if raw is None:
         return False, None
+    if key == "SIGNING_KEY" and raw.startswith("["):  # rotation: several keys
+        try:
+            return True, json.loads(raw)
+        except ValueError:
+            return True, raw
     if key in STRING_KEYS:
         return True, None if raw == "null" else raw
     try:

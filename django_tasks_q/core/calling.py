@@ -15,7 +15,7 @@ from ..conf import settings
 from ..exceptions import InvalidTaskOptions
 from ..results.async_result import AsyncResult
 from .options import CallOptions, TaskOptions
-from .protocol import EncodedMessage, TaskMessage, absolute_time, new_id
+from .protocol import EncodedMessage, TaskMessage, absolute_time, new_id, signing_keys
 from .registry import registry
 from .routing import Route, resolve
 
@@ -114,7 +114,7 @@ def _build(name: str, args: Any, kwargs: Any, call: CallOptions, task: Task | No
         extra_headers=call.headers,
     )
     encoded = message.encode(_first(call.serializer, opts, "serializer", conf["TASK_SERIALIZER"]),
-                             conf["SIGNING_KEY"])
+                             next(iter(signing_keys(conf["SIGNING_KEY"])), None))
     return Outgoing(task_id, encoded, deliver_at(message.eta, conf["ETA_HOLD_MAX"]))
 
 

@@ -20,7 +20,7 @@ import reprlib
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeGuard
 
 from kombu.serialization import dumps
 
@@ -68,7 +68,7 @@ MAX_NAME_LENGTH = 255
 MAX_ETA_AHEAD = timedelta(days=3650)
 
 
-def usable_id(value: Any) -> bool:
+def usable_id(value: Any) -> TypeGuard[str]:
     """True for a task id results can be stored under: a printable string of 1-255 characters."""
     return isinstance(value, str) and 0 < len(value) <= MAX_NAME_LENGTH and value.isprintable()
 
@@ -278,11 +278,21 @@ def sign(key: str, task_id: str, payload: bytes | str) -> str:
     return hmac.new(key.encode(), task_id.encode() + b"\0" + data, hashlib.sha256).hexdigest()
 
 
-def verify(key: str, headers: dict[str, Any], payload: bytes | str) -> None:
-    """Raise ``InvalidMessage`` unless the message carries a valid signature for ``key``."""
+def signing_keys(setting: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """``SIGNING_KEY`` as a tuple of keys: the first signs, every one verifies (so keys can be rotated)."""
+    if not setting:
+        return ()
+    return (setting,) if isinstance(setting, str) else tuple(setting)
+
+
+def verify(keys: str | tuple[str, ...], headers: dict[str, Any], payload: bytes | str) -> None:
+    """Raise ``InvalidSignature`` unless the message is signed with one of ``keys``."""
+    keys = (keys,) if isinstance(keys, str) else keys
     given = (headers or {}).get(SIGNATURE_HEADER)
     task = f"{headers.get('task')} [{headers.get('id')}]"
     if not given:
         raise InvalidSignature(f"task {task}: unsigned message refused (SIGNING_KEY is set)")
-    if not hmac.compare_digest(str(given), sign(key, str(headers.get("id")), payload)):
-        raise InvalidSignature(f"task {task}: bad signature, message refused")
+    task_id = str(headers.get("id"))
+    if not any(hmac.compare_digest(str(given), sign(key, task_id, payload)) for key in keys):
+        raise InvalidSignature(f"task {task}: bad signature (matches none of the {len(keys)} accepted "
+                               f"SIGNING_KEY key(s)), message refused")

@@ -119,6 +119,21 @@ def test_signed_messages(broker, settings):
         assert forged.state == "PENDING"
 
 
+def test_signing_keys_rotate(broker, settings):
+    """``SIGNING_KEY = [new, old]``: the worker accepts both while senders move to the new key; a key
+    taken out of the list is refused from then on, its message never runs."""
+    with WorkerProcess(broker, "-P", "solo", env={"TASKS_Q_SIGNING_KEY": '["2026-new", "2025-old"]'}) as worker:
+        for key in ("2026-new", "2025-old"):
+            settings.TASKS_Q = {**settings.TASKS_Q, "SIGNING_KEY": key}
+            assert add.delay(1, 2).get(timeout=20) == 3
+        settings.TASKS_Q = {**settings.TASKS_Q, "SIGNING_KEY": ["2024-retired", "2026-new"]}  # signs with the first
+        retired = add.delay(2, 2)
+        worker.wait_for(retired.id)
+        assert "matches none of the 2 accepted SIGNING_KEY key(s)" in worker.output()
+        time.sleep(0.3)
+        assert retired.state == "PENDING"  # refused, not run
+
+
 def test_banner_masks_the_broker_password(redis_url, settings, transactional_db):
     # redis accepts any password when none is configured, so a URL with one still works
     url = redis_url.replace("redis://", "redis://:hunter2@")

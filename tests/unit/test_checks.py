@@ -140,3 +140,37 @@ def test_check_command_fails_on_a_bad_key():
 
 def test_check_command_passes_on_the_testproject():
     call_command("check")
+
+
+def test_signing_key_may_be_a_list_of_keys_for_rotation():
+    assert errors_for({"SIGNING_KEY": ["new", "old"]}) == []
+    for bad in ([], ["new", ""], ["new", 3]):
+        errors = errors_for({"SIGNING_KEY": bad})
+        assert [e.id for e in errors] == ["django_tasks_q.E009"], bad
+        assert "SIGNING_KEY" in errors[0].msg and repr(bad) in errors[0].msg
+
+
+def test_imports_must_list_module_paths():
+    assert errors_for({"IMPORTS": ["testproject.signal_log"]}) == []
+    errors = errors_for({"IMPORTS": ["testproject.signal_log", 7]})
+    assert [e.id for e in errors] == ["django_tasks_q.E010"] and "IMPORTS" in errors[0].msg
+
+
+def test_accepting_pickle_is_warned_about():
+    from django_tasks_q.checks import check_accepted_content
+
+    with override_settings(TASKS_Q={"ACCEPT_CONTENT": ["json", "pickle"]}):
+        warnings = check_accepted_content()
+    assert [w.id for w in warnings] == ["django_tasks_q.W001"]
+    assert "pickle" in warnings[0].msg and "run code" in warnings[0].msg
+    with override_settings(TASKS_Q={"ACCEPT_CONTENT": ["json"]}):
+        assert check_accepted_content() == []
+
+
+def test_an_imports_module_that_cannot_be_imported_is_named():
+    from django_tasks_q.apps import import_listed_modules
+    from django_tasks_q.exceptions import ImproperlyConfigured
+
+    with override_settings(TASKS_Q={"IMPORTS": ["testproject.no_such_module"]}):
+        with pytest.raises(ImproperlyConfigured, match="IMPORTS.*'testproject.no_such_module'.*cannot be imported"):
+            import_listed_modules()

@@ -100,3 +100,12 @@ def test_string_setting_from_environment_stays_a_string(monkeypatch):
     monkeypatch.setenv("TASKS_Q_SIGNING_KEY", "20240517")
     conf.reload()
     assert conf.SIGNING_KEY == "20240517"
+
+
+def test_signing_keys_from_environment_as_a_json_list(monkeypatch):
+    monkeypatch.setenv("TASKS_Q_SIGNING_KEY", '["2026-new", "2025-old"]')
+    conf.reload()
+    assert conf.SIGNING_KEY == ["2026-new", "2025-old"]
+    monkeypatch.setenv("TASKS_Q_SIGNING_KEY", "[not json")
+    conf.reload()
+    assert conf.SIGNING_KEY == "[not json"  # a key that merely starts with "[" stays itself

@@ -42,7 +42,7 @@ def take(channel, queue: str):
     return message
 
 
-POLICY = intake.Policy(signing_key=None, acks_late=False, dead_letter_queue="tasksq.dead")
+POLICY = intake.Policy(signing_keys=(), acks_late=False, dead_letter_queue="tasksq.dead")
 
 
 def test_a_refused_message_is_copied_then_rejected(channel, caplog):
@@ -65,7 +65,7 @@ def test_a_refused_message_is_copied_then_rejected(channel, caplog):
 def test_none_disables_the_copy(channel):
     put(channel, b"not json", {"task": ADD, "id": "dl-2"})
     message = channel.basic_get("inbox")
-    assert intake.read(message, "inbox", intake.Policy(None, False, None)) is None
+    assert intake.read(message, "inbox", intake.Policy((), False, None)) is None
     assert message.acknowledged and take(channel, "tasksq.dead") is None
 
 
@@ -105,7 +105,7 @@ def test_headers_that_are_not_a_mapping_are_refused_not_raised(channel, caplog):
 def test_a_log_line_stays_short_whatever_the_headers(caplog):
     message, fake = raw(headers={"task": "t" * 100_000, "id": "bad\x00id"}, payload=json.dumps([[], {}, {}]))
     with caplog.at_level(logging.ERROR):
-        assert intake.read(message, "default", intake.Policy(None, False, None)) is None
+        assert intake.read(message, "default", intake.Policy((), False, None)) is None
     line = next(r.getMessage() for r in caplog.records if "refused message" in r.getMessage())
     assert len(line) < 1500 and "[" + repr("bad\x00id") + "]" in line
     assert fake.rejected == [("tag-1", False)]
