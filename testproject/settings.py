@@ -14,6 +14,7 @@ the test that started them:
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -102,10 +103,16 @@ TASKS_Q = {
     "QUEUES": {"videos": {"max_priority": 10}, "reports": {}},
 }
 
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"}},
+    "formatters": {"plain": {"()": "django_tasks_q.log.TaskFormatter"},
+                   "ids": {"format": "%(levelname)s %(task_name)s %(task_id)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {"django_tasks_q": {"handlers": ["console"], "level": "INFO", "propagate": False}},
 }
+if os.environ.get("TESTPROJECT_TASK_LOG"):  # the logging test: task records also go to this file
+    LOGGING["handlers"]["task_file"] = {"class": "logging.FileHandler", "formatter": "ids",
+                                        "filename": os.environ["TESTPROJECT_TASK_LOG"]}
+    LOGGING["loggers"]["django_tasks_q.task"] = {"handlers": ["task_file", "console"], "level": "INFO",
+                                                 "propagate": False}
