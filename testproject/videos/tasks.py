@@ -250,3 +250,22 @@ async def async_flaky(self, succeed_on_attempt):
 
 
 from . import workflow_tasks  # noqa: E402,F401  canvas test tasks (tests/integration/test_workflows_chain.py)
+
+
+@task
+def debugged():
+    """Stops in the remote debugger (tests/integration/test_rdb.py connects to it and continues)."""
+    from django_tasks_q.contrib import rdb
+
+    x = 1
+    rdb.set_trace()
+    return x + 1
+
+
+@task
+def gevent_nap(seconds):
+    """Sleeps (a yield to other greenlets on ``-P gevent``); the pid shows that one process ran them all."""
+    import os
+
+    time.sleep(seconds)
+    return {"pid": os.getpid()}

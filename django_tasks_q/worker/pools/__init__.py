@@ -1,4 +1,5 @@
-"""Worker pools: ``solo`` (inline), ``threads``, ``prefork`` (child processes), ``asyncio`` (threads + one loop)."""
+"""Worker pools: ``solo`` (inline), ``threads``, ``prefork`` (child processes), ``asyncio`` (threads + one loop),
+``gevent`` (greenlets)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ def create_pool(name: str, concurrency: int, hostname: str, **options) -> Pool:
         from .prefork import PreforkPool as cls
     elif name == "asyncio":
         from .asyncio import AsyncioPool as cls
+    elif name == "gevent":
+        from .gevent import GeventPool as cls
     else:
-        raise ImproperlyConfigured(f"unknown pool {name!r}; use solo, threads, prefork or asyncio")
+        raise ImproperlyConfigured(f"unknown pool {name!r}; use solo, threads, prefork, asyncio or gevent")
     return cls(concurrency, hostname, **options)
 
 
