@@ -59,6 +59,7 @@ Selected automatically for ``redis://`` and ``rediss://`` broker URLs by
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
 from time import monotonic, time
 from typing import Any
@@ -69,6 +70,7 @@ from queue import Empty
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
+from redis.exceptions import NoScriptError
 
 from ...core.protocol import fast_json
 from ..delayed import PARK_HEADER, REDIS_KEY, RELEASE_LEAD
@@ -153,12 +155,28 @@ def pipelined(client: Any, *commands: tuple) -> list:
         pool.release(connection)
 
 
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def resp(*parts: str | bytes | int | float) -> bytes:
+    """One Redis command as RESP bytes (what redis-py's packer makes, without its per-call machinery)."""
+    encoded = [part if isinstance(part, bytes) else str(part).encode() for part in parts]
+    return b"*%d\r\n" % len(encoded) + b"".join(_bulk(part) for part in encoded)
+
+
 class QoS(kombu_redis.QoS):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # the two commands of an ack with their fixed parts encoded once: only the tag changes
+        self._zrem = b"*3\r\n$4\r\nZREM\r\n" + _bulk(self.unacked_index_key.encode())
+        self._hdel = b"*3\r\n$4\r\nHDEL\r\n" + _bulk(self.unacked_key.encode())
+
     def ack(self, delivery_tag: str) -> None:
-        """kombu's ack (drop the tag from the unacked index and hash) as one raw write, not a MULTI pipeline
-        object: the pipeline's bookkeeping cost more than the round trip, once per task run."""
-        with self.channel.conn_or_acquire() as client:
-            pipelined(client, ("ZREM", self.unacked_index_key, delivery_tag), ("HDEL", self.unacked_key, delivery_tag))
+        """kombu's ack (drop the tag from the unacked index and hash), once per task run, as raw RESP on
+        the consumer's own connection (:meth:`Channel.raw_call`)."""
+        tag = _bulk(delivery_tag.encode())
+        self.channel.raw_call(self._zrem + tag + self._hdel + tag, 2)
         kombu_redis.virtual.QoS.ack(self, delivery_tag)
 
     def append(self, message: Any, delivery_tag: str) -> None:
@@ -190,6 +208,8 @@ class Channel(kombu_redis.Channel):
         self._held_by_script: str | None = None
         self._scripts_client: Any = None
         self._scripts: dict[str, Any] = {}
+        self._raw_connection: Any = None
+        self._shas: dict[str, str] = {}
         self._found_last_time = True  # look before the first wait
         self._sent_command = "BRPOP"
         super().__init__(*args, **kwargs)
@@ -280,9 +300,8 @@ class Channel(kombu_redis.Channel):
         want = TAKE_BATCH if room is None else min(TAKE_BATCH, room)
         if want < 1:
             raise Empty()
-        with self.conn_or_acquire() as client:
-            taken = self._script(client, POP_SCRIPT)(
-                keys=[*keys, self.unacked_key, self.unacked_index_key], args=[time(), want])
+        keys += [self.unacked_key, self.unacked_index_key]
+        taken = self._eval(POP_SCRIPT, keys, [time(), want])
         self._found_last_time = bool(taken)
         delivered = False
         for index in range(0, len(taken), 3):
@@ -305,6 +324,45 @@ class Channel(kombu_redis.Channel):
         if not delivered:
             raise Empty()
         return True
+
+    # -- the consumer's hot path: raw RESP on a connection of its own ---------------------------
+
+    def raw_call(self, packed: bytes, replies: int) -> list:
+        """Write ``packed`` commands on this channel's own connection and read ``replies`` replies.
+
+        Used once or twice per task run (take, ack): redis-py's pooled path --
+        take a connection, health-check it, pack, release -- cost more than
+        the round trip itself. Any error (the connection broke, or Redis
+        answered an error) drops the connection, so no reply is left unread
+        on it, and is raised; the next call reconnects.
+        """
+        connection = self._raw_connection
+        if connection is None:
+            with self.conn_or_acquire() as client:
+                connection = self._raw_connection = client.connection_pool.make_connection()
+        try:
+            connection.send_packed_command([packed], check_health=False)
+            return [connection.read_response() for _ in range(replies)]
+        except BaseException:
+            self.close_raw_connection()
+            raise
+
+    def close_raw_connection(self) -> None:
+        connection, self._raw_connection = self._raw_connection, None
+        if connection is not None:
+            connection.disconnect()
+
+    def _eval(self, source: str, keys: list[str], args: list) -> Any:
+        """EVALSHA ``source`` through :meth:`raw_call`, loading it first when Redis does not know it."""
+        sha = self._shas.get(source)
+        if sha is None:
+            sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
+        command = resp("EVALSHA", sha, len(keys), *keys, *args)
+        try:
+            return self.raw_call(command, 1)[0]
+        except NoScriptError:  # a new or flushed Redis
+            pass
+        return self.raw_call(resp("SCRIPT", "LOAD", source) + command, 2)[1]
 
     def _script(self, client: Any, source: str) -> Any:
         """The registered script for ``client``, made once: registering hashes the source every time."""
@@ -361,7 +419,12 @@ class Channel(kombu_redis.Channel):
 
     def _on_connection_disconnect(self, connection: Any) -> None:
         self._sync_client = None
+        self.close_raw_connection()
         super()._on_connection_disconnect(connection)
+
+    def close(self) -> None:
+        self.close_raw_connection()
+        super().close()
 
 
 class Transport(KeeperMixin, kombu_redis.Transport):  # type: ignore[misc]  # kombu types channels as None
