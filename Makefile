@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 # two test processes (one per core); each file stays in one, so its module-scoped workers start once
 PYTEST_ARGS ?= -n 2 --dist loadfile
 
-.PHONY: venv servers test demo clean
+.PHONY: venv servers test demo bench clean
 
 venv: $(VENV)/.installed
 
@@ -50,6 +50,11 @@ test: venv servers
 
 demo: venv
 	$(PY) testproject/demo.py
+
+# django-tasks-q next to Celery, Huey, RQ and Dramatiq on private Redis and RabbitMQ servers (bench/README.md)
+bench: venv servers
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) db.sqlite3 db.sqlite3-*

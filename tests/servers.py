@@ -28,8 +28,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import pytest
-
 HOST = "127.0.0.1"
 
 #: (server name, seconds it took to start) for every server started this session.
@@ -566,6 +564,8 @@ def serve(server: Server) -> Iterator[str]:
         except Exception as exc:  # e.g. a subprocess timeout: same policy
             message = f"{server.name} server failed to start: {exc!r}\n--- log tail ---\n{tail(server.log_path)}"
         if message is not None:  # raised outside the except blocks: no chained traceback
+            import pytest  # here, so that bench/run.py can use the server classes without pytest
+
             pytest.fail(message, pytrace=False)
         yield url
     finally:

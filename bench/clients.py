@@ -1,0 +1,146 @@
+"""The sending side of every measurement, run as a subprocess of ``bench/run.py``.
+
+    python -m bench.clients SYSTEM ACTION [N] [PATH]
+
+Each call runs in a fresh interpreter so that the systems never share a
+process (Celery and django-tasks-q both read ``DJANGO_SETTINGS_MODULE``-style
+globals) and each sees only the environment ``bench/systems.py`` gave it.
+Imports and the first connection happen before the clock starts; the last
+line of stdout is a JSON object with the timed figures.
+
+Actions: ``enqueue N`` (N single sends), ``fill N START END`` (a marker task
+that writes START, N + 1 sends as the drain rows want them, then a marker
+task that writes END), ``bulk N`` (one
+bulk call of N tasks), ``marker PATH``, ``roundtrip N`` (N send-then-wait
+latencies, after 20 untimed ones).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WARMUP = 20
+
+
+@dataclass
+class Client:
+    """What one library offers the benchmark; ``None`` where a row does not use it."""
+
+    send: Callable[[], object]
+    marker: Callable[[str], object]
+    send_quiet: Callable[[], object] | None = None  # the drain rows' send, when it differs from ``send``
+    bulk: Callable[[int], Callable[[], object]] | None = None  # N -> the timed call, built beforehand
+    roundtrip: Callable[[], object] | None = None
+
+
+def ours() -> Client:
+    import django
+
+    django.setup()
+    from testproject.videos.tasks import add, noop, touch
+
+    return Client(
+        send=noop.delay,
+        send_quiet=lambda: noop.apply_async(ignore_result=True),
+        marker=touch.delay,
+        bulk=lambda n: (lambda calls=[()] * n: noop.delay_many(calls)),
+        roundtrip=lambda: add.delay(1, 2).get(timeout=30),
+    )
+
+
+def celery() -> Client:
+    from celery import group
+
+    from bench.celery_app import add, noop, touch
+
+    def bulk(n: int) -> Callable[[], object]:
+        tasks = group([noop.s() for _ in range(n)])
+        return tasks.apply_async
+
+    return Client(send=noop.delay, marker=touch.delay, bulk=bulk,
+                  roundtrip=lambda: add.delay(1, 2).get(timeout=30))
+
+
+def huey() -> Client:
+    from bench.peers.huey_app import add, noop, touch
+
+    return Client(send=noop, marker=touch, roundtrip=lambda: add(1, 2).get(blocking=True, timeout=30))
+
+
+def rq() -> Client:
+    import os
+
+    from redis import Redis
+    from rq import Queue
+
+    from bench.peers.rq_tasks import noop, touch
+
+    queue = Queue(connection=Redis.from_url(os.environ["BENCH_BROKER_URL"]))
+
+    def bulk(n: int) -> Callable[[], object]:
+        jobs = [Queue.prepare_data(noop) for _ in range(n)]
+        return lambda: queue.enqueue_many(jobs)
+
+    return Client(send=lambda: queue.enqueue(noop), marker=lambda path: queue.enqueue(touch, path), bulk=bulk)
+
+
+def dramatiq() -> Client:
+    from bench.peers.dramatiq_app import noop, touch
+
+    return Client(send=noop.send, marker=touch.send)
+
+
+CLIENTS = {"ours": ours, "celery": celery, "huey": huey, "rq": rq, "dramatiq": dramatiq}
+
+
+def timed(call: Callable[[], object], n: int) -> float:
+    started = time.perf_counter()
+    for _ in range(n):
+        call()
+    return time.perf_counter() - started
+
+
+def main(argv: list[str]) -> dict:
+    system, action, *rest = argv
+    client = CLIENTS[system]()
+    if action == "marker":
+        client.marker(rest[0])
+        return {}
+    n = int(rest[0])
+    if action == "enqueue":
+        client.send()  # opens the connection, untimed
+        return {"seconds": timed(client.send, n)}
+    if action == "fill":
+        send = client.send_quiet or client.send
+        client.marker(rest[1])  # the start marker (opens the connection, untimed)
+        send()  # untimed, like every first send
+        seconds = timed(send, n)
+        client.marker(rest[2])  # the end marker
+        return {"seconds": seconds}
+    if action == "bulk":
+        client.send()  # opens the connection, untimed
+        call = client.bulk(n)
+        started = time.perf_counter()
+        call()
+        return {"seconds": time.perf_counter() - started}
+    if action == "roundtrip":
+        for _ in range(WARMUP):
+            client.roundtrip()
+        latencies = []
+        for _ in range(n):
+            started = time.perf_counter()
+            client.roundtrip()
+            latencies.append(time.perf_counter() - started)
+        return {"latencies": latencies}
+    raise SystemExit(f"unknown action {action!r}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    print(json.dumps(main(sys.argv[1:])))

@@ -1,0 +1,73 @@
+"""One measurement of one system: drain, enqueue, bulk enqueue, round trip, idle memory.
+
+Every function starts from an empty broker (``run.py`` flushes Redis between
+calls; a RabbitMQ queue is empty after its drain) and returns a dict of
+figures for one run. ``run.py`` takes the medians over runs.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+from bench.workers import Worker, client, environment, new_marker, worker_command
+
+#: Seconds an idle worker is left alone before its memory is read.
+IDLE_SETTLE = 2.0
+
+
+def drain(system: str, broker_url: str, n: int, pool: str = "solo", concurrency: int = 1) -> dict:
+    """Tasks per second a worker runs from a full queue, and its CPU milliseconds per task.
+
+    The queue holds a start marker task, N + 1 no-ops and an end marker; the
+    worker is started, and the clock and the worker's CPU seconds are read
+    when the start marker's file appears and again when the end marker's
+    does. Every worker here takes the queue in order, so what lies between is
+    the N + 2 tasks after the start marker, and the worker's start-up (which
+    varies by a second or more from one start to the next) is left out.
+    """
+    env = environment(broker_url)
+    start, end = new_marker(), new_marker()
+    sent = client(system, env, "fill", n, start, end)
+    with Worker(worker_command(system, broker_url, pool, concurrency), env) as worker:
+        began = worker.wait_for(start)
+        began_cpu = worker.cpu_seconds()
+        ended = worker.wait_for(end)
+        cpu = worker.cpu_seconds() - began_cpu
+    tasks = n + 2
+    return {"rate": tasks / (ended - began), "cpu_ms": 1000 * cpu / tasks, "enqueue_rate": n / sent["seconds"]}
+
+
+def enqueue(system: str, broker_url: str, n: int) -> dict:
+    """Tasks per second sent one call at a time (``delay()`` or the library's equivalent)."""
+    return {"rate": n / client(system, environment(broker_url), "enqueue", n)["seconds"]}
+
+
+def bulk(system: str, broker_url: str, n: int) -> dict:
+    """Tasks per second sent by the library's bulk call, N tasks in one call."""
+    return {"rate": n / client(system, environment(broker_url), "bulk", n)["seconds"]}
+
+
+def roundtrip(system: str, broker_url: str, result_url: str, n: int, **extra: str) -> dict:
+    """p50 and p99 milliseconds from ``delay()`` to ``get()`` returning, one idle worker, Redis results."""
+    env = environment(broker_url, result_url, **extra)
+    marker = new_marker()
+    client(system, env, "marker", marker)
+    with Worker(worker_command(system, broker_url), env) as worker:
+        worker.wait_for(marker)  # started and idle
+        latencies = sorted(client(system, env, "roundtrip", n)["latencies"])
+    return {"p50_ms": 1000 * statistics.median(latencies),
+            "p99_ms": 1000 * latencies[math.ceil(0.99 * len(latencies)) - 1]}
+
+
+def idle_memory(system: str, broker_url: str, pool: str, concurrency: int) -> dict:
+    """RSS and PSS (MiB) of an idle worker and all its processes, after it has run one task."""
+    env = environment(broker_url)
+    marker = new_marker()
+    client(system, env, "marker", marker)
+    with Worker(worker_command(system, broker_url, pool, concurrency), env) as worker:
+        worker.wait_for(marker)
+        time.sleep(IDLE_SETTLE)
+        rss, pss = worker.memory_kib()
+    return {"rss_mib": rss / 1024, "pss_mib": pss / 1024}

@@ -1,0 +1,28 @@
+"""Dramatiq's side of the benchmark: a ``RabbitmqBroker`` with its default middleware.
+
+The actors use their own queue name because Dramatiq declares its queues with
+dead-letter arguments, and RabbitMQ refuses to re-declare the ``default`` queue
+that Celery and django-tasks-q declared without them.
+"""
+
+import os
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+URL = os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+# kombu reads the trailing "//" as the vhost "/"; pika wants it spelled "/%2F"
+dramatiq.set_broker(RabbitmqBroker(url=URL[:-2] + "/%2F" if URL.endswith("//") else URL))
+
+QUEUE = "bench-dramatiq"
+
+
+@dramatiq.actor(queue_name=QUEUE)
+def noop():
+    return None
+
+
+@dramatiq.actor(queue_name=QUEUE)
+def touch(path):
+    with open(path, "w") as fh:
+        fh.write("done")

@@ -1,0 +1,155 @@
+"""``make bench``: django-tasks-q next to Celery, Huey, RQ and Dramatiq, on the same servers, in one run.
+
+    .venv/bin/python bench/run.py [--tasks 20000] [--runs 3] [--only drain,enqueue,...]
+
+Starts a private redis-server (and, for the ``amqp`` row, a private RabbitMQ)
+on free loopback ports with ``tests/servers.py``, measures every selected row
+``--runs`` times, the systems of a row one after another within each run so
+that the machine's noise falls on all of them alike, and prints the medians,
+the ratios against the targets of the issue (PASS/FAIL), and the workers' CPU
+seconds per task, which noise moves less than wall-clock rates.
+See bench/README.md for what each row means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import measure, report  # noqa: E402
+
+ROWS = ("drain", "drain2", "enqueue", "bulk", "roundtrip", "amqp", "rss")
+
+
+def flush(redis_url: str) -> None:
+    """Empty the private Redis server: every measurement starts from nothing queued."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushall()
+
+
+def measure_run(rows: list[str], redis_url: str, amqp_url: str | None, n: int, roundtrips: int,
+                figures: dict[tuple[str, str], list[dict]]) -> None:
+    """One run of every selected row; appends one dict per (row, system) to ``figures``."""
+
+    def record(row: str, system: str, call, *args, **kwargs) -> None:
+        """Measure and keep the figures; a failed measurement is reported and the run goes on."""
+        try:
+            result = call(*args, **kwargs)
+        except (Exception, SystemExit) as exc:
+            print(f"  {row:<9} {system:<16} FAILED: {str(exc)[-2000:]}", flush=True)
+            return
+        figures.setdefault((row, system), []).append(result)
+        shown = ", ".join(f"{key} {value:,.2f}" for key, value in result.items())
+        print(f"  {row:<9} {system:<16} {shown}", flush=True)
+
+    def on_redis(row: str, system: str, call, *args, **kwargs) -> None:
+        flush(redis_url)
+        record(row, system, call, system, redis_url, *args, **kwargs)
+
+    if "drain" in rows or "drain2" in rows:
+        for system in ("ours", "celery", "huey", "rq") if "drain" in rows else ("ours",):
+            on_redis("drain", system, measure.drain, n)
+    if "drain2" in rows:
+        flush(redis_url)
+        record("drain2", "ours", measure.drain, "ours", redis_url, n, pool="prefork", concurrency=2)
+    if "enqueue" in rows:
+        for system in ("ours", "celery", "huey"):
+            on_redis("enqueue", system, measure.enqueue, n)
+    if "bulk" in rows:
+        for system in ("ours", "celery", "rq"):
+            on_redis("bulk", system, measure.bulk, n)
+    if "roundtrip" in rows:
+        results = redis_url.rsplit("/", 1)[0] + "/1"
+        for label, system, extra in (("ours", "ours", {}), ("celery", "celery", {}), ("huey", "huey", {}),
+                                     ("huey-notify", "huey", {"BENCH_HUEY_NOTIFY": "1"})):
+            flush(redis_url)
+            record("roundtrip", label, measure.roundtrip, system, redis_url, results, roundtrips, **extra)
+    if "amqp" in rows and amqp_url:
+        for system in ("ours", "celery", "dramatiq"):
+            record("amqp", system, measure.drain, system, amqp_url, n)
+    if "rss" in rows:
+        for pool, concurrency in (("solo", 1), ("prefork", 2)):
+            for system in ("ours", "celery"):
+                on_redis(f"rss-{pool}", system, measure.idle_memory, pool, concurrency)
+    flush(redis_url)
+
+
+def machine(redis_server, rabbitmq_server) -> list[str]:
+    """The facts a reader needs to compare figures: CPUs, Python, servers, library versions."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown")
+    redis_version = subprocess.run([redis_server._find_binary(), "--version"], capture_output=True,
+                                   text=True).stdout.split()[2].removeprefix("v=")
+    rabbit_version = "not started"
+    if rabbitmq_server is not None:
+        rabbit_version = rabbitmq_server._cli("rabbitmqctl", "-q", "version").stdout.strip()
+    libraries = ", ".join(f"{name} {metadata.version(name)}"
+                          for name in ("django-tasks-q", "celery", "huey", "rq", "dramatiq", "redis", "hiredis"))
+    git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    source = f"{ROOT} at {git.stdout.strip()}" if git.returncode == 0 else f"{ROOT} (not a git checkout)"
+    return [f"machine: {os.cpu_count()} CPUs, {model}; Linux {platform.release()}; django-tasks-q from {source}",
+            f"python {platform.python_version()}; redis-server {redis_version}; rabbitmq {rabbit_version}",
+            f"libraries: {libraries}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=20000, help="tasks per drain/enqueue/bulk measurement")
+    parser.add_argument("--runs", type=int, default=3, help="runs; every figure is the median over them")
+    parser.add_argument("--roundtrips", type=int, default=0, help="round trips per run (default: tasks / 40)")
+    parser.add_argument("--only", default=",".join(ROWS), help=f"comma-separated rows out of {','.join(ROWS)}")
+    args = parser.parse_args()
+    rows = [row.strip() for row in args.only.split(",") if row.strip()]
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        parser.error(f"unknown rows {sorted(unknown)}; choose from {','.join(ROWS)}")
+    roundtrips = args.roundtrips or max(50, args.tasks // 40)
+
+    from tests.servers import RabbitMQServer, RedisServer
+
+    database = tempfile.mktemp(prefix="bench-", suffix=".sqlite3")
+    os.environ["TESTPROJECT_SQLITE"] = database  # ours: the ORM tables (the marker's result, the worker's rows)
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True,
+                   env={**os.environ, "DJANGO_SETTINGS_MODULE": "testproject.settings"})
+    redis_server, rabbitmq_server = RedisServer(), None
+    figures: dict[tuple[str, str], list[dict]] = {}
+    started = time.monotonic()
+    try:
+        redis_url = redis_server.start()
+        amqp_url = None
+        if "amqp" in rows:
+            rabbitmq_server = RabbitMQServer()
+            amqp_url = rabbitmq_server.start()
+        header = machine(redis_server, rabbitmq_server)
+        print("\n".join(header), flush=True)
+        for run in range(args.runs):
+            print(f"run {run + 1} of {args.runs}", flush=True)
+            measure_run(rows, redis_url, amqp_url, args.tasks, roundtrips, figures)
+    finally:
+        if rabbitmq_server is not None:
+            rabbitmq_server.stop()
+        redis_server.stop()
+        for path in (database, database + "-wal", database + "-shm"):
+            Path(path).unlink(missing_ok=True)
+    medians = {key: {name: statistics.median(result[name] for result in results) for name in results[0]}
+               for key, results in figures.items()}
+    print(f"\n{time.strftime('%Y-%m-%d')}, {args.tasks} tasks per measurement, {roundtrips} round trips, "
+          f"median of {args.runs} run(s), {time.monotonic() - started:.0f} s in all")
+    print("\n".join(header))
+    report.show(medians, rows)
+
+
+if __name__ == "__main__":
+    main()
