@@ -27,7 +27,6 @@ from kombu import Consumer
 from kombu.exceptions import OperationalError
 
 from .. import signals
-from ..broker import connection as publishing
 from ..broker import delayed
 from ..broker.connection import mask_url, new_connection
 from ..conf import settings
@@ -42,6 +41,7 @@ from .executor import make_request
 from .handoff import Handoff
 from .limit_overrides import LimitOverrides
 from .monitor import LoopStats, Monitor
+from .parking import ParkingMixin
 from .pools import create_pool
 from .pools.base import Job
 from .ratelimit import RateLimiter
@@ -61,7 +61,7 @@ def expand_hostname(name: str | None) -> str:
     return name.replace("%h", host).replace("%n", host.split(".")[0])
 
 
-class Worker:
+class Worker(ParkingMixin):
     def __init__(self, queues: list[str] | None = None, concurrency: int | None = None, pool: str = "prefork",
                  hostname: str | None = None, prefetch_multiplier: int | None = None,
                  max_tasks_per_child: int | None = None, max_memory_per_child: int | None = None,
@@ -324,52 +324,6 @@ class Worker:
         visible until the next attempt starts, as in Celery."""
         if self.track_started and not job.message.ignore_result and not job.message.retries:
             self._record(job, TaskState.RECEIVED)
-
-    # -- delayed delivery (broker.delayed) ---------------------------------
-    def _park(self, job: Job, until: float) -> bool:
-        """Give a far-off task to the broker's delayed store instead of holding it; False: hold it."""
-        publisher = publishing.current()
-        if not delayed.supports_parking(publisher.connection):
-            return False
-        try:
-            delayed.park_received(publisher, job.kombu_message, job.delivery_info["queue"], until)
-        except Exception:
-            publishing.reset()
-            logger.exception("could not park task %s[%s]; holding it in memory instead", job.message.task,
-                             job.message.id)
-            return False
-        logger.info("task %s[%s] is due at %s: parked in the broker until then", job.message.task, job.message.id,
-                    job.message.eta.isoformat())
-        self._ack(job)
-        return True
-
-    def _release_parked(self) -> None:
-        release = getattr(self._channel, "release_parked", None)
-        if release is not None:
-            moved = release()
-            if moved:
-                logger.debug("released %d parked message(s)", moved)
-
-    def _consume_ready_parked(self, connection: Any, channel: Any) -> list[Consumer]:
-        """RabbitMQ: consume the queue parked messages reach when due, and forward them."""
-        if connection.transport.driver_type != "amqp":
-            return []
-        ready = delayed.declare_amqp_topology(connection)
-        consumer = Consumer(channel, [ready], on_message=self._forward_parked, accept=None, no_ack=False,
-                            auto_declare=False)
-        consumer.consume()
-        return [consumer]
-
-    def _forward_parked(self, message: Any) -> None:
-        try:
-            delayed.forward_ready(publishing.current(), message, self.eta_hold_max)
-        except Exception:
-            publishing.reset()
-            logger.exception("could not forward parked message %s; it goes back to %s",
-                             (message.headers or {}).get("id"), delayed.AMQP_READY_QUEUE)
-            message.reject(requeue=True)
-            return
-        message.ack()
 
     def _update_qos(self) -> None:
         """Held eta tasks must not use up the prefetch window (as Celery does)."""

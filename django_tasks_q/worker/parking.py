@@ -1,0 +1,75 @@
+"""Delayed delivery in the worker (broker.delayed): far-off eta tasks go to the broker's delayed store.
+
+A task due later than ``ETA_HOLD_MAX`` is handed back to the broker (parked)
+instead of being held in the worker's memory; Redis and django:// release
+parked messages when due (``_release_parked``, once a second), RabbitMQ
+dead-letters them into a ready queue the worker consumes and forwards.
+Mixed into :class:`~django_tasks_q.worker.worker.Worker`, whose ``_ack``,
+``_channel`` and ``eta_hold_max`` these methods use.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kombu import Consumer
+
+from ..broker import connection as publishing
+from ..broker import delayed
+from .pools.base import Job
+
+logger = logging.getLogger(__name__)
+
+
+class ParkingMixin:
+    _channel: Any
+    eta_hold_max: float
+
+    def _ack(self, job: Job) -> None:  # provided by Worker
+        raise NotImplementedError
+
+    def _park(self, job: Job, until: float) -> bool:
+        """Give a far-off task to the broker's delayed store instead of holding it; False: hold it."""
+        publisher = publishing.current()
+        if not delayed.supports_parking(publisher.connection):
+            return False
+        try:
+            delayed.park_received(publisher, job.kombu_message, job.delivery_info["queue"], until)
+        except Exception:
+            publishing.reset()
+            logger.exception("could not park task %s[%s]; holding it in memory instead", job.message.task,
+                             job.message.id)
+            return False
+        logger.info("task %s[%s] is due at %s: parked in the broker until then", job.message.task, job.message.id,
+                    job.message.eta.isoformat())
+        self._ack(job)
+        return True
+
+    def _release_parked(self) -> None:
+        release = getattr(self._channel, "release_parked", None)
+        if release is not None:
+            moved = release()
+            if moved:
+                logger.debug("released %d parked message(s)", moved)
+
+    def _consume_ready_parked(self, connection: Any, channel: Any) -> list[Consumer]:
+        """RabbitMQ: consume the queue parked messages reach when due, and forward them."""
+        if connection.transport.driver_type != "amqp":
+            return []
+        ready = delayed.declare_amqp_topology(connection)
+        consumer = Consumer(channel, [ready], on_message=self._forward_parked, accept=None, no_ack=False,
+                            auto_declare=False)
+        consumer.consume()
+        return [consumer]
+
+    def _forward_parked(self, message: Any) -> None:
+        try:
+            delayed.forward_ready(publishing.current(), message, self.eta_hold_max)
+        except Exception:
+            publishing.reset()
+            logger.exception("could not forward parked message %s; it goes back to %s",
+                             (message.headers or {}).get("id"), delayed.AMQP_READY_QUEUE)
+            message.reject(requeue=True)
+            return
+        message.ack()
