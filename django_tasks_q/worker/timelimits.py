@@ -40,6 +40,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from ..exceptions import SoftTimeLimitExceeded, TaskRevokedError
@@ -87,6 +88,29 @@ def _set_async_exc(thread_id: int, exc_class: type[BaseException] | None) -> Non
     # no argtypes on purpose: None must reach C as NULL, which clears
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
                                                None if exc_class is None else ctypes.py_object(exc_class))
+
+
+#: how an exception reaches a task's (non-main) thread: ``(thread ident, class or None to cancel)``
+_interrupt: Callable[[int, type[BaseException] | None], None] = _set_async_exc
+
+
+def use_interrupter(function: Callable[[int, type[BaseException] | None], None]) -> None:
+    """Replace how soft limits and terminate reach task threads: the gevent pool's greenlets share one
+    thread state, so it throws into the greenlet instead of ``PyThreadState_SetAsyncExc``."""
+    global _interrupt
+    _interrupt = function
+
+
+def exception_for(thread_id: int, exc_class: type[BaseException]) -> BaseException:
+    """``exc_class()`` with the message the task in ``thread_id`` would see (for an interrupter that
+    raises an instance from another thread or greenlet)."""
+    guard = next((g for g in list(_guards.values()) if g._thread == thread_id and g._open), None)
+    previous = getattr(_local, "guard", None)
+    _local.guard = guard
+    try:
+        return exc_class()
+    finally:
+        _local.guard = previous
 
 
 def _on_alarm(signum: int, frame: Any) -> None:
@@ -177,7 +201,7 @@ class Guard:
             if _main_guard is self:
                 _main_guard = None
         else:
-            _set_async_exc(self._thread, None)  # drop one injected after the body's last bytecode
+            _interrupt(self._thread, None)  # drop one injected after the body's last bytecode
             _local.guard = None
         # the closed guard stays registered until the pool's discard(): a terminate arriving
         # between now and then finds it closed and answers False instead of waiting for a next run
@@ -207,8 +231,8 @@ class Guard:
                 self._pending = exc_class
                 signal.pthread_kill(self._thread, signal.SIGALRM)
             else:
-                _set_async_exc(self._thread, _SoftLimitInThread if exc_class is SoftTimeLimitExceeded
-                               else _TerminatedInThread)
+                _interrupt(self._thread, _SoftLimitInThread if exc_class is SoftTimeLimitExceeded
+                           else _TerminatedInThread)
             return True
 
     def _alarm(self) -> None:

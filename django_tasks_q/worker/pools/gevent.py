@@ -34,7 +34,7 @@ _pending: dict[int, Any] = {}
 
 
 def _throw(thread_id: int, exc_class: type[BaseException] | None) -> None:
-    """``timelimits._set_async_exc`` for greenlets: throw ``exc_class`` into one; ``None`` cancels."""
+    """The interrupter for greenlets (``timelimits.use_interrupter``): throw ``exc_class`` into one; ``None`` cancels."""
     from gevent import get_hub
 
     pending = _pending.pop(thread_id, None)
@@ -46,24 +46,9 @@ def _throw(thread_id: int, exc_class: type[BaseException] | None) -> None:
 
     def throw() -> None:
         if _pending.pop(thread_id, None) is not None and not greenlet.dead:
-            greenlet.throw(_instance(thread_id, exc_class))
+            greenlet.throw(timelimits.exception_for(thread_id, exc_class))
 
     _pending[thread_id] = get_hub().loop.run_callback(throw)
-
-
-def _instance(thread_id: int, exc_class: type[BaseException]) -> BaseException:
-    """``exc_class()`` with the message the task would see on the threads pool.
-
-    The injected classes take their message from the calling thread's guard
-    (``timelimits._local``); the hub is not the task's greenlet, so lend it
-    the task's guard while the exception is made.
-    """
-    guard = next((g for g in list(timelimits._guards.values()) if g._thread == thread_id and g._open), None)
-    timelimits._local.guard = guard
-    try:
-        return exc_class()
-    finally:
-        timelimits._local.guard = None
 
 
 class GeventPool(ThreadPool):
@@ -81,7 +66,7 @@ class GeventPool(ThreadPool):
         super().__init__(concurrency, hostname, **options)
 
     def start(self) -> None:
-        timelimits._set_async_exc = _throw  # greenlets share one thread state: see the module docstring
+        timelimits.use_interrupter(_throw)  # greenlets share one thread state: see the module docstring
         super().start()
 
     def _serve(self) -> None:
