@@ -106,9 +106,10 @@ class Worker(ParkingMixin):
         self.handoff = Handoff()  # calls the command thread hands to the main loop
         self.time_limits = LimitOverrides()
         self.consumers: ConsumerSet | None = None  # the task-queue consumers while connected
-        #: (id, retries) of tasks started although their early ack failed: the ack may have reached the
-        #: broker before the connection broke, or not -- then a copy comes back, and is acked, not run
-        self._started_unacked: OrderedDict[tuple[str, int], None] = OrderedDict()
+        #: (id, retries) of tasks started after an early ack -> whether that ack raised. An ack can be lost
+        #: with the connection either way (AMQP's is never confirmed; a frozen link swallows it); then a
+        #: copy comes back and is acked, not run again (``_already_started``)
+        self._started_unacked: OrderedDict[tuple[str, int], bool] = OrderedDict()
 
     def every(self, seconds: float, function: Any) -> None:
         """Run ``function()`` in the main loop about every ``seconds``; an error is logged, never raised."""
@@ -355,12 +356,16 @@ class Worker(ParkingMixin):
                 # The broker may have taken the ack before the connection broke (a Redis killed while
                 # it synced its log has applied it and sent no reply): then no copy will come back, so
                 # run the task now rather than lose it, and ack the copy that comes back if it does.
-                self._started_unacked[(job.message.id, job.message.retries)] = None
-                while len(self._started_unacked) > MAX_STARTED_UNACKED:
-                    self._started_unacked.popitem(last=False)
+                self._remember_started(job, ack_failed=True)
                 self._begin(job)
                 raise  # the connection is gone: reconnect
+            self._remember_started(job, ack_failed=False)
         self._begin(job)
+
+    def _remember_started(self, job: Job, *, ack_failed: bool) -> None:
+        self._started_unacked[(job.message.id, job.message.retries)] = ack_failed
+        if len(self._started_unacked) > MAX_STARTED_UNACKED:
+            self._started_unacked.popitem(last=False)
 
     def _begin(self, job: Job) -> None:
         self.active[job.message.id] = (job, time.time())
@@ -369,9 +374,11 @@ class Worker(ParkingMixin):
         self.revocations.check_started(job.message.id)
 
     def _already_started(self, job: Job) -> bool:
-        """A copy of a task this worker started after its ack failed: ack it instead of running it twice."""
+        """A copy of an early-acked task this worker already started -- any copy when the ack raised, a
+        redelivered one when it seemed to go through: ack it instead of running the task twice."""
         key = (job.message.id, job.message.retries)
-        if key not in self._started_unacked:
+        ack_failed = self._started_unacked.get(key)
+        if ack_failed is None or not (ack_failed or job.delivery_info.get("redelivered")):
             return False
         del self._started_unacked[key]
         logger.warning("task %s[%s] came back after its ack was lost with the connection; it was already "
