@@ -13,6 +13,7 @@ import json
 import socket
 import threading
 import urllib.request
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from celery import Celery
@@ -115,6 +116,27 @@ def test_celery_receiver_sees_task_and_worker_events(ours, collector):
     assert clocks == sorted(clocks) and len(set(clocks)) == len(clocks)
     order = [e["type"] for e in ours_events if e.get("uuid") == ok.id]
     assert order == ["task-received", "task-started", "task-succeeded"]
+
+
+def test_revoked_and_offline_events_reach_a_celery_receiver(ours, collector, interop_broker):
+    expired = add.apply_async((1, 1), expires=datetime.now(timezone.utc) - timedelta(seconds=5))
+    revoked = add.apply_async((2, 2), countdown=3)  # held by the worker until its eta...
+    revoked.revoke()  # ...which is longer than a revoke takes to reach it: dropped when due
+    wait_until(lambda: collector.of("task-revoked", uuid=expired.id) and collector.of("task-revoked", uuid=revoked.id),
+               timeout=20)
+    assert collector.of("task-revoked", uuid=expired.id)[0]["expired"] is True
+    dropped = collector.of("task-revoked", uuid=revoked.id)[0]
+    assert dropped["expired"] is False and dropped["terminated"] is False and dropped["hostname"] == NAME
+    assert not collector.of("task-started", uuid=expired.id) and not collector.of("task-started", uuid=revoked.id)
+
+    # a second, short-lived worker: online when it starts, offline when it is stopped (warm shutdown)
+    brief = "brief@tests"
+    with WorkerProcess(interop_broker, "-P", "solo", "-n", brief, "-E", "-Q", "brief"):
+        wait_until(lambda: collector.of("worker-online", hostname=brief), timeout=10)
+        assert not collector.of("worker-offline", hostname=brief)
+    offline = wait_until(lambda: collector.of("worker-offline", hostname=brief), timeout=10)[0]
+    assert offline["sw_ident"] == "django-tasks-q" and offline["clock"] > collector.of(
+        "worker-online", hostname=brief)[0]["clock"]
 
 
 def _free_port() -> int:
