@@ -64,6 +64,28 @@ def _direct_channel(state: Any, queue_name: str) -> Any:
     return channel if hasattr(channel, "put_messages") else None
 
 
+def _put(channel: Any, queue: Any, exchange: str, routing_key: str, prepared: list[dict]) -> int | None:
+    """``channel.put_messages``, declaring ``queue`` again when no binding routes the messages.
+
+    On Redis a queue's binding lives in the server: after a FLUSHALL, or a
+    restart without persistence, kombu would route a publish to nothing and
+    drop it without a word. Declaring the queue restores the binding; a route
+    that still reaches no queue is refused with the reason.
+    """
+    routed = channel.put_messages(exchange, routing_key, prepared)
+    if routed == 0:
+        logger.warning("no binding routes exchange %r, routing key %r on the broker (did Redis lose its data?); "
+                       "declaring queue %r again", exchange, routing_key, queue.name)
+        queue(channel).declare()  # a queue this process never declared on this channel
+        channel.restore_bindings(queue.name)  # one it did: kombu remembers that, and declares nothing
+        routed = channel.put_messages(exchange, routing_key, prepared)
+        if routed == 0:
+            raise ImproperlyConfigured(
+                f"no queue is bound to exchange {exchange!r} with routing key {routing_key!r}, even after "
+                f"declaring queue {queue.name!r} ({describe_queue(queue)}): the task would be lost")
+    return routed
+
+
 def _properties(task_id: str, route: Route, reply_to: str | None) -> dict[str, Any]:
     properties: dict[str, Any] = {"correlation_id": task_id, "delivery_mode": 2}
     if reply_to:
@@ -104,7 +126,8 @@ def publish_many(messages: list[tuple[EncodedMessage, str, float | None]], route
             prepared = [envelope(message, exchange, routing_key, _properties(task_id, route, None))
                         for message, task_id, _ in batch]
         try:
-            if prepared is None or not channel.put_messages(exchange, routing_key, prepared):
+            routed = None if prepared is None else _put(channel, queue, exchange, routing_key, prepared)
+            if not routed:
                 for message, task_id, at in batch:
                     publish(message, route, task_id=task_id, deliver_at=at)
                     sent += 1
@@ -143,7 +166,7 @@ def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: st
         channel = _direct_channel(state, queue.name)
         if channel is not None:
             try:
-                if channel.put_messages(exchange, routing_key, [envelope(message, exchange, routing_key, properties)]):
+                if _put(channel, queue, exchange, routing_key, [envelope(message, exchange, routing_key, properties)]):
                     if observed:
                         _published(message, exchange, routing_key)
                     return

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeGuard
 
 from kombu.serialization import dumps
+from kombu.utils.json import loads as kombu_loads
 
 from ..exceptions import EncodeError, InvalidMessage, InvalidSignature
 
@@ -46,6 +47,16 @@ def fast_json(value: Any) -> str | None:
         return json.dumps(value)
     except TypeError:
         return None
+
+
+def fast_loads(text: str | bytes) -> Any:
+    """JSON ``text`` decoded by the standard library's C decoder, or by kombu's when it holds a value only
+    kombu's encoder writes (``{"__type__": "datetime", ...}``). Same result as kombu's ``loads``: its
+    object hook changes nothing else, and costs a Python call per object (a new decoder per call, too)."""
+    marker = b"__type__" if isinstance(text, bytes) else "__type__"
+    if marker in text:  # type: ignore[operator]  # bytes in bytes, str in str
+        return kombu_loads(text)
+    return json.loads(text)
 
 
 def _args_repr(args: tuple | list) -> str:

@@ -27,7 +27,8 @@ from kombu.transport import virtual
 
 from .. import signals
 from ..conf import settings
-from ..core.protocol import MAX_NAME_LENGTH, SIGNATURE_HEADER, TaskMessage, signing_keys, usable_id, verify
+from ..core.protocol import (MAX_NAME_LENGTH, SIGNATURE_HEADER, TaskMessage, fast_loads, signing_keys, usable_id,
+                             verify)
 from ..core.registry import registry
 from ..core.states import TaskState
 from ..exceptions import InvalidMessage, InvalidSignature, NotRegistered
@@ -77,7 +78,7 @@ def _read(kombu_message: Any, queue: str, policy: Policy) -> Job:
         verify(policy.signing_keys, headers if isinstance(headers, dict) else {}, kombu_message.body)
     elif isinstance(headers, dict) and SIGNATURE_HEADER in headers:
         _warn_unverified(headers)
-    body = kombu_message.decode()
+    body = _decode(kombu_message)
     if kombu_message.content_type == "application/json":
         _refuse_non_finite(kombu_message.body, body)
     message = TaskMessage.from_wire(headers, body)
@@ -97,6 +98,19 @@ def _read(kombu_message: Any, queue: str, policy: Policy) -> Job:
     }
     acks_late = task.options.acks_late if task.options.acks_late is not None else policy.acks_late
     return Job(message=message, delivery_info=delivery_info, acks_late=acks_late, kombu_message=kombu_message)
+
+
+def _decode(kombu_message: Any) -> Any:
+    """The body, as kombu's ``decode()`` gives it; a UTF-8 JSON body that the consumer accepts is read
+    by :func:`~django_tasks_q.core.protocol.fast_loads` instead of through kombu's serializer registry."""
+    accept = kombu_message.accept
+    if (kombu_message.content_type != "application/json" or kombu_message.content_encoding != "utf-8"
+            or (accept is not None and "application/json" not in accept) or not kombu_message.body):
+        return kombu_message.decode()
+    try:
+        return fast_loads(kombu_message.body)
+    except (ValueError, RecursionError) as exc:  # what kombu's decode() raises for a body that is not JSON
+        raise DecodeError(exc) from exc
 
 
 def _refuse_non_finite(raw: Any, body: Any) -> None:

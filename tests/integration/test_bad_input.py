@@ -242,7 +242,12 @@ def test_bad_input_corpus(bad_worker, use_broker, tmp_path):
                 return line
         return None
 
-    wait_until(lambda: all(refusal_line(c) for c in refused), timeout=60, interval=0.2)
+    try:
+        wait_until(lambda: all(refusal_line(c) for c in refused), timeout=60, interval=0.2)
+    except AssertionError:
+        missing = [c.name for c in refused if not refusal_line(c)]
+        lines = [line[:300] for line in bad_worker.output().splitlines() if "refused" in line or "Error" in line]
+        raise AssertionError(f"no refusal line for {missing}:\n" + "\n".join(lines[-40:])) from None
     wait_until(lambda: all(AsyncResult(c.id).ready() for c in finished), timeout=90, interval=0.2)
 
     problems = []

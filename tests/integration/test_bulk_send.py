@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 
 import pytest
@@ -17,7 +18,7 @@ import redis
 
 from django_tasks_q.core.protocol import new_id
 from django_tasks_q.core.states import TaskState
-from django_tasks_q.exceptions import InvalidTaskOptions
+from django_tasks_q.exceptions import ImproperlyConfigured, InvalidTaskOptions
 from django_tasks_q.models import TaskResult
 from tests.integration.broker_tools import purge, queue_size
 from tests.workers import WorkerProcess
@@ -61,6 +62,28 @@ def test_the_direct_path_writes_what_kombu_writes(redis_url, broker, monkeypatch
     assert json.loads(base64.b64decode(newest["body"]))[:2] == [[3, 4], {}]
     assert newest["properties"]["delivery_tag"] != oldest["properties"]["delivery_tag"]
     uuid.UUID(newest["properties"]["delivery_tag"])
+
+
+def test_sends_after_redis_lost_its_bindings_are_queued_not_dropped(redis_url, broker, caplog):
+    """A FLUSHALL, or a Redis restarted without persistence, takes kombu's binding sets with it: kombu's
+    publisher then routes to nothing and drops every message without a word. Ours binds again."""
+    broker(redis_url)
+    purge(redis_url, QUEUE)
+    add.apply_async((0, 0), queue=QUEUE)  # declares the queue and its binding
+    client = redis.Redis.from_url(redis_url)
+    lost = client.keys("_kombu.binding.*")
+    assert lost and client.delete(*lost) == len(lost)
+    time.sleep(1.1)  # past binding_cache_ttl: the publisher reads the (now empty) binding table again
+    add.apply_async((1, 1), queue=QUEUE)
+    add.apply_async_many([((i, i), {}) for i in range(10)], queue=QUEUE)
+    assert queue_size(redis_url, QUEUE) == 12
+    assert "declaring queue 'bulk' again" in caplog.text
+    assert client.keys("_kombu.binding.*")
+
+    # a routing key that no binding matches, even after declaring the queue again, is refused
+    with pytest.raises(ImproperlyConfigured, match="no queue is bound to exchange .* routing key 'nowhere'"):
+        add.apply_async((2, 2), queue=QUEUE, routing_key="nowhere")
+    assert queue_size(redis_url, QUEUE) == 12
 
 
 def test_delay_many_sends_in_batches_and_a_worker_runs_them_all(redis_url, broker):

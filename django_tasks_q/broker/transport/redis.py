@@ -69,10 +69,10 @@ from queue import Empty
 
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import dumps, loads
+from kombu.utils.json import dumps
 from redis.exceptions import NoScriptError
 
-from ...core.protocol import fast_json
+from ...core.protocol import fast_json, fast_loads
 from ..delayed import PARK_HEADER, REDIS_KEY, RELEASE_LEAD
 from ..topic import TopicExchange
 from .keeper import KeeperMixin, held_tags
@@ -174,9 +174,11 @@ class QoS(kombu_redis.QoS):
 
     def ack(self, delivery_tag: str) -> None:
         """kombu's ack (drop the tag from the unacked index and hash), once per task run, as raw RESP on
-        the consumer's own connection (:meth:`Channel.raw_call`)."""
+        the consumer's own connection (:meth:`Channel.raw_call`), without waiting for the reply: the
+        task starts while the ack travels, as an AMQP ack does (see ``raw_call`` for why it still
+        lands before the task could be given back)."""
         tag = _bulk(delivery_tag.encode())
-        self.channel.raw_call(self._zrem + tag + self._hdel + tag, 2)
+        self.channel.raw_call(self._zrem + tag + self._hdel + tag, 2, wait=False)
         kombu_redis.virtual.QoS.ack(self, delivery_tag)
 
     def append(self, message: Any, delivery_tag: str) -> None:
@@ -209,6 +211,7 @@ class Channel(kombu_redis.Channel):
         self._scripts_client: Any = None
         self._scripts: dict[str, Any] = {}
         self._raw_connection: Any = None
+        self._raw_pending = 0  # replies owed on the raw connection (raw_call(wait=False))
         self._shas: dict[str, str] = {}
         self._found_last_time = True  # look before the first wait
         self._sent_command = "BRPOP"
@@ -225,21 +228,27 @@ class Channel(kombu_redis.Channel):
 
     # -- delayed delivery ----------------------------------------------------------------
 
-    def put_messages(self, exchange: str, routing_key: str, messages: list[dict]) -> bool:
+    def put_messages(self, exchange: str, routing_key: str, messages: list[dict]) -> int | None:
         """Deliver kombu-format ``messages`` as ``basic_publish`` would, pipelined: one round trip per
         :data:`PIPELINE_COMMANDS` commands, and one wake-token push per list instead of one per message.
 
-        ``False`` (nothing sent) for what this path does not handle: fanout exchanges (PUBLISH, not
-        lists) and parked messages; the caller then goes through kombu.
+        Returns how many lists each message went to. ``None`` (nothing sent) for what this path does
+        not handle: fanout exchanges (PUBLISH, not lists) and parked messages; the caller then goes
+        through kombu. ``0`` (nothing sent) when no binding matches: kombu would drop the messages
+        without a word, and the caller must not -- the binding table is gone when Redis lost its
+        data (FLUSHALL, a restart without persistence), and declaring the queue again restores it.
         """
         if exchange and self.typeof(exchange).type not in ("direct", "topic"):
-            return False
+            return None
         queues = self._lookup(exchange, routing_key) if exchange else [routing_key]
+        if not queues:
+            self._tables.pop(exchange, None)  # look again next time: the queue may be declared meanwhile
+            return 0
         commands: list[tuple] = []
         woken: dict[str, int] = {}
         for message in messages:
             if PARK_HEADER in message["headers"]:
-                return False
+                return None
             for queue in queues:
                 key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
                 commands.append(("LPUSH", key, fast_json(message) or dumps(message)))
@@ -250,7 +259,18 @@ class Channel(kombu_redis.Channel):
         with self.conn_or_acquire() as client:
             for start in range(0, len(commands), PIPELINE_COMMANDS):
                 pipelined(client, *commands[start:start + PIPELINE_COMMANDS])
-        return True
+        return len(queues)
+
+    def restore_bindings(self, queue: str) -> None:
+        """Write again the bindings of ``queue`` that this channel declared, when Redis has lost them.
+
+        kombu declares a binding once per process (it remembers it in memory),
+        so a FLUSHALL or a restart without persistence leaves publishers that
+        route to nothing until they restart; declaring the queue again is not
+        enough for the same reason.
+        """
+        for exchange, routing_key, arguments in list(self.state.queue_bindings(queue)):
+            self._queue_bind(exchange, *self.typeof(exchange).prepare_bind(queue, exchange, routing_key, arguments))
 
     def _put(self, queue: str, message: dict, **kwargs: Any) -> None:
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
@@ -314,7 +334,7 @@ class Channel(kombu_redis.Channel):
                 continue
             queue = key.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
-            payload = loads(item)
+            payload = fast_loads(item)
             self._held_by_script = payload["properties"]["delivery_tag"]
             try:
                 self.connection._deliver(payload, queue)
@@ -327,29 +347,54 @@ class Channel(kombu_redis.Channel):
 
     # -- the consumer's hot path: raw RESP on a connection of its own ---------------------------
 
-    def raw_call(self, packed: bytes, replies: int) -> list:
-        """Write ``packed`` commands on this channel's own connection and read ``replies`` replies.
+    def raw_call(self, packed: bytes, replies: int, *, wait: bool = True) -> list:
+        """Write ``packed`` commands on this channel's own connection and read their ``replies`` replies.
 
         Used once or twice per task run (take, ack): redis-py's pooled path --
         take a connection, health-check it, pack, release -- cost more than
         the round trip itself. Any error (the connection broke, or Redis
         answered an error) drops the connection, so no reply is left unread
         on it, and is raised; the next call reconnects.
+
+        ``wait=False`` returns once the commands are written; their replies
+        are read (and an error raised) by the next call, *before* it writes.
+        So at most one unconfirmed write is ever in flight, and our side
+        never holds an unread reply while one is: a worker killed then closes
+        the socket with a FIN, which Redis reads after the write, never with
+        the RST that unread data would cause and that could discard the
+        write before Redis read it. An early ack sent this way is applied
+        before a redelivery could happen, as it would be had we waited.
         """
         connection = self._raw_connection
         if connection is None:
             with self.conn_or_acquire() as client:
                 connection = self._raw_connection = client.connection_pool.make_connection()
         try:
+            while self._raw_pending:
+                self._raw_pending -= 1
+                connection.read_response()
             connection.send_packed_command([packed], check_health=False)
+            if not wait:
+                self._raw_pending = replies
+                return []
             return [connection.read_response() for _ in range(replies)]
         except BaseException:
             self.close_raw_connection()
             raise
 
-    def close_raw_connection(self) -> None:
+    def close_raw_connection(self, *, settle: bool = False) -> None:
+        """Drop the raw connection; with ``settle``, first read the replies still owed (a clean close)."""
         connection, self._raw_connection = self._raw_connection, None
-        if connection is not None:
+        pending, self._raw_pending = self._raw_pending, 0
+        if connection is None:
+            return
+        try:
+            if settle:
+                for _ in range(pending):
+                    connection.read_response()
+        except Exception:
+            logger.warning("redis:// an unconfirmed ack failed while the channel closed", exc_info=True)
+        finally:
             connection.disconnect()
 
     def _eval(self, source: str, keys: list[str], args: list) -> Any:
@@ -423,7 +468,7 @@ class Channel(kombu_redis.Channel):
         super()._on_connection_disconnect(connection)
 
     def close(self) -> None:
-        self.close_raw_connection()
+        self.close_raw_connection(settle=True)
         super().close()
 
 
