@@ -140,6 +140,26 @@ def test_get_sleeps_on_the_publish_and_times_out_without_polling(backend, raw):
     assert _get_calls(raw) - gets_before <= 2
 
 
+def test_gets_in_a_row_share_one_subscription_connection_and_skip_stale_messages(backend, raw):
+    connections_before = _connections_received(raw)
+    first, second, third = (str(uuid.uuid4()) for _ in range(3))
+    backend.mark(first, TaskState.SUCCESS, result=1)
+    assert AsyncResult(first).get(timeout=5) == 1
+    backend.mark(first, TaskState.SUCCESS, result="stale")  # published after that get() unsubscribed
+    threading.Timer(0.2, backend.mark, (second, TaskState.SUCCESS), {"result": 2}).start()
+    assert AsyncResult(second).get(timeout=5) == 2  # the stale message for `first` is not taken for it
+    with pytest.raises(TimeoutError):
+        AsyncResult(third).get(timeout=0.3)
+    backend.mark(third, TaskState.SUCCESS, result=3)
+    assert AsyncResult(third).get(timeout=5) == 3
+    # one subscription connection (and at most one pooled one for the reads) for four waits: not one each
+    assert _connections_received(raw) - connections_before <= 2
+
+
+def _connections_received(client: redis.Redis) -> int:
+    return int(client.info("stats")["total_connections_received"])
+
+
 def _get_calls(client: redis.Redis) -> int:
     return client.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
 
