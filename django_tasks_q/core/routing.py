@@ -141,8 +141,38 @@ def _merge(sources: list[tuple[str, dict[str, Any] | None]]) -> tuple[Route, str
     raise AssertionError("DEFAULT_QUEUE always names a queue")
 
 
+class _Resolved:
+    """Routes already picked for calls that name no route of their own, while the rules stay the same.
+
+    Most calls are ``delay()``: the route depends only on the task, the
+    ``TaskRoute`` rows (reloaded every ``REFRESH`` seconds) and the settings
+    (a new dict on every change), so it is picked once per task until either
+    changes -- not matched against every pattern again on every send.
+    """
+
+    def __init__(self) -> None:
+        self.rules: tuple[Any, float] | None = None
+        self.routes: dict[tuple, Route] = {}
+
+    def get(self, task_name: str, task: dict) -> Route:
+        table = route_table()
+        rules = (settings.as_dict(), table._loaded_at)
+        if self.rules is None or self.rules[0] is not rules[0] or self.rules[1] != rules[1]:
+            self.rules, self.routes = rules, {}
+        key = (task_name, *(task.get(name) for name in FIELDS))
+        route = self.routes.get(key)
+        if route is None:
+            route = self.routes[key] = _merge(_sources(task_name, {}, task))[0]
+        return route
+
+
+_resolved = _Resolved()
+
+
 def resolve(task_name: str, *, call: dict, task: dict) -> Route:
     """Pick the route for one call; ``call`` and ``task`` hold queue/routing_key/priority/exchange."""
+    if all(call.get(name) is None for name in FIELDS):
+        return _resolved.get(task_name, task)
     route, _ = _merge(_sources(task_name, call, task))
     return route
 

@@ -244,21 +244,26 @@ class Channel(kombu_redis.Channel):
         if not queues:
             self._tables.pop(exchange, None)  # look again next time: the queue may be declared meanwhile
             return 0
-        commands: list[tuple] = []
+        commands: list[bytes] = []  # each one command as RESP: an LPUSH's fixed part is encoded once per list
+        lpush: dict[str, bytes] = {}
         woken: dict[str, int] = {}
         for message in messages:
             if PARK_HEADER in message["headers"]:
                 return None
+            body = _bulk((fast_json(message) or dumps(message)).encode())
             for queue in queues:
                 key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
-                commands.append(("LPUSH", key, fast_json(message) or dumps(message)))
+                prefix = lpush.get(key)
+                if prefix is None:
+                    prefix = lpush[key] = b"*3\r\n$5\r\nLPUSH\r\n" + _bulk(key.encode())
+                commands.append(prefix + body)
                 woken[key] = woken.get(key, 0) + 1
         for key, count in woken.items():
             wake = WAKE_PREFIX + key
-            commands += [("LPUSH", wake, *[1] * min(count, WAKE_CAP)), ("LTRIM", wake, 0, WAKE_CAP - 1)]
-        with self.conn_or_acquire() as client:
-            for start in range(0, len(commands), PIPELINE_COMMANDS):
-                pipelined(client, *commands[start:start + PIPELINE_COMMANDS])
+            commands += [resp("LPUSH", wake, *[1] * min(count, WAKE_CAP)), resp("LTRIM", wake, 0, WAKE_CAP - 1)]
+        for start in range(0, len(commands), PIPELINE_COMMANDS):
+            chunk = commands[start:start + PIPELINE_COMMANDS]
+            self.raw_call(b"".join(chunk), len(chunk))
         return len(queues)
 
     def restore_bindings(self, queue: str) -> None:
@@ -350,7 +355,7 @@ class Channel(kombu_redis.Channel):
     def raw_call(self, packed: bytes, replies: int, *, wait: bool = True) -> list:
         """Write ``packed`` commands on this channel's own connection and read their ``replies`` replies.
 
-        Used once or twice per task run (take, ack): redis-py's pooled path --
+        Used once or twice per task run (take, ack) and once per send: redis-py's pooled path --
         take a connection, health-check it, pack, release -- cost more than
         the round trip itself. Any error (the connection broke, or Redis
         answered an error) drops the connection, so no reply is left unread
