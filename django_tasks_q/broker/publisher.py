@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from base64 import b64encode
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from kombu.exceptions import OperationalError
 
 from .. import signals
 from ..conf import settings
-from ..core.protocol import EncodedMessage, new_id
+from ..core.protocol import EncodedMessage, new_id, new_ids
 from ..core.routing import Route
 from ..exceptions import BrokerUnavailable, ImproperlyConfigured, InvalidTaskOptions
 from . import connection, delayed
@@ -56,6 +58,36 @@ def envelope(message: EncodedMessage, exchange: str, routing_key: str, propertie
     }
 
 
+#: The headers in which the messages of one ``apply_async_many()`` differ (with the body).
+OWN_HEADERS = ("id", "root_id", "argsrepr", "kwargsrepr")
+
+
+def envelope_texts(batch: list[tuple[EncodedMessage, str, float | None]], exchange: str, routing_key: str,
+                   route: Route) -> list[str]:
+    """What ``json.dumps(envelope(...))`` writes for each message, for messages that share every header
+    but :data:`OWN_HEADERS`: the shared headers and properties are encoded once, so each message costs
+    its body, its id and its delivery tag. (Readers parse the JSON: key order does not matter.)"""
+    first = batch[0][0]
+    shared = {name: value for name, value in first.headers.items() if name not in OWN_HEADERS}
+    properties = {key: value for key, value in envelope(first, exchange, routing_key,
+                                                        _properties("", route, None))["properties"].items()
+                  if key not in ("correlation_id", "delivery_tag")}
+    head = (f'{{"content-encoding": {json.dumps(first.content_encoding)}, '
+            f'"content-type": {json.dumps(first.content_type)}, "headers": {{{json.dumps(shared)[1:-1]}, ')
+    middle = f'}}, "properties": {{{json.dumps(properties)[1:-1]}, "correlation_id": "'
+    texts = []
+    string = encode_basestring_ascii  # a str as JSON, as json.dumps writes it (quotes, escapes, ASCII)
+    for (message, task_id, _), tag in zip(batch, new_ids(len(batch))):
+        headers = message.headers
+        payload = message.payload
+        body = b64encode(payload.encode(message.content_encoding or "utf-8") if isinstance(payload, str)
+                         else payload).decode()
+        texts.append(f'{head}"id": {string(headers["id"])}, "root_id": {string(headers["root_id"])}, '
+                     f'"argsrepr": {string(headers["argsrepr"])}, "kwargsrepr": {string(headers["kwargsrepr"])}'
+                     f'{middle}{task_id}", "delivery_tag": "{tag}"}}, "body": "{body}"}}')
+    return texts
+
+
 def _direct_channel(state: Any, queue_name: str) -> Any:
     """The Redis channel that takes prepared messages itself, once ``queue_name`` is declared; else None."""
     if queue_name not in state.declared:
@@ -64,7 +96,8 @@ def _direct_channel(state: Any, queue_name: str) -> Any:
     return channel if hasattr(channel, "put_messages") else None
 
 
-def _put(channel: Any, queue: Any, exchange: str, routing_key: str, prepared: list[dict]) -> int | None:
+def _put(channel: Any, queue: Any, exchange: str, routing_key: str, prepared: list, *,
+         encoded: bool = False) -> int | None:
     """``channel.put_messages``, declaring ``queue`` again when no binding routes the messages.
 
     On Redis a queue's binding lives in the server: after a FLUSHALL, or a
@@ -72,13 +105,14 @@ def _put(channel: Any, queue: Any, exchange: str, routing_key: str, prepared: li
     drop it without a word. Declaring the queue restores the binding; a route
     that still reaches no queue is refused with the reason.
     """
-    routed = channel.put_messages(exchange, routing_key, prepared)
+    put = channel.put_encoded if encoded else channel.put_messages
+    routed = put(exchange, routing_key, prepared)
     if routed == 0:
         logger.warning("no binding routes exchange %r, routing key %r on the broker (did Redis lose its data?); "
                        "declaring queue %r again", exchange, routing_key, queue.name)
         queue(channel).declare()  # a queue this process never declared on this channel
         channel.restore_bindings(queue.name)  # one it did: kombu remembers that, and declares nothing
-        routed = channel.put_messages(exchange, routing_key, prepared)
+        routed = put(exchange, routing_key, prepared)
         if routed == 0:
             raise ImproperlyConfigured(
                 f"no queue is bound to exchange {exchange!r} with routing key {routing_key!r}, even after "
@@ -100,13 +134,18 @@ def _observed() -> bool:
     return bool(signals.before_task_publish.receivers or signals.after_task_publish.receivers)
 
 
-def publish_many(messages: list[tuple[EncodedMessage, str, float | None]], route: Route) -> None:
+def publish_many(messages: list[tuple[EncodedMessage, str, float | None]], route: Route, *,
+                 shared_headers: bool = False) -> None:
     """Publish ``(message, task id, deliver_at)`` items to one route, in as few round trips as the broker allows.
 
     On Redis, messages go out pipelined (a thousand commands per round trip);
     elsewhere, and for messages parked until an eta, one by one through
     :func:`publish`. A broker failure part-way raises ``BrokerUnavailable``
     saying how many were sent (those before it in the list).
+
+    ``shared_headers``: the messages differ in no header but :data:`OWN_HEADERS`
+    (one ``apply_async_many()``), so on Redis the JSON of the rest is written
+    once per batch (:func:`envelope_texts`).
     """
     if not messages:
         return
@@ -121,12 +160,17 @@ def publish_many(messages: list[tuple[EncodedMessage, str, float | None]], route
         batch, rest = rest[:BATCH], rest[BATCH:]
         state = connection.current()
         channel = _direct_channel(state, queue.name)
-        prepared = None
+        prepared: list | None = None
         if channel is not None and not _observed() and all(at is None for _, _, at in batch):
-            prepared = [envelope(message, exchange, routing_key, _properties(task_id, route, None))
-                        for message, task_id, _ in batch]
+            if shared_headers and hasattr(channel, "put_encoded"):
+                priority = channel._get_message_priority({"properties": {"priority": route.priority or 0}})
+                prepared = [(text, priority) for text in envelope_texts(batch, exchange, routing_key, route)]
+            else:
+                prepared = [envelope(message, exchange, routing_key, _properties(task_id, route, None))
+                            for message, task_id, _ in batch]
         try:
-            routed = None if prepared is None else _put(channel, queue, exchange, routing_key, prepared)
+            routed = None if prepared is None else _put(channel, queue, exchange, routing_key, prepared,
+                                                        encoded=shared_headers and hasattr(channel, "put_encoded"))
             if not routed:
                 for message, task_id, at in batch:
                     publish(message, route, task_id=task_id, deliver_at=at)

@@ -15,7 +15,8 @@ from ..conf import settings
 from ..exceptions import InvalidTaskOptions
 from ..results.async_result import AsyncResult
 from .options import CallOptions, TaskOptions
-from .protocol import EncodedMessage, TaskMessage, absolute_time, new_id, signing_keys
+from .protocol import (SIGNATURE_HEADER, EncodedMessage, TaskMessage, absolute_time, new_id, new_ids,
+                       signing_keys)
 from .registry import registry
 from .routing import Route, resolve
 
@@ -68,9 +69,30 @@ def send_many(name: str, calls: Iterable[tuple[Any, Any]], options: dict[str, An
                 for args, kwargs in calls]
     route = _route(name, call, task)
     now = timezone.now()
-    outgoing = [_build(name, args, kwargs, call, task, conf, now) for args, kwargs in calls]
-    publish_many([(item.encoded, item.task_id, item.deliver_at) for item in outgoing], route)
+    outgoing = _build_many(name, list(calls), call, task, conf, now)
+    publish_many([(item.encoded, item.task_id, item.deliver_at) for item in outgoing], route,
+                 shared_headers=not conf["SIGNING_KEY"])
     return [AsyncResult(item.task_id, task_name=name) for item in outgoing]
+
+
+def _build_many(name: str, calls: list[tuple[Any, Any]], call: CallOptions, task: Task | None,
+                conf: dict[str, Any], now: datetime) -> list[Outgoing]:
+    """``_build`` for every call; after the first, a JSON message is copied with its id and arguments
+    changed (:meth:`~django_tasks_q.core.protocol.TaskMessage.encode_sibling`) instead of built anew."""
+    if not calls:
+        return []
+    first_message = _message(name, calls[0][0], calls[0][1], call, task, now)
+    first = _encode(first_message, call, task, conf)
+    outgoing = [first]
+    siblings = first.encoded.content_type == "application/json" and SIGNATURE_HEADER not in first.encoded.headers
+    for (args, kwargs), task_id in zip(calls[1:], new_ids(len(calls) - 1)):
+        encoded = first_message.encode_sibling(first.encoded, task_id, tuple(args or ()), dict(kwargs or {})) \
+            if siblings else None
+        if encoded is None:
+            outgoing.append(_build(name, args, kwargs, call, task, conf, now))
+        else:
+            outgoing.append(Outgoing(task_id, encoded, first.deliver_at))
+    return outgoing
 
 
 @dataclass(frozen=True)
@@ -90,9 +112,13 @@ def _route(name: str, call: CallOptions, task: Task | None) -> Route:
 def _build(name: str, args: Any, kwargs: Any, call: CallOptions, task: Task | None, conf: dict[str, Any],
            now: datetime) -> Outgoing:
     """The encoded message for one call (a new id unless the call names one)."""
+    return _encode(_message(name, args, kwargs, call, task, now), call, task, conf)
+
+
+def _message(name: str, args: Any, kwargs: Any, call: CallOptions, task: Task | None, now: datetime) -> TaskMessage:
     opts = task.options if task is not None else None
     task_id = call.task_id or new_id()
-    message = TaskMessage(
+    return TaskMessage(
         id=task_id,
         task=name,
         args=tuple(args or ()),
@@ -113,9 +139,13 @@ def _build(name: str, args: Any, kwargs: Any, call: CallOptions, task: Task | No
         chord=call.chord,
         extra_headers=call.headers,
     )
+
+
+def _encode(message: TaskMessage, call: CallOptions, task: Task | None, conf: dict[str, Any]) -> Outgoing:
+    opts = task.options if task is not None else None
     encoded = message.encode(_first(call.serializer, opts, "serializer", conf["TASK_SERIALIZER"]),
                              next(iter(signing_keys(conf["SIGNING_KEY"])), None))
-    return Outgoing(task_id, encoded, deliver_at(message.eta, conf["ETA_HOLD_MAX"]))
+    return Outgoing(message.id, encoded, deliver_at(message.eta, conf["ETA_HOLD_MAX"]))
 
 
 def send_task(name: str, args: Any = None, kwargs: Any = None, **options: Any) -> AsyncResult:

@@ -238,6 +238,14 @@ class Channel(kombu_redis.Channel):
         without a word, and the caller must not -- the binding table is gone when Redis lost its
         data (FLUSHALL, a restart without persistence), and declaring the queue again restores it.
         """
+        if any(PARK_HEADER in message["headers"] for message in messages):
+            return None
+        return self.put_encoded(exchange, routing_key, [
+            (fast_json(message) or dumps(message), self._get_message_priority(message, reverse=False))
+            for message in messages])
+
+    def put_encoded(self, exchange: str, routing_key: str, messages: list[tuple[str, int]]) -> int | None:
+        """:meth:`put_messages` for messages already written as kombu's JSON, each with its priority."""
         if exchange and self.typeof(exchange).type not in ("direct", "topic"):
             return None
         queues = self._lookup(exchange, routing_key) if exchange else [routing_key]
@@ -247,12 +255,10 @@ class Channel(kombu_redis.Channel):
         commands: list[bytes] = []  # each one command as RESP: an LPUSH's fixed part is encoded once per list
         lpush: dict[str, bytes] = {}
         woken: dict[str, int] = {}
-        for message in messages:
-            if PARK_HEADER in message["headers"]:
-                return None
-            body = _bulk((fast_json(message) or dumps(message)).encode())
+        for text, priority in messages:
+            body = _bulk(text.encode())
             for queue in queues:
-                key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+                key = self._q_for_pri(queue, priority)
                 prefix = lpush.get(key)
                 if prefix is None:
                     prefix = lpush[key] = b"*3\r\n$5\r\nLPUSH\r\n" + _bulk(key.encode())
