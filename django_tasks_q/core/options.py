@@ -132,7 +132,9 @@ class CallOptions:
 
     @classmethod
     def from_kwargs(cls, where: str, **given: Any) -> "CallOptions":
-        _reject_unknown("call option", given, {f.name for f in fields(cls)}, where)
+        if not given:  # delay(): no options; the instance is frozen and its headers are only read
+            return _NO_CALL_OPTIONS
+        _reject_unknown("call option", given, _CALL_OPTION_NAMES, where)
         return cls(**given)
 
     def __post_init__(self) -> None:
@@ -148,3 +150,7 @@ class CallOptions:
             raise InvalidTaskOptions(f"expires must be seconds or a datetime, got {self.expires!r}")
         if not isinstance(self.headers, dict):
             raise InvalidTaskOptions(f"headers must be a dict, got {self.headers!r}")
+
+
+_CALL_OPTION_NAMES = {f.name for f in fields(CallOptions)}
+_NO_CALL_OPTIONS = CallOptions()
