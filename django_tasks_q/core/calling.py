@@ -78,16 +78,16 @@ def send_many(name: str, calls: Iterable[tuple[Any, Any]], options: dict[str, An
 def _build_many(name: str, calls: list[tuple[Any, Any]], call: CallOptions, task: Task | None,
                 conf: dict[str, Any], now: datetime) -> list[Outgoing]:
     """``_build`` for every call; after the first, a JSON message is copied with its id and arguments
-    changed (:meth:`~django_tasks_q.core.protocol.TaskMessage.encode_sibling`) instead of built anew."""
+    changed (:meth:`~django_tasks_q.core.protocol.TaskMessage.sibling_encoder`) instead of built anew."""
     if not calls:
         return []
     first_message = _message(name, calls[0][0], calls[0][1], call, task, now)
     first = _encode(first_message, call, task, conf)
     outgoing = [first]
-    siblings = first.encoded.content_type == "application/json" and SIGNATURE_HEADER not in first.encoded.headers
+    sibling = first_message.sibling_encoder(first.encoded) \
+        if first.encoded.content_type == "application/json" and SIGNATURE_HEADER not in first.encoded.headers else None
     for (args, kwargs), task_id in zip(calls[1:], new_ids(len(calls) - 1)):
-        encoded = first_message.encode_sibling(first.encoded, task_id, tuple(args or ()), dict(kwargs or {})) \
-            if siblings else None
+        encoded = sibling(task_id, tuple(args or ()), dict(kwargs or {})) if sibling is not None else None
         if encoded is None:
             outgoing.append(_build(name, args, kwargs, call, task, conf, now))
         else:

@@ -18,8 +18,11 @@ import math
 import os
 import reprlib
 import socket
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, TypeGuard
 
 from kombu.serialization import dumps
@@ -52,11 +55,36 @@ def _uuid_text(random16: bytes) -> str:
 
 def fast_json(value: Any) -> str | None:
     """``value`` as JSON by the standard library's C encoder, or ``None`` when it holds a type only kombu's
-    encoder knows (datetime, Decimal, UUID ...). Same text as kombu's ``dumps`` for plain values."""
+    encoder knows (datetime, Decimal, UUID ...). Same text as kombu's ``dumps`` for plain values.
+
+    ``json.dumps`` builds a new C encoder on every call, which for the small
+    values of a task message costs more than the encoding; each thread keeps
+    one here (its circular-reference bookkeeping is per encoder, so per thread).
+    """
+    encoder = getattr(_json_encoders, "encoder", None)
+    if encoder is None:
+        encoder = _json_encoders.encoder = _new_json_encoder()
     try:
-        return json.dumps(value)
+        return "".join(encoder(value, 0))
     except TypeError:
+        _json_encoders.encoder = None  # its bookkeeping may hold entries from the failed call
         return None
+    except ValueError:  # a circular reference: json.dumps says so in its words
+        _json_encoders.encoder = None
+        return json.dumps(value)
+
+
+def _unknown_type(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _new_json_encoder() -> Callable[[Any, int], Any]:
+    if c_make_encoder is None:  # not CPython: the standard library's own path
+        return lambda value, _level: (json.dumps(value),)
+    return c_make_encoder({}, _unknown_type, encode_basestring_ascii, None, ": ", ", ", False, False, True)
+
+
+_json_encoders = threading.local()
 
 
 def fast_loads(text: str | bytes) -> Any:
@@ -201,19 +229,27 @@ class TaskMessage:
             headers[SIGNATURE_HEADER] = sign(signing_key, self.id, payload)
         return EncodedMessage(headers, payload, content_type, content_encoding)
 
-    def encode_sibling(self, first: "EncodedMessage", task_id: str, args: tuple | list,
-                       kwargs: dict) -> "EncodedMessage | None":
-        """The message :meth:`encode` would make for this call with another id and arguments, built from
-        ``first`` (this message, encoded as JSON and unsigned): one ``apply_async_many()`` sends
-        thousands that differ in nothing else. ``None`` when the arguments need the full path (a type
-        only kombu's encoder knows, NaN or Infinity): the caller then builds that one in full."""
-        embed = {"callbacks": self.callbacks, "errbacks": self.errbacks, "chain": self.chain, "chord": self.chord}
-        payload = fast_json([list(args), dict(kwargs), embed])
-        if payload is None or "NaN" in payload or "Infinity" in payload:
-            return None
-        headers = {**first.headers, "id": task_id, "root_id": self.root_id or task_id,
-                   "argsrepr": _args_repr(args), "kwargsrepr": _kwargs_repr(kwargs)}
-        return EncodedMessage(headers, payload, first.content_type, first.content_encoding)
+    def sibling_encoder(self, first: "EncodedMessage") -> Callable[[str, tuple | list, dict], "EncodedMessage | None"]:
+        """What :meth:`encode` would make for this call with another id and arguments, built from ``first``
+        (this message, encoded as JSON and unsigned): one ``apply_async_many()`` sends thousands that
+        differ in nothing else, so the parts they share are encoded once. The encoder returns ``None``
+        when the arguments need the full path (a type only kombu's encoder knows, NaN or Infinity)."""
+        embed = fast_json({"callbacks": self.callbacks, "errbacks": self.errbacks, "chain": self.chain,
+                           "chord": self.chord})
+        root_id = self.root_id
+
+        def encode(task_id: str, args: tuple | list, kwargs: dict) -> "EncodedMessage | None":
+            encoded_args, encoded_kwargs = fast_json(list(args)), fast_json(kwargs)
+            if embed is None or encoded_args is None or encoded_kwargs is None:
+                return None
+            payload = f"[{encoded_args}, {encoded_kwargs}, {embed}]"
+            if "NaN" in payload or "Infinity" in payload:
+                return None
+            headers = {**first.headers, "id": task_id, "root_id": root_id or task_id,
+                       "argsrepr": _args_repr(args), "kwargsrepr": _kwargs_repr(kwargs)}
+            return EncodedMessage(headers, payload, first.content_type, first.content_encoding)
+
+        return encode
 
     # -- reading -------------------------------------------------------
     @classmethod

@@ -93,7 +93,7 @@ return #due
 RELEASE_BATCH = 1000
 #: Most messages one look takes (still never more than the prefetch window has room for).
 TAKE_BATCH = 16
-#: Most commands sent in one write by ``put_messages`` (bulk sends): bounded so one write stays small.
+#: Most commands sent in one write by ``put_messages`` (bulk sends), and most messages in one LPUSH.
 PIPELINE_COMMANDS = 1000
 #: Where a list entry that is not a kombu message goes (it cannot be refused like a message).
 DEAD_LIST = "tasksq.dead.raw"
@@ -252,21 +252,19 @@ class Channel(kombu_redis.Channel):
         if not queues:
             self._tables.pop(exchange, None)  # look again next time: the queue may be declared meanwhile
             return 0
-        commands: list[bytes] = []  # each one command as RESP: an LPUSH's fixed part is encoded once per list
-        lpush: dict[str, bytes] = {}
-        woken: dict[str, int] = {}
+        bodies: dict[str, list[bytes]] = {}  # list key -> its messages as RESP bulk strings, in order
         for text, priority in messages:
             body = _bulk(text.encode())
             for queue in queues:
-                key = self._q_for_pri(queue, priority)
-                prefix = lpush.get(key)
-                if prefix is None:
-                    prefix = lpush[key] = b"*3\r\n$5\r\nLPUSH\r\n" + _bulk(key.encode())
-                commands.append(prefix + body)
-                woken[key] = woken.get(key, 0) + 1
-        for key, count in woken.items():
+                bodies.setdefault(self._q_for_pri(queue, priority), []).append(body)
+        commands: list[bytes] = []
+        for key, items in bodies.items():
+            # one variadic LPUSH per list and chunk: the same order as one LPUSH per message, one reply
+            for start in range(0, len(items), PIPELINE_COMMANDS):
+                chunk = items[start:start + PIPELINE_COMMANDS]
+                commands.append(b"*%d\r\n$5\r\nLPUSH\r\n%s%s" % (len(chunk) + 2, _bulk(key.encode()), b"".join(chunk)))
             wake = WAKE_PREFIX + key
-            commands += [resp("LPUSH", wake, *[1] * min(count, WAKE_CAP)), resp("LTRIM", wake, 0, WAKE_CAP - 1)]
+            commands += [resp("LPUSH", wake, *[1] * min(len(items), WAKE_CAP)), resp("LTRIM", wake, 0, WAKE_CAP - 1)]
         for start in range(0, len(commands), PIPELINE_COMMANDS):
             chunk = commands[start:start + PIPELINE_COMMANDS]
             self.raw_call(b"".join(chunk), len(chunk))
