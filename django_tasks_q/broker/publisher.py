@@ -63,18 +63,12 @@ OWN_HEADERS = ("id", "root_id", "argsrepr", "kwargsrepr")
 
 
 def envelope_texts(batch: list[tuple[EncodedMessage, str, float | None]], exchange: str, routing_key: str,
-                   route: Route) -> list[str]:
+                   route: Route, like: EncodedMessage | None = None) -> list[str]:
     """What ``json.dumps(envelope(...))`` writes for each message, for messages that share every header
-    but :data:`OWN_HEADERS`: the shared headers and properties are encoded once, so each message costs
-    its body, its id and its delivery tag. (Readers parse the JSON: key order does not matter.)"""
-    first = batch[0][0]
-    shared = {name: value for name, value in first.headers.items() if name not in OWN_HEADERS}
-    properties = {key: value for key, value in envelope(first, exchange, routing_key,
-                                                        _properties("", route, None))["properties"].items()
-                  if key not in ("correlation_id", "delivery_tag")}
-    head = (f'{{"content-encoding": {json.dumps(first.content_encoding)}, '
-            f'"content-type": {json.dumps(first.content_type)}, "headers": {{{json.dumps(shared)[1:-1]}, ')
-    middle = f'}}, "properties": {{{json.dumps(properties)[1:-1]}, "correlation_id": "'
+    but :data:`OWN_HEADERS` with ``like`` (default: the first): the shared headers and properties are
+    encoded once, so each message costs its body, its id and its delivery tag. (Readers parse the
+    JSON: key order does not matter.)"""
+    head, middle = _shared_json(like or batch[0][0], exchange, routing_key, route)
     texts = []
     string = encode_basestring_ascii  # a str as JSON, as json.dumps writes it (quotes, escapes, ASCII)
     for (message, task_id, _), tag in zip(batch, new_ids(len(batch))):
@@ -86,6 +80,30 @@ def envelope_texts(batch: list[tuple[EncodedMessage, str, float | None]], exchan
                      f'"argsrepr": {string(headers["argsrepr"])}, "kwargsrepr": {string(headers["kwargsrepr"])}'
                      f'{middle}{task_id}", "delivery_tag": "{tag}"}}, "body": "{body}"}}')
     return texts
+
+
+#: (id of the message, exchange, routing key, route) -> (that message, head, middle) of its envelopes
+_shared_cache: dict[tuple[int, str, str, Route], tuple[EncodedMessage, str, str]] = {}
+
+
+def _shared_json(first: EncodedMessage, exchange: str, routing_key: str, route: Route) -> tuple[str, str]:
+    """The JSON of the envelope around the parts of a message that differ (see :func:`envelope_texts`),
+    remembered for the last few messages used as a model (one per task sent with ``delay()``)."""
+    key = (id(first), exchange, routing_key, route)
+    hit = _shared_cache.get(key)
+    if hit is not None and hit[0] is first:
+        return hit[1], hit[2]
+    shared = {name: value for name, value in first.headers.items() if name not in OWN_HEADERS}
+    properties = {key: value for key, value in envelope(first, exchange, routing_key,
+                                                        _properties("", route, None))["properties"].items()
+                  if key not in ("correlation_id", "delivery_tag")}
+    head = (f'{{"content-encoding": {json.dumps(first.content_encoding)}, '
+            f'"content-type": {json.dumps(first.content_type)}, "headers": {{{json.dumps(shared)[1:-1]}, ')
+    middle = f'}}, "properties": {{{json.dumps(properties)[1:-1]}, "correlation_id": "'
+    if len(_shared_cache) >= 256:
+        _shared_cache.clear()
+    _shared_cache[key] = (first, head, middle)
+    return head, middle
 
 
 def _direct_channel(state: Any, queue_name: str) -> Any:
@@ -187,11 +205,13 @@ def publish_many(messages: list[tuple[EncodedMessage, str, float | None]], route
 
 
 def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: str | None = None,
-            deliver_at: float | None = None) -> None:
+            deliver_at: float | None = None, like: EncodedMessage | None = None) -> None:
     """Publish to ``route``; raise ``BrokerUnavailable`` (never hang) if the broker is down.
 
     ``deliver_at`` (epoch seconds) parks the message in the broker's delayed
-    store until then (:mod:`django_tasks_q.broker.delayed`).
+    store until then (:mod:`django_tasks_q.broker.delayed`). ``like``: an
+    earlier message this one differs from only in :data:`OWN_HEADERS` and its
+    body, so that on Redis the JSON they share is not written again.
     """
     queue = get_queue(route.queue)
     if route.priority is not None:
@@ -210,7 +230,12 @@ def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: st
         channel = _direct_channel(state, queue.name)
         if channel is not None:
             try:
-                if _put(channel, queue, exchange, routing_key, [envelope(message, exchange, routing_key, properties)]):
+                if like is not None and reply_to is None and hasattr(channel, "put_encoded"):
+                    prepared: list = [(envelope_texts([(message, task_id, None)], exchange, routing_key, route, like)[0],
+                                       channel._get_message_priority({"properties": {"priority": route.priority or 0}}))]
+                else:
+                    prepared = [envelope(message, exchange, routing_key, properties)]
+                if _put(channel, queue, exchange, routing_key, prepared, encoded=not isinstance(prepared[0], dict)):
                     if observed:
                         _published(message, exchange, routing_key)
                     return

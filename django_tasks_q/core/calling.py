@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -14,7 +14,7 @@ from ..broker.publisher import publish, publish_many
 from ..conf import settings
 from ..exceptions import InvalidTaskOptions
 from ..results.async_result import AsyncResult
-from .options import CallOptions, TaskOptions
+from .options import NO_CALL_OPTIONS, CallOptions, TaskOptions
 from .protocol import (SIGNATURE_HEADER, EncodedMessage, TaskMessage, absolute_time, new_id, new_ids,
                        signing_keys)
 from .registry import registry
@@ -50,9 +50,60 @@ def send(name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Task 
         return task.apply(tuple(args or ()), dict(kwargs or {}), task_id=call.task_id, link=call.link,
                           link_error=call.link_error)
     route = _route(name, call, task)
-    outgoing = _build(name, args, kwargs, call, task, conf, timezone.now())
+    model = _models.get(name, task, conf) if call is NO_CALL_OPTIONS else None
+    encoded = model.encoder(task_id := new_id(), tuple(args or ()), dict(kwargs or {})) if model else None
+    if encoded is not None and model is not None:
+        publish(encoded, route, task_id=task_id, like=model.encoded)
+        return AsyncResult(task_id, task_name=name)
+    message = _message(name, args, kwargs, call, task, timezone.now())
+    outgoing = _encode(message, call, task, conf)
     publish(outgoing.encoded, route, task_id=outgoing.task_id, deliver_at=outgoing.deliver_at)
+    if call is NO_CALL_OPTIONS:
+        _models.keep(name, task, conf, message, outgoing)
     return AsyncResult(outgoing.task_id, task_name=name)
+
+
+@dataclass(frozen=True)
+class _Model:
+    """A task's last plain ``delay()`` message, which the next ones copy (sibling_encoder)."""
+
+    task: Any
+    conf: dict[str, Any]
+    encoded: EncodedMessage
+    encoder: Callable[[str, tuple | list, dict], EncodedMessage | None]
+
+
+class _Models:
+    """Per task, the message of a plain ``delay()`` (no options) to copy for the next ones.
+
+    Such a call's headers depend only on the task and the settings -- unless
+    the task declares ``expires`` in seconds (an absolute time per call) or
+    messages are signed (a signature per message): those are always built in
+    full. A change of settings (a new settings dict) or of the task object
+    makes a new model.
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[str, _Model] = {}
+
+    def get(self, name: str, task: Task | None, conf: dict[str, Any]) -> _Model | None:
+        model = self._models.get(name)
+        if model is None or model.task is not task or model.conf is not conf:
+            return None
+        return model
+
+    def keep(self, name: str, task: Task | None, conf: dict[str, Any], message: TaskMessage,
+             outgoing: Outgoing) -> None:
+        encoded = outgoing.encoded
+        if (outgoing.deliver_at is not None or message.eta is not None or message.expires is not None
+                or encoded.content_type != "application/json" or SIGNATURE_HEADER in encoded.headers):
+            return
+        if len(self._models) >= 1024:
+            self._models.clear()
+        self._models[name] = _Model(task, conf, encoded, message.sibling_encoder(encoded))
+
+
+_models = _Models()
 
 
 def send_many(name: str, calls: Iterable[tuple[Any, Any]], options: dict[str, Any],

@@ -133,7 +133,7 @@ class CallOptions:
     @classmethod
     def from_kwargs(cls, where: str, **given: Any) -> "CallOptions":
         if not given:  # delay(): no options; the instance is frozen and its headers are only read
-            return _NO_CALL_OPTIONS
+            return NO_CALL_OPTIONS
         _reject_unknown("call option", given, _CALL_OPTION_NAMES, where)
         return cls(**given)
 
@@ -153,4 +153,5 @@ class CallOptions:
 
 
 _CALL_OPTION_NAMES = {f.name for f in fields(CallOptions)}
-_NO_CALL_OPTIONS = CallOptions()
+#: ``apply_async()`` without options (``delay()``): one shared, frozen instance.
+NO_CALL_OPTIONS = CallOptions()

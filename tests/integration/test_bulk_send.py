@@ -64,6 +64,38 @@ def test_the_direct_path_writes_what_kombu_writes(redis_url, broker, monkeypatch
     uuid.UUID(newest["properties"]["delivery_tag"])
 
 
+def test_plain_delays_copy_the_first_message_and_write_what_kombu_writes(redis_url, broker, settings):
+    """``delay()`` without options copies the task's first message (its id, arguments and body changed);
+    what reaches Redis parses to the message the full path builds, and a worker runs every one."""
+    from django_tasks_q.core import calling
+    from django_tasks_q.core.options import NO_CALL_OPTIONS
+
+    settings.TASKS_Q = {**settings.TASKS_Q, "ROUTES": {add.name: QUEUE}}
+    broker(redis_url)
+    purge(redis_url, QUEUE)
+    sent = [add.delay(1, 2), add.delay(3, 4), add.delay('quote " é', y="\\"), add.delay(5, y=6)]
+    [key] = list_keys(redis_url)
+    messages = list(reversed(raw_messages(redis_url, key)))  # oldest first
+    assert [m["headers"]["id"] for m in messages] == [r.id for r in sent]
+    first = messages[0]  # sent through kombu: the model
+    for message, (args, kwargs) in zip(messages[1:], [((3, 4), {}), (('quote " é',), {"y": "\\"}), ((5,), {"y": 6})]):
+        task_id = message["headers"]["id"]
+        full = calling._build(add.name, args, kwargs, NO_CALL_OPTIONS, add, calling.settings.as_dict(),
+                              calling.timezone.now())
+        body = json.loads(base64.b64decode(message["body"]))
+        assert body == json.loads(full.encoded.payload)
+        expected = {**full.encoded.headers, "id": task_id, "root_id": task_id}
+        assert message["headers"] == json.loads(json.dumps(expected))
+        assert message["properties"]["correlation_id"] == task_id
+        assert {k: v for k, v in message["properties"].items() if k not in ("correlation_id", "delivery_tag")} == \
+            {k: v for k, v in first["properties"].items() if k not in ("correlation_id", "delivery_tag")}
+        assert {k: v for k, v in message.items() if k not in ("headers", "properties", "body")} == \
+            {k: v for k, v in first.items() if k not in ("headers", "properties", "body")}
+    assert calling._models.get(add.name, add, calling.settings.as_dict()) is not None
+    with WorkerProcess(redis_url, "-P", "solo", "-Q", QUEUE, "-n", "plain@%h"):
+        assert [r.get(timeout=30) for r in sent] == [3, 7, 'quote " é\\', 11]
+
+
 def test_sends_after_redis_lost_its_bindings_are_queued_not_dropped(redis_url, broker, caplog):
     """A FLUSHALL, or a Redis restarted without persistence, takes kombu's binding sets with it: kombu's
     publisher then routes to nothing and drops every message without a word. Ours binds again."""

@@ -18,7 +18,7 @@ from testproject.videos.tasks import add, compress, echo
 def sent(monkeypatch):
     messages = []
 
-    def capture(encoded, route, *, task_id, reply_to=None, deliver_at=None):
+    def capture(encoded, route, *, task_id, reply_to=None, deliver_at=None, like=None):
         headers = json.loads(json.dumps(encoded.headers))
         messages.append((TaskMessage.from_wire(headers, json.loads(encoded.payload)), route, encoded, task_id))
 
