@@ -230,7 +230,8 @@ def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: st
         channel = _direct_channel(state, queue.name)
         if channel is not None:
             try:
-                if like is not None and reply_to is None and hasattr(channel, "put_encoded"):
+                # with publish signals observed, a receiver may have changed this message's headers
+                if like is not None and reply_to is None and not observed and hasattr(channel, "put_encoded"):
                     prepared: list = [(envelope_texts([(message, task_id, None)], exchange, routing_key, route, like)[0],
                                        channel._get_message_priority({"properties": {"priority": route.priority or 0}}))]
                 else:
