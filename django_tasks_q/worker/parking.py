@@ -29,6 +29,9 @@ class ParkingMixin:
     def _ack(self, job: Job) -> None:  # provided by Worker
         raise NotImplementedError
 
+    def one_at_a_time(self, handler: Any) -> Any:  # provided by Worker
+        raise NotImplementedError
+
     def _park(self, job: Job, until: float) -> bool:
         """Give a far-off task to the broker's delayed store instead of holding it; False: hold it."""
         publisher = publishing.current()
@@ -58,8 +61,8 @@ class ParkingMixin:
         if connection.transport.driver_type != "amqp":
             return []
         ready = delayed.declare_amqp_topology(connection)
-        consumer = Consumer(channel, [ready], on_message=self._forward_parked, accept=None, no_ack=False,
-                            auto_declare=False)
+        consumer = Consumer(channel, [ready], on_message=self.one_at_a_time(self._forward_parked), accept=None,
+                            no_ack=False, auto_declare=False)
         consumer.consume()
         return [consumer]
 

@@ -110,6 +110,8 @@ class Worker(ParkingMixin):
         #: with the connection either way (AMQP's is never confirmed; a frozen link swallows it); then a
         #: copy comes back and is acked, not run again (``_already_started``)
         self._started_unacked: OrderedDict[tuple[str, int], bool] = OrderedDict()
+        self._deliveries: deque[tuple[Any, tuple]] = deque()  # see one_at_a_time()
+        self._delivering = False
 
     def every(self, seconds: float, function: Any) -> None:
         """Run ``function()`` in the main loop about every ``seconds``; an error is logged, never raised."""
@@ -250,9 +252,32 @@ class Worker(ParkingMixin):
                 self.consumers = None
 
     def _task_consumer(self, channel: Any, queue: Any, name: str) -> Consumer:
-        return Consumer(channel, [queue], on_message=partial(self._on_message, name),
-                        on_decode_error=partial(intake.undecodable, name, self.intake_policy),
+        return Consumer(channel, [queue], on_message=self.one_at_a_time(partial(self._on_message, name)),
+                        on_decode_error=self.one_at_a_time(partial(intake.undecodable, name, self.intake_policy)),
                         accept=settings.ACCEPT_CONTENT, no_ack=False, auto_declare=False)
+
+    def one_at_a_time(self, handler: Any) -> Any:
+        """``handler`` as a delivery callback that never runs inside another one.
+
+        A callback that waits for a broker reply (the dead-letter copy of a
+        refused message, parking) lets py-amqp deliver the next message from
+        inside that wait; handled there, two waits on one channel could each
+        take the other's reply, and both hung for good (the bad-input corpus
+        on RabbitMQ did, now and then). A delivery that comes in meanwhile is
+        queued and handled once the current one returns.
+        """
+        def deliver(*args: Any) -> None:
+            self._deliveries.append((handler, args))
+            if self._delivering:
+                return
+            self._delivering = True
+            try:
+                while self._deliveries:
+                    queued, queued_args = self._deliveries.popleft()
+                    queued(*queued_args)
+            finally:
+                self._delivering = False
+        return deliver
 
     def update_prefetch(self) -> None:
         """After ``pool_grow``/``pool_shrink``: the prefetch window follows the concurrency."""
@@ -460,6 +485,7 @@ class Worker(ParkingMixin):
 
     def _forget_unacked(self) -> None:
         """After a lost connection the broker redelivers what we held; drop our copies."""
+        self._deliveries.clear()
         self.ready.clear()
         self.rate_limits.take_all()
         self.timers.clear()
