@@ -8,15 +8,21 @@ globals) and each sees only the environment ``bench/systems.py`` gave it.
 Imports and the first connection happen before the clock starts; the last
 line of stdout is a JSON object with the timed figures.
 
-Actions: ``enqueue N`` (N single sends), ``fill N START END`` (a marker task
-that writes START, N + 1 sends as the drain rows want them, then a marker
-task that writes END), ``bulk N`` (one
+Actions: ``enqueue N [quiet]`` (N single sends; ``quiet``: the drain rows'
+send, no result stored), ``fill N START END [results]`` (a marker task that
+writes START, N + 1 sends as the drain rows want them -- or, with
+``results``, sends whose results are stored -- then a marker task that
+writes END), ``bulkfill N START END [BEHIND]`` (the same layout sent with
+the bulk API in chunks, then BEHIND more no-ops after the END marker),
+``enqueue-pair N QUEUE`` (N sends to the default queue and N to QUEUE,
+alternating in blocks of 100, each side timed apart), ``bulk N`` (one
 bulk call of N tasks), ``marker PATH``, ``roundtrip N`` (N send-then-wait
 latencies, after 20 untimed ones).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -37,6 +43,8 @@ class Client:
     send_quiet: Callable[[], object] | None = None  # the drain rows' send, when it differs from ``send``
     bulk: Callable[[int], Callable[[], object]] | None = None  # N -> the timed call, built beforehand
     roundtrip: Callable[[], object] | None = None
+    bulk_quiet: Callable[[int], object] | None = None  # send N no-ops now, results not stored (bulkfill)
+    send_to: Callable[[str], object] | None = None  # the drain rows' send, to the queue named (enqueue-pair)
 
 
 def ours() -> Client:
@@ -51,6 +59,8 @@ def ours() -> Client:
         marker=touch.delay,
         bulk=lambda n: (lambda calls=[()] * n: noop.delay_many(calls)),
         roundtrip=lambda: add.delay(1, 2).get(timeout=30),
+        bulk_quiet=lambda n: noop.apply_async_many([((), None)] * n, ignore_result=True),
+        send_to=lambda queue: noop.apply_async(ignore_result=True, queue=queue),
     )
 
 
@@ -65,6 +75,13 @@ def celery() -> Client:
 
     return Client(send=noop.delay, marker=touch.delay, bulk=bulk,
                   roundtrip=lambda: add.delay(1, 2).get(timeout=30))
+
+
+def celery_django() -> Client:
+    """Celery storing every result through django-celery-results (the ``pgresults`` row)."""
+    from bench.peers.celery_django_app import noop, touch
+
+    return Client(send=noop.delay, marker=touch.delay)
 
 
 def huey() -> Client:
@@ -96,7 +113,13 @@ def dramatiq() -> Client:
     return Client(send=noop.send, marker=touch.send)
 
 
-CLIENTS = {"ours": ours, "celery": celery, "huey": huey, "rq": rq, "dramatiq": dramatiq}
+CLIENTS = {"ours": ours, "celery": celery, "celery-django": celery_django, "huey": huey, "rq": rq,
+           "dramatiq": dramatiq}
+
+#: Tasks per bulk call when filling: one call of a million would hold every message in memory at once.
+CHUNK = 20000
+#: Sends in a row to one queue before ``enqueue-pair`` turns to the other: the machine's slow spells fall on both.
+PAIR_BLOCK = 100
 
 
 def timed(call: Callable[[], object], n: int) -> float:
@@ -104,6 +127,20 @@ def timed(call: Callable[[], object], n: int) -> float:
     for _ in range(n):
         call()
     return time.perf_counter() - started
+
+
+def bulk_in_chunks(send_many: Callable[[int], object], n: int) -> int:
+    """Send ``n`` no-ops in bulk calls of ``CHUNK``; on the ``django://`` broker each call is one transaction,
+    so that the fill costs one commit per chunk rather than one per task (the fill is not what is timed)."""
+    from django.db import transaction
+
+    from django_tasks_q.conf import settings
+
+    embedded = settings.BROKER_URL.startswith("django://")
+    for first in range(0, n, CHUNK):
+        with transaction.atomic() if embedded else contextlib.nullcontext():
+            send_many(min(CHUNK, n - first))
+    return n
 
 
 def main(argv: list[str]) -> dict:
@@ -114,15 +151,32 @@ def main(argv: list[str]) -> dict:
         return {}
     n = int(rest[0])
     if action == "enqueue":
-        client.send()  # opens the connection, untimed
-        return {"seconds": timed(client.send, n)}
+        send = (client.send_quiet or client.send) if rest[1:] == ["quiet"] else client.send
+        send()  # opens the connection, untimed
+        return {"seconds": timed(send, n)}
     if action == "fill":
-        send = client.send_quiet or client.send
+        send = client.send if rest[3:] == ["results"] else (client.send_quiet or client.send)
         client.marker(rest[1])  # the start marker (opens the connection, untimed)
         send()  # untimed, like every first send
         seconds = timed(send, n)
         client.marker(rest[2])  # the end marker
         return {"seconds": seconds}
+    if action == "enqueue-pair":
+        default, other = lambda: client.send_to("default"), lambda: client.send_to(rest[1])
+        default(), other()  # untimed: the first send to each queue declares it
+        totals = {"seconds": 0.0, "seconds_other": 0.0}
+        for first in range(0, n, PAIR_BLOCK):
+            block = min(PAIR_BLOCK, n - first)
+            totals["seconds"] += timed(default, block)
+            totals["seconds_other"] += timed(other, block)
+        return totals
+    if action == "bulkfill":
+        client.marker(rest[1])  # the start marker (opens the connection, untimed)
+        started = time.perf_counter()
+        sent = bulk_in_chunks(client.bulk_quiet, n + 1)
+        client.marker(rest[2])
+        sent += bulk_in_chunks(client.bulk_quiet, int(rest[3]) if len(rest) > 3 else 0)
+        return {"seconds": time.perf_counter() - started, "sent": sent}
     if action == "bulk":
         client.send()  # opens the connection, untimed
         call = client.bulk(n)

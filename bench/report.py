@@ -26,7 +26,31 @@ TARGETS: list[tuple[str, Key, str, Key, str, str, float]] = [
     ("idle worker RSS, -P solo", ("rss-solo", "ours"), "rss_mib", ("rss-solo", "celery"), "Celery -P solo", "<=", 1),
     ("idle worker RSS, -P prefork -c 2", ("rss-prefork", "ours"), "rss_mib", ("rss-prefork", "celery"),
      "Celery -P prefork -c 2", "<=", 1),
+    ("drain, Redis, 1 process, results in the ORM on PostgreSQL", ("pgresults", "ours"), "rate",
+     ("pgresults", "celery-django"), "Celery -P solo + django-celery-results", ">=", 2),
 ]
+
+#: (what, keys whose best figure counts, metric, comparison, target): a figure of ours alone against a number.
+ABSOLUTE: list[tuple[str, list[Key], str, str, float]] = [
+    ("django:// broker, PostgreSQL, 2 processes, no results", [("django2-pg", "prefork"), ("django2-pg", "solo2")],
+     "rate", ">=", 1000),
+    ("django:// broker, SQLite, 2 processes, no results", [("django2-sqlite", "prefork"), ("django2-sqlite", "solo2")],
+     "rate", ">=", 300),
+    ('django:// broker, SQLite: "database is locked" in the workers\' logs (both pools, every run)',
+     [("django2-sqlite", "prefork"), ("django2-sqlite", "solo2")], "locked", "<=", 0),
+]
+
+#: The scale row: (what, broker, metric) -- the figure with many tasks queued over the one with 1,000.
+SCALE: list[tuple[str, str, str]] = [
+    ("scale, Redis: drain, worker CPU per task", "redis", "cpu_ms"),
+    ("scale, Redis: drain, wall time per task", "redis", "ms_per_task"),
+    ("scale, Redis: enqueue, one delay()", "redis", "enqueue_us"),
+    ("scale, django:// PostgreSQL: drain, worker CPU per task", "django-pg", "cpu_ms"),
+    ("scale, django:// PostgreSQL: drain, wall time per task", "django-pg", "ms_per_task"),
+    ("scale, django:// PostgreSQL: enqueue, one delay()", "django-pg", "enqueue_us"),
+]
+SCALE_TARGET = 1.10
+POOLS = {"prefork": "-P prefork -c 2", "solo2": "two -P solo workers"}
 
 #: (what, system, metric, another figure to show beside it or None, its name): no target.
 EXTRAS: list[tuple[str, Key, str, Key | None, str]] = [
@@ -45,14 +69,13 @@ EXTRAS: list[tuple[str, Key, str, Key | None, str]] = [
 ]
 
 NOT_MEASURED = [
-    ("drain with PostgreSQL results", "not measured: needs the private PostgreSQL server wired in (left for later)"),
-    ("django:// broker rows", "not measured: the embedded broker rows are left for later"),
-    ("1,000,000 tasks queued", "not measured: the scale row takes too long for one bench run (left for later)"),
+    ("scale: release of parked eta tasks with many queued", "not measured yet (only enqueue and drain are)"),
 ]
 
 COMPARE = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 UNITS = {"rate": "{:,.0f}/s", "enqueue_rate": "{:,.0f}/s", "p50_ms": "{:.2f} ms", "p99_ms": "{:.2f} ms",
-         "rss_mib": "{:.1f} MiB", "pss_mib": "{:.1f} MiB"}
+         "rss_mib": "{:.1f} MiB", "pss_mib": "{:.1f} MiB", "cpu_ms": "{:.3f} ms", "ms_per_task": "{:.3f} ms",
+         "enqueue_us": "{:.1f} µs", "locked": "{:.0f}", "fill_rate": "{:,.0f}/s", "stored": "{:,.0f}"}
 
 
 def show(medians: dict[Key, dict[str, float]], selected: list[str]) -> None:
@@ -77,9 +100,13 @@ def show(medians: dict[Key, dict[str, float]], selected: list[str]) -> None:
             mine_cpu, their_cpu = medians[ours]["cpu_ms"], medians[peer]["cpu_ms"]
             cpu = f"{mine_cpu:.3f} / {their_cpu:.3f} ms (x{their_cpu / mine_cpu:.2f})"
             line += f"; worker CPU per task ours {mine_cpu:.3f} ms, peer {their_cpu:.3f} ms"
+        if "db_cpu_ms" in medians[ours] and "db_cpu_ms" in medians[peer]:
+            line += (f"; PostgreSQL CPU per task ours {medians[ours]['db_cpu_ms']:.3f} ms, "
+                     f"peer {medians[peer]['db_cpu_ms']:.3f} ms")
         print(f"  {what} vs {peer_name}: {line}")
         table.append(f"| {what} | {unit.format(mine)} | {peer_name}: {unit.format(theirs)} | {ratio:.2f} "
                      f"| {compare} {target:g} | {verdict} | {cpu} |")
+    table += absolute(medians, selected) + scaled(medians, selected)
     print("\nfor information (no target)")
     for what, key, metric, other, other_name in EXTRAS:
         if key not in medians:
@@ -92,10 +119,17 @@ def show(medians: dict[Key, dict[str, float]], selected: list[str]) -> None:
             line += f"; worker CPU per task {medians[key]['cpu_ms']:.3f} ms"
         print(f"  {what}: {line}")
         table.append(f"| {what} | | {line} | | | info | |")
-    print("\nworker CPU milliseconds per task (drain rows)")
+    for (row, system), figures in sorted(medians.items()):
+        for metric in ("fill_rate", "stored"):
+            if metric in figures and row.split("-")[0] in ("pgresults", "django2", "scale"):
+                line = f"{row} {system}: {metric} {UNITS[metric].format(figures[metric])}"
+                print(f"  {line}")
+                table.append(f"| {line} | | | | | info | |")
+    print("\nworker CPU milliseconds per task (drain rows; PostgreSQL's own CPU beside it where it served)")
     for (row, system), figures in sorted(medians.items()):
         if "cpu_ms" in figures:
-            print(f"  {row:<7} {system:<9} {figures['cpu_ms']:.3f} ms  ({figures['rate']:,.0f}/s)")
+            server = f", PostgreSQL {figures['db_cpu_ms']:.3f} ms" if "db_cpu_ms" in figures else ""
+            print(f"  {row:<7} {system:<9} {figures['cpu_ms']:.3f} ms{server}  ({figures['rate']:,.0f}/s)")
     for what, why in NOT_MEASURED:
         print(f"{what}: {why}")
     print("\n| row | ours | peer | ratio ours/peer | target | result | worker CPU per task, ours / peer |")
@@ -103,3 +137,71 @@ def show(medians: dict[Key, dict[str, float]], selected: list[str]) -> None:
     print("\n".join(table))
     for what, why in NOT_MEASURED:
         print(f"| {what} | | | | | {why} | |")
+
+
+def absolute(medians: dict[Key, dict[str, float]], selected: list[str]) -> list[str]:
+    """Print the targets that are a number rather than a ratio (the better of the pools counts); table rows."""
+    table = []
+    for what, keys, metric, compare, target in ABSOLUTE:
+        if keys[0][0].split("-")[0] not in selected:
+            continue
+        found = [key for key in keys if key in medians]
+        if not found:
+            print(f"  {what}: not measured: the measurement failed (its error is above)")
+            table.append(f"| {what} | | | | {compare} {target:g} | not measured: failed | |")
+            continue
+        unit = UNITS[metric]
+        if metric == "locked":  # every "database is locked" counts, not a median
+            figure = sum(medians[key]["locked_total"] for key in found)
+            shown = ", ".join(f"{POOLS[key[1]]}: {medians[key]['locked_total']:.0f}" for key in found)
+        else:
+            best = max(found, key=lambda key: medians[key][metric])
+            figure = medians[best][metric]
+            shown = ", ".join(f"{POOLS[key[1]]}: {unit.format(medians[key][metric])} "
+                              f"({cpu_per_task(medians[key])})" for key in found)
+        verdict = "PASS" if COMPARE[compare](figure, target) else "FAIL"
+        if len(found) < len(keys):
+            shown += "; the other pool failed"
+        print(f"  {what}: {unit.format(figure)} ({shown}) (target {compare} {target:g}) {verdict}")
+        table.append(f"| {what} | {unit.format(figure)} | {shown} | | {compare} {target:g} | {verdict} | |")
+    return table
+
+
+def cpu_per_task(figures: dict[str, float]) -> str:
+    """"CPU per task: workers X ms[, PostgreSQL Y ms]"."""
+    server = f", PostgreSQL {figures['db_cpu_ms']:.3f} ms" if "db_cpu_ms" in figures else ""
+    return f"CPU per task: workers {figures['cpu_ms']:.3f} ms{server}"
+
+
+def scaled(medians: dict[Key, dict[str, float]], selected: list[str]) -> list[str]:
+    """Print the scale row: each cost with many tasks queued over the same cost with few; table rows."""
+    table = []
+    if "scale" not in selected:
+        return table
+    pair = medians.get(("scale-large", "redis"), {}).get("enqueue_pair_ratio")
+    if pair is not None:
+        what = "scale, Redis: enqueue, one delay(), full and empty queue alternating in one run"
+        full = f"queue holding {medians[('scale-large', 'redis')]['queued']:,.0f}"
+        empty = "queue holding only these sends"
+        verdict = "PASS" if pair <= SCALE_TARGET else "FAIL"
+        print(f"  {what}: {full} over {empty}, ratio {pair:.2f} (median of the runs' ratios; "
+              f"target <= {SCALE_TARGET:g}) {verdict}")
+        table.append(f"| {what} | {full} | {empty} | {pair:.2f} | <= {SCALE_TARGET:g} | {verdict} | |")
+    for what, broker, metric in SCALE:
+        large, small = ("scale-large", broker), ("scale-small", broker)
+        if large not in medians or small not in medians:
+            if broker == "redis" or large in medians or small in medians:
+                print(f"  {what}: not measured: the measurement failed (its error is above)")
+                table.append(f"| {what} | | | | <= {SCALE_TARGET:g} | not measured: failed | |")
+            continue
+        unit = UNITS[metric]
+        many, few = medians[large], medians[small]
+        # the median of the runs' own ratios (each run measures both back to back) when every run measured both
+        ratio = many.get(f"{metric}_ratio", many[metric] / few[metric])
+        how = "median of the runs' ratios" if f"{metric}_ratio" in many else "ratio of the medians"
+        verdict = "PASS" if ratio <= SCALE_TARGET else "FAIL"
+        mine = f"{many['queued']:,.0f} queued: {unit.format(many[metric])}"
+        theirs = f"{few['queued']:,.0f} queued: {unit.format(few[metric])}"
+        print(f"  {what}: {mine}, {theirs}, ratio {ratio:.2f} ({how}; target <= {SCALE_TARGET:g}) {verdict}")
+        table.append(f"| {what} | {mine} | {theirs} | {ratio:.2f} | <= {SCALE_TARGET:g} | {verdict} | |")
+    return table

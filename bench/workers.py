@@ -35,18 +35,22 @@ def environment(broker_url: str, result_url: str | None = None, **extra: str) ->
     return env
 
 
-def worker_command(system: str, broker_url: str, pool: str = "solo", concurrency: int = 1) -> list[str]:
+def worker_command(system: str, broker_url: str, pool: str = "solo", concurrency: int = 1,
+                   name: str | None = None) -> list[str]:
     """The worker of ``system``, quiet (warnings only) and otherwise as the library ships it.
 
     The pools the issue fixes: one process for every drain (Celery and ours
     ``-P solo``, Huey ``-w 1``, RQ's SimpleWorker in burst mode, Dramatiq
     ``-p 1 -t 1``); ``pool``/``concurrency`` apply to ours and Celery only.
+    ``name`` gives ours a node name of its own (``-n``), for two workers side by side.
     """
     python = sys.executable
     if system == "ours":
-        return [python, "manage.py", "taskworker", "-P", pool, "-c", str(concurrency), "-l", "WARNING"]
-    if system == "celery":
-        return [python, "-m", "celery", "-A", "bench.celery_app", "worker", "-P", pool, "-c", str(concurrency),
+        named = ["-n", f"{name}@%h"] if name else []
+        return [python, "manage.py", "taskworker", "-P", pool, "-c", str(concurrency), "-l", "WARNING", *named]
+    if system in ("celery", "celery-django"):
+        app = "bench.celery_app" if system == "celery" else "bench.peers.celery_django_app"
+        return [python, "-m", "celery", "-A", app, "worker", "-P", pool, "-c", str(concurrency),
                 "-l", "WARNING", "-Q", "default", "--without-gossip", "--without-mingle", "--without-heartbeat"]
     if system == "huey":
         return [python, "-m", "huey.bin.huey_consumer", "bench.peers.huey_app.huey", "-w", "1", "-q"]
@@ -142,7 +146,11 @@ class Worker:
         return memory_kib(self.proc.pid)
 
     def tail(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")[-3000:]
+        return self.log_text()[-3000:]
+
+    def log_text(self) -> str:
+        """Everything the worker has printed so far (the log file is removed when the worker stops)."""
+        return Path(self.log.name).read_text(errors="replace")
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         """SIGTERM to the worker (a warm shutdown), then SIGKILL to whatever is left of its group.

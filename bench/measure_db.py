@@ -1,0 +1,196 @@
+"""The measurements that involve a database: results in the ORM, the ``django://`` broker, and scale.
+
+- :func:`drain_with_results` (row ``pgresults``): the drain row on Redis, but
+  every no-op's result is written to PostgreSQL -- ours through its default
+  ``"django"`` result backend, Celery through django-celery-results.
+- :func:`drain_embedded` (row ``django2``): two worker processes on the
+  ``django://`` broker, on PostgreSQL or SQLite; also counts "database is
+  locked" in the workers' logs.
+- :func:`scale` (row ``scale``): the cost of enqueueing and draining with a
+  few or a great many tasks queued.
+
+Every function times the drain as ``measure.drain`` does: from the start
+marker task to the end marker task, worker CPU read from ``/proc`` at both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.workers import ROOT, Worker, client, cpu_seconds, environment, new_marker, worker_command
+
+RESULT_TABLES = {"ours": "django_tasks_q_taskresult", "celery-django": "django_celery_results_taskresult"}
+BROKER_TABLE = "django_tasks_q_brokermessage"
+#: The message a worker logs when SQLite refused it the write lock for longer than its timeout.
+LOCKED = "database is locked"
+
+
+@dataclass
+class Database:
+    """A database the workers use (``env``, read by ``testproject/settings.py``) and the bench reads with SQL."""
+
+    label: str  # "PostgreSQL" or "SQLite"
+    url: str | None = None  # postgres://...
+    path: str | None = None  # an SQLite file
+    server_pid: int | None = None  # PostgreSQL's postmaster, whose CPU (with its backends') is shown too
+    env: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.env = {"TESTPROJECT_DATABASE_URL": self.url} if self.url else {"TESTPROJECT_SQLITE": self.path}
+
+    def migrate(self, settings_module: str = "testproject.settings") -> None:
+        env = {**environment_without_database(), **self.env, "DJANGO_SETTINGS_MODULE": settings_module,
+               "PYTHONPATH": str(ROOT)}
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True, env=env)
+
+    def execute(self, sql: str) -> list[tuple]:
+        """Run one statement in its own transaction; the rows it returned, if any."""
+        if self.url:
+            import psycopg
+
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                cursor = conn.execute(sql)
+                return cursor.fetchall() if cursor.description else []
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(self.path, timeout=60)) as conn, conn:
+            return conn.execute(sql).fetchall()
+
+    def clear(self, *tables: str) -> None:
+        for table in tables:
+            self.execute(f"DELETE FROM {table}")
+
+    def count(self, table: str) -> int:
+        return self.execute(f"SELECT COUNT(*) FROM {table}")[0][0]
+
+
+def environment_without_database() -> dict[str, str]:
+    """This process's environment less the variables that choose the testproject's database."""
+    return {key: value for key, value in os.environ.items()
+            if key not in ("TESTPROJECT_DATABASE_URL", "TESTPROJECT_SQLITE")}
+
+
+def wait_for(workers: list[Worker], marker: Path, timeout: float = 1800) -> float:
+    """The ``perf_counter()`` at which ``marker`` appeared (it is removed); fails if any worker exits first."""
+    deadline = time.perf_counter() + timeout
+    while not marker.exists():
+        for worker in workers:
+            if worker.proc.poll() is not None and not marker.exists():
+                raise SystemExit(f"worker exited ({worker.proc.returncode}) before the marker ran: {worker.tail()}")
+        if time.perf_counter() > deadline:
+            raise SystemExit("workers stalled: " + "\n".join(worker.tail() for worker in workers))
+        time.sleep(0.002)
+    seen = time.perf_counter()
+    marker.unlink()
+    return seen
+
+
+@dataclass
+class Drain:
+    """What one timed drain measured between its markers."""
+
+    seconds: float
+    cpu: float  # the workers' CPU seconds
+    server_cpu: float | None  # the database server's, when it is PostgreSQL
+    logs: str  # everything the workers printed
+
+    def figures(self, tasks: int) -> dict[str, float]:
+        figures = {"rate": tasks / self.seconds, "cpu_ms": 1000 * self.cpu / tasks}
+        if self.server_cpu is not None:
+            figures["db_cpu_ms"] = 1000 * self.server_cpu / tasks
+        return figures
+
+
+def timed_drain(commands: list[list[str]], env: dict[str, str], start: Path, end: Path,
+                database: Database | None = None) -> Drain:
+    """Start the workers together on a filled queue and time them from the start marker to the end marker."""
+    server = database.server_pid if database else None
+    with contextlib.ExitStack() as stack:
+        workers = [stack.enter_context(Worker(command, env)) for command in commands]
+        began = wait_for(workers, start)
+        began_cpu = sum(worker.cpu_seconds() for worker in workers)
+        began_server = cpu_seconds(server) if server else 0.0
+        ended = wait_for(workers, end)
+        cpu = sum(worker.cpu_seconds() for worker in workers) - began_cpu
+        server_cpu = cpu_seconds(server) - began_server if server else None
+        logs = "".join(worker.log_text() for worker in workers)
+    return Drain(ended - began, cpu, server_cpu, logs)
+
+
+def drain_with_results(system: str, redis_url: str, n: int, database: Database) -> dict:
+    """The drain row on Redis with every no-op's result stored in ``database`` (``-P solo``).
+
+    ``stored`` counts the result rows the drain left, to show that each task wrote one.
+    """
+    extra = dict(database.env)
+    if system == "celery-django":
+        extra["DJANGO_SETTINGS_MODULE"] = "bench.peers.celery_django_settings"
+    database.clear(*RESULT_TABLES.values())
+    env = environment(redis_url, **extra)
+    start, end = new_marker(), new_marker()
+    sent = client(system, env, "fill", n, start, end, "results")
+    drain = timed_drain([worker_command(system, redis_url)], env, start, end, database)
+    return {**drain.figures(n + 2), "enqueue_rate": n / sent["seconds"],
+            "stored": database.count(RESULT_TABLES[system])}
+
+
+def drain_embedded(n: int, database: Database, two_solo: bool) -> dict:
+    """Ours on the ``django://`` broker in ``database``, two processes, no results stored.
+
+    ``two_solo``: two ``-P solo`` workers side by side, else one ``-P prefork -c 2``.
+    The queue is filled with the bulk API first (``locked`` counts "database is locked" in the logs).
+    """
+    broker = "django://"
+    database.clear(BROKER_TABLE)
+    env = environment(broker, **database.env)
+    start, end = new_marker(), new_marker()
+    sent = client("ours", env, "bulkfill", n, start, end)
+    if two_solo:
+        commands = [worker_command("ours", broker, name=f"bench{index}") for index in (1, 2)]
+    else:
+        commands = [worker_command("ours", broker, "prefork", 2)]
+    drain = timed_drain(commands, env, start, end, database)
+    return {**drain.figures(n + 2), "fill_rate": sent["sent"] / sent["seconds"], "locked": drain.logs.count(LOCKED)}
+
+
+def scale(broker_url: str, window: int, behind: int, sends: int, database: Database | None = None,
+          shallow_queue: str | None = None) -> dict:
+    """Cost per task with ``behind`` tasks queued behind the ``window`` that is timed.
+
+    The queue is filled with the bulk API: a start marker, ``window`` + 1
+    no-ops, an end marker, then ``behind`` more no-ops, so the queue never
+    holds fewer than ``behind`` while the window drains. Then ``sends``
+    ``delay()`` calls are timed one by one (``enqueue_us`` per call), and one
+    ``-P solo`` worker drains the window (``ms_per_task`` wall, ``cpu_ms``).
+    ``database``: the one a ``django://`` broker keeps its messages in.
+
+    ``shallow_queue`` (Redis, where each queue is a list of its own): the
+    ``delay()`` calls alternate, in blocks of 100, between the full queue and
+    this nearly empty one, so the two costs come from the same moments of a
+    noisy machine; ``enqueue_pair_ratio`` is full / nearly empty.
+    """
+    extra = database.env if database else {}
+    if database:
+        database.clear(BROKER_TABLE)
+    env = environment(broker_url, **extra)
+    start, end = new_marker(), new_marker()
+    try:
+        filled = client("ours", env, "bulkfill", window, start, end, behind)
+        if shallow_queue:
+            sent = client("ours", env, "enqueue-pair", sends, shallow_queue)
+        else:
+            sent = client("ours", env, "enqueue", sends, "quiet")
+        drain = timed_drain([worker_command("ours", broker_url)], env, start, end, database)
+    finally:
+        if database:
+            database.clear(BROKER_TABLE)
+    tasks = window + 2
+    pair = {"enqueue_pair_ratio": sent["seconds"] / sent["seconds_other"]} if shallow_queue else {}
+    return {**pair, "queued": behind, "ms_per_task": 1000 * drain.seconds / tasks, **drain.figures(tasks),
+            "enqueue_us": 1e6 * sent["seconds"] / sends, "fill_rate": filled["sent"] / filled["seconds"]}
