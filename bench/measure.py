@@ -39,6 +39,20 @@ def drain(system: str, broker_url: str, n: int, pool: str = "solo", concurrency:
     return {"rate": tasks / (ended - began), "cpu_ms": 1000 * cpu / tasks, "enqueue_rate": n / sent["seconds"]}
 
 
+def drain_two_solo(broker_url: str, n: int) -> dict:
+    """The drain row with two ``-P solo`` workers of ours side by side (two processes on two CPUs):
+    the queue as :func:`drain` fills it, both workers started together, timed between the markers,
+    CPU summed over both."""
+    from bench.measure_db import timed_drain
+
+    env = environment(broker_url)
+    start, end = new_marker(), new_marker()
+    sent = client("ours", env, "fill", n, start, end)
+    commands = [worker_command("ours", broker_url, name=f"bench{index}") for index in (1, 2)]
+    drain = timed_drain(commands, env, start, end)
+    return {**drain.figures(n + 2), "enqueue_rate": n / sent["seconds"]}
+
+
 def enqueue(system: str, broker_url: str, n: int) -> dict:
     """Tasks per second sent one call at a time (``delay()`` or the library's equivalent)."""
     return {"rate": n / client(system, environment(broker_url), "enqueue", n)["seconds"]}

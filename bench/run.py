@@ -77,7 +77,9 @@ def measure_run(rows: list[str], redis_url: str, amqp_url: str | None, n: int, r
             on_redis("drain", system, measure.drain, n)
     if "drain2" in rows:
         flush(redis_url)
-        record("drain2", "ours", measure.drain, "ours", redis_url, n, pool="prefork", concurrency=2)
+        record("drain2", "ours", measure.drain_two_solo, redis_url, n)
+        flush(redis_url)
+        record("drain2", "prefork", measure.drain, "ours", redis_url, n, pool="prefork", concurrency=2)
     if "enqueue" in rows:
         for system in ("ours", "celery", "huey"):
             on_redis("enqueue", system, measure.enqueue, n)
