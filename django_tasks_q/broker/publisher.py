@@ -231,12 +231,13 @@ def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: st
         if channel is not None:
             try:
                 # with publish signals observed, a receiver may have changed this message's headers
-                if like is not None and reply_to is None and not observed and hasattr(channel, "put_encoded"):
+                copied = like is not None and reply_to is None and not observed and hasattr(channel, "put_encoded")
+                if copied:
                     prepared: list = [(envelope_texts([(message, task_id, None)], exchange, routing_key, route, like)[0],
                                        channel._get_message_priority({"properties": {"priority": route.priority or 0}}))]
                 else:
                     prepared = [envelope(message, exchange, routing_key, properties)]
-                if _put(channel, queue, exchange, routing_key, prepared, encoded=not isinstance(prepared[0], dict)):
+                if _put(channel, queue, exchange, routing_key, prepared, encoded=copied):
                     if observed:
                         _published(message, exchange, routing_key)
                     return

@@ -51,10 +51,12 @@ def send(name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Task 
                           link_error=call.link_error)
     route = _route(name, call, task)
     model = _models.get(name, task, conf) if call is NO_CALL_OPTIONS else None
-    encoded = model.encoder(task_id := new_id(), tuple(args or ()), dict(kwargs or {})) if model else None
-    if encoded is not None and model is not None:
-        publish(encoded, route, task_id=task_id, like=model.encoded)
-        return AsyncResult(task_id, task_name=name)
+    if model is not None:
+        task_id = new_id()
+        encoded = model.encoder(task_id, tuple(args or ()), dict(kwargs or {}))
+        if encoded is not None:  # else arguments JSON cannot carry as is: the full path below
+            publish(encoded, route, task_id=task_id, like=model.encoded)
+            return AsyncResult(task_id, task_name=name)
     message = _message(name, args, kwargs, call, task, timezone.now())
     outgoing = _encode(message, call, task, conf)
     publish(outgoing.encoded, route, task_id=outgoing.task_id, deliver_at=outgoing.deliver_at)
@@ -94,13 +96,12 @@ class _Models:
 
     def keep(self, name: str, task: Task | None, conf: dict[str, Any], message: TaskMessage,
              outgoing: Outgoing) -> None:
-        encoded = outgoing.encoded
-        if (outgoing.deliver_at is not None or message.eta is not None or message.expires is not None
-                or encoded.content_type != "application/json" or SIGNATURE_HEADER in encoded.headers):
+        encoder = _sibling_encoder(message, outgoing)
+        if encoder is None or outgoing.deliver_at is not None or message.eta is not None or message.expires is not None:
             return
         if len(self._models) >= 1024:
             self._models.clear()
-        self._models[name] = _Model(task, conf, encoded, message.sibling_encoder(encoded))
+        self._models[name] = _Model(task, conf, outgoing.encoded, encoder)
 
 
 _models = _Models()
@@ -135,8 +136,7 @@ def _build_many(name: str, calls: list[tuple[Any, Any]], call: CallOptions, task
     first_message = _message(name, calls[0][0], calls[0][1], call, task, now)
     first = _encode(first_message, call, task, conf)
     outgoing = [first]
-    sibling = first_message.sibling_encoder(first.encoded) \
-        if first.encoded.content_type == "application/json" and SIGNATURE_HEADER not in first.encoded.headers else None
+    sibling = _sibling_encoder(first_message, first)
     for (args, kwargs), task_id in zip(calls[1:], new_ids(len(calls) - 1)):
         encoded = sibling(task_id, tuple(args or ()), dict(kwargs or {})) if sibling is not None else None
         if encoded is None:
@@ -144,6 +144,15 @@ def _build_many(name: str, calls: list[tuple[Any, Any]], call: CallOptions, task
         else:
             outgoing.append(Outgoing(task_id, encoded, first.deliver_at))
     return outgoing
+
+
+def _sibling_encoder(message: TaskMessage, outgoing: "Outgoing") -> Callable[..., EncodedMessage | None] | None:
+    """What copies ``outgoing`` for other ids and arguments; ``None`` for a message that cannot be copied
+    (not JSON, or signed: a signature covers one id and one body)."""
+    encoded = outgoing.encoded
+    if encoded.content_type != "application/json" or SIGNATURE_HEADER in encoded.headers:
+        return None
+    return message.sibling_encoder(encoded)
 
 
 @dataclass(frozen=True)
