@@ -156,6 +156,31 @@ def test_gets_in_a_row_share_one_subscription_connection_and_skip_stale_messages
     assert _connections_received(raw) - connections_before <= 2
 
 
+def test_more_writers_than_connections_wait_for_one_instead_of_failing(backend, raw):
+    """``-P threads/asyncio -c 500`` write results from 500 threads; redis-py's pool refused the 101st with
+    "Too many connections" and the result was lost (a task stayed STARTED for ever)."""
+    ids = [str(uuid.uuid4()) for _ in range(300)]
+    start = threading.Barrier(len(ids))
+    failures: list[BaseException] = []
+
+    def write(task_id: str) -> None:
+        start.wait()
+        try:
+            for state in (TaskState.STARTED, TaskState.SUCCESS):
+                backend.mark(task_id, state, result=1)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(task_id,)) for task_id in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == []
+    assert all(backend.meta(task_id).state == TaskState.SUCCESS for task_id in ids)
+    assert backend.client.connection_pool.max_connections == 100  # bounded all the same
+
+
 def _connections_received(client: redis.Redis) -> int:
     return int(client.info("stats")["total_connections_received"])
 
