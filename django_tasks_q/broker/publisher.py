@@ -82,6 +82,13 @@ def envelope_texts(batch: list[tuple[EncodedMessage, str, float | None]], exchan
     return texts
 
 
+def _texts(channel: Any, batch: list[tuple[EncodedMessage, str, float | None]], exchange: str, routing_key: str,
+           route: Route, like: EncodedMessage | None = None) -> list[tuple[str, int]]:
+    """:func:`envelope_texts` with the priority the channel files them under, for ``put_encoded``."""
+    priority = channel._get_message_priority({"properties": {"priority": route.priority or 0}})
+    return [(text, priority) for text in envelope_texts(batch, exchange, routing_key, route, like)]
+
+
 #: (id of the message, exchange, routing key, route) -> (that message, head, middle) of its envelopes
 _shared_cache: dict[tuple[int, str, str, Route], tuple[EncodedMessage, str, str]] = {}
 
@@ -179,16 +186,16 @@ def publish_many(messages: list[tuple[EncodedMessage, str, float | None]], route
         state = connection.current()
         channel = _direct_channel(state, queue.name)
         prepared: list | None = None
+        copied = shared_headers and hasattr(channel, "put_encoded")
         if channel is not None and not _observed() and all(at is None for _, _, at in batch):
-            if shared_headers and hasattr(channel, "put_encoded"):
-                priority = channel._get_message_priority({"properties": {"priority": route.priority or 0}})
-                prepared = [(text, priority) for text in envelope_texts(batch, exchange, routing_key, route)]
+            if copied:
+                prepared = _texts(channel, batch, exchange, routing_key, route)
             else:
                 prepared = [envelope(message, exchange, routing_key, _properties(task_id, route, None))
                             for message, task_id, _ in batch]
         try:
             routed = None if prepared is None else _put(channel, queue, exchange, routing_key, prepared,
-                                                        encoded=shared_headers and hasattr(channel, "put_encoded"))
+                                                        encoded=copied)
             if not routed:
                 for message, task_id, at in batch:
                     publish(message, route, task_id=task_id, deliver_at=at)
@@ -233,8 +240,7 @@ def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: st
                 # with publish signals observed, a receiver may have changed this message's headers
                 copied = like is not None and reply_to is None and not observed and hasattr(channel, "put_encoded")
                 if copied:
-                    prepared: list = [(envelope_texts([(message, task_id, None)], exchange, routing_key, route, like)[0],
-                                       channel._get_message_priority({"properties": {"priority": route.priority or 0}}))]
+                    prepared: list = _texts(channel, [(message, task_id, None)], exchange, routing_key, route, like)
                 else:
                     prepared = [envelope(message, exchange, routing_key, properties)]
                 if _put(channel, queue, exchange, routing_key, prepared, encoded=copied):
