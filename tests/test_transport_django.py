@@ -133,28 +133,28 @@ def test_publish_joins_the_callers_transaction(transactional_db):
 
 def test_reject_with_and_without_requeue(transactional_db):
     with connect() as conn:
-        queue = conn.SimpleQueue("reject")
-        queue.put("kept")
-        queue.put("dropped")
+        queue = Queue("reject", routing_key="reject")
+        for body in ("kept", "dropped"):
+            conn.Producer().publish(body, routing_key="reject", declare=[queue])
+        channel = conn.channel()  # basic_get claims one message at a time
 
-        first = queue.get(timeout=1)
+        first = channel.basic_get("reject")
         first.requeue()
         row = BrokerMessage.objects.get(delivery_tag=first.delivery_tag)
         assert row.reserved_until is None
         assert BrokerMessage.objects.count() == 2
 
-        again = queue.get(timeout=1)  # keeps its place at the head of the queue
+        again = channel.basic_get("reject")  # keeps its place at the head of the queue
         assert again.payload == "kept"
         assert again.delivery_info["redelivered"] is True
         assert again.headers["redelivered"] is True
 
-        second = queue.get(timeout=1)
+        second = channel.basic_get("reject")
         assert second.payload == "dropped"
         second.reject()
         assert list(BrokerMessage.objects.values_list("delivery_tag", flat=True)) == [again.delivery_tag]
         again.ack()
         assert not BrokerMessage.objects.exists()
-        queue.close()
 
 
 @pytest.mark.parametrize("how", ["close", "recover"])
@@ -216,6 +216,55 @@ def test_claim_lasts_while_its_holder_lives_even_without_draining(transactional_
             stolen.ack()
             held[0].ack()  # a late ack of a message already acked elsewhere is harmless
     assert not BrokerMessage.objects.exists()
+
+
+def test_a_consumer_claims_what_its_prefetch_window_has_room_for(transactional_db):
+    delivered = []
+    queue = Queue("batch", routing_key="batch")
+    with connect() as conn:
+        producer = conn.Producer()
+        for n, priority in enumerate([0, 0, 5, 0, 9, 0, 0]):
+            producer.publish(n, routing_key="batch", priority=priority, declare=[queue])
+        consumer = conn.Consumer(queue, callbacks=[lambda body, message: delivered.append(message)],
+                                 prefetch_count=3)
+        with consumer:
+            conn.drain_events(timeout=2)
+            # One claim took three rows (the window's room), highest priority first, and handed out one.
+            assert [m.payload for m in delivered] == [4]
+            claimed = BrokerMessage.objects.filter(reserved_until__isnull=False)
+            assert sorted(claimed.values_list("delivery_count", flat=True)) == [1, 1, 1]
+            conn.drain_events(timeout=2)
+            conn.drain_events(timeout=2)
+            assert [m.payload for m in delivered] == [4, 2, 0]  # the claimed batch, in order, before any new claim
+            assert claimed.count() == 3
+            with pytest.raises(socket.timeout):  # window full: nothing more is claimed
+                conn.drain_events(timeout=0.1)
+            assert claimed.count() == 3
+
+            delivered.pop(0).ack()  # room for one: the next claim takes one
+            conn.drain_events(timeout=2)
+            assert [m.payload for m in delivered] == [2, 0, 1]
+            assert claimed.count() == 3
+
+            # Claimed and not yet delivered: extended as the delivered ones are, given back on cancel.
+            for message in delivered:
+                message.ack()
+            delivered.clear()
+            conn.drain_events(timeout=2)  # claims 3, delivers 1
+            assert claimed.count() == 3
+            claimed_until = max(claimed.values_list("reserved_until", flat=True))
+            time.sleep(0.01)
+            consumer.channel.extend_reservations()
+            assert min(claimed.values_list("reserved_until", flat=True)) > claimed_until
+        # Cancelled: the two never delivered are free again, not counted as delivered; the delivered one is held.
+        assert [m.payload for m in delivered] == [3]
+        held = BrokerMessage.objects.filter(reserved_until__isnull=False)
+        assert list(held.values_list("delivery_tag", flat=True)) == [delivered[0].delivery_tag]
+        free = BrokerMessage.objects.filter(reserved_until__isnull=True)
+        assert sorted(free.values_list("delivery_count", flat=True)) == [0, 0]
+        again = [conn.default_channel.basic_get("batch", no_ack=True) for _ in range(2)]
+        assert [m.payload for m in again] == [5, 6]
+        assert not any(m.delivery_info.get("redelivered") for m in again)
 
 
 def test_no_ack_consumers_delete_on_delivery(transactional_db):
@@ -444,6 +493,16 @@ from django_tasks_q.broker.transport.django import register
 
 register()
 OPTIONS = json.loads(os.environ.get("TQ_TRANSPORT_OPTIONS", "{}"))
+if os.environ.get("TQ_CLAIMS") == "locked":  # the claims MySQL 8 and Oracle make, on this database
+    from django_tasks_q.broker.transport.django_claims import ClaimsMixin
+
+    init_claims = ClaimsMixin._init_claims
+
+    def locked_claims(self):
+        init_claims(self)
+        self._claim_rows = self._claim_locked
+
+    ClaimsMixin._init_claims = locked_claims
 
 
 def connect():
@@ -459,7 +518,7 @@ def publish(name, count):
     print("published", count, flush=True)
 
 
-def consume(name, out, go, kill_backend_after="0"):
+def consume(name, out, go, kill_backend_after="0", prefetch="1"):
     """Ack everything from queue `name` until it has been idle for 2 s; record bodies in `out`."""
     kill_after = int(kill_backend_after)
     seen = open(out, "w")
@@ -478,7 +537,8 @@ def consume(name, out, go, kill_backend_after="0"):
                 admin.execute("SELECT pg_terminate_backend(%s)", [pid])
             print("terminated backend", pid, flush=True)
 
-    with connect() as conn, conn.Consumer(Queue(name, routing_key=name), callbacks=[on_message], prefetch_count=1):
+    with connect() as conn, conn.Consumer(Queue(name, routing_key=name), callbacks=[on_message],
+                                   prefetch_count=int(prefetch)):
         open(out + ".ready", "w").close()
         while not os.path.exists(go):
             time.sleep(0.01)
@@ -639,13 +699,14 @@ def postgres_agents(tmp_path, postgres_url):
         agents.stop_all()
 
 
-def drain_with_consumers(agents: Agents, total: int, consumers: int, kill_backend_after: int = 0) -> list[Counter]:
+def drain_with_consumers(agents: Agents, total: int, consumers: int, kill_backend_after: int = 0,
+                         prefetch: int = 1) -> list[Counter]:
     agents.run("publish", "work", str(total))
     go = agents.tmp_path / "go"
     outs = [agents.tmp_path / f"consumer-{i}.txt" for i in range(consumers)]
     kill_after = [kill_backend_after] + [0] * (consumers - 1)  # only consumer 0 loses its connection
     procs = [
-        agents.start("consume", "work", str(out), str(go), str(kill_after[i]), name=f"consumer-{i}")
+        agents.start("consume", "work", str(out), str(go), str(kill_after[i]), str(prefetch), name=f"consumer-{i}")
         for i, out in enumerate(outs)
     ]
     deadline = time.monotonic() + 120
@@ -668,29 +729,34 @@ def assert_each_delivered_once(per_consumer: list[Counter], total: int) -> None:
     assert all(per_consumer), f"a consumer got nothing: {[sum(c.values()) for c in per_consumer]}"
 
 
-def test_consumer_processes_share_a_queue_on_sqlite(sqlite_agents):
+@pytest.mark.parametrize("prefetch", [1, 8])  # 8: claims of up to 8 rows at a time
+def test_consumer_processes_share_a_queue_on_sqlite(sqlite_agents, prefetch):
     agents = sqlite_agents()
-    per_consumer = drain_with_consumers(agents, total=600, consumers=3)
+    per_consumer = drain_with_consumers(agents, total=600, consumers=3, prefetch=prefetch)
     assert_each_delivered_once(per_consumer, 600)
     assert agents.run("count").strip() == "0"
 
 
 @pytest.mark.postgres
-def test_consumer_processes_share_a_queue_on_postgres(postgres_agents):
+@pytest.mark.parametrize("claims, prefetch", [("returning", 1), ("returning", 8), ("locked", 8)])
+def test_consumer_processes_share_a_queue_on_postgres(postgres_agents, claims, prefetch):
     agents = postgres_agents()
+    agents.env["TQ_CLAIMS"] = claims  # locked: the SELECT ... FOR UPDATE SKIP LOCKED + UPDATE of MySQL and Oracle
     # Consumer 0 has its database connection terminated after 100 messages and carries on.
-    per_consumer = drain_with_consumers(agents, total=600, consumers=3, kill_backend_after=100)
+    per_consumer = drain_with_consumers(agents, total=600, consumers=3, kill_backend_after=100, prefetch=prefetch)
     assert_each_delivered_once(per_consumer, 600)
     assert "terminated backend" in Path(agents.processes[0].log_path).read_text()
     assert agents.run("count").strip() == "0"
 
 
 def _held_message_survives_its_holder_only(agents: Agents) -> None:
-    agents.run("publish", "held", "1")
+    # The holder (no prefetch limit) claims all three and is handed the first: the two claimed and not yet
+    # delivered are kept alive with it and come back with it too.
+    agents.run("publish", "held", "3")
     holder = agents.start("hold", "held", name="holder")
     assert agents.wait_for_line(holder, "held") == 'held {"n": 0}'
 
-    # Alive (not draining): 3 visibility timeouts pass and nobody else gets it.
+    # Alive (not draining): 3 visibility timeouts pass and nobody else gets any of the three.
     assert agents.run("probe", "held", "3").strip() == "null"
 
     os.kill(holder.pid, signal.SIGKILL)  # dies without ack or restore
@@ -699,7 +765,7 @@ def _held_message_survives_its_holder_only(agents: Agents) -> None:
     assert result["payload"] == {"n": 0}
     assert result["redelivered"] is True
     assert result["after"] < 3  # about one visibility timeout after the kill
-    assert result["rows_left"] == 0
+    assert result["rows_left"] == 2
 
 
 def test_dead_consumers_message_comes_back_on_sqlite(sqlite_agents):

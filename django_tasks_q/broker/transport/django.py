@@ -76,15 +76,16 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import django
 from django.apps import apps
-from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
-from django.db.models import F, Q, QuerySet
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from django.db.models import QuerySet
 from django.utils import timezone
 from kombu.transport import TRANSPORT_ALIASES, virtual
-from kombu.utils.json import dumps, loads
+from kombu.utils.json import dumps
 from kombu.utils.uuid import uuid
 
 from ..delayed import PARK_HEADER, RELEASE_LEAD
 from .django_bindings import BindingsMixin, ExchangeTypeMismatch, Unroutable
+from .django_claims import ClaimsMixin, unclaimed
 from .keeper import KeeperMixin, held_tags
 
 if TYPE_CHECKING:
@@ -99,9 +100,6 @@ T = TypeVar("T")
 SCHEME = "django"
 TRANSPORT_PATH = "django_tasks_q.broker.transport.django:Transport"
 
-#: Rows read per optimistic claim attempt, and attempts before giving up a poll.
-CLAIM_BATCH = 5
-CLAIM_ROUNDS = 3
 #: Seconds between two warnings about database errors (the ones between are logged at DEBUG).
 WARN_EVERY = 5.0
 #: Delivery tags per UPDATE when extending claims (SQLite's parameter limit).
@@ -123,12 +121,7 @@ def _parked_until(message: dict[str, Any]) -> datetime | None:
     return when if when > timezone.now() + timedelta(seconds=RELEASE_LEAD) else None
 
 
-def _unclaimed(now: datetime) -> Q:
-    """Rows no consumer holds: never claimed, released, or the claim expired."""
-    return Q(reserved_until__isnull=True) | Q(reserved_until__lt=now)
-
-
-class Channel(BindingsMixin, virtual.Channel):  # type: ignore[misc]  # kombu types deadletter_queue as None
+class Channel(ClaimsMixin, BindingsMixin, virtual.Channel):  # type: ignore[misc]  # kombu types deadletter_queue as None
     """A virtual channel whose queues are rows of ``BrokerMessage``, bound by rows of ``BrokerBinding``."""
 
     from_transport_options = (  # type: ignore[assignment]  # kombu infers a fixed-length tuple
@@ -145,6 +138,7 @@ class Channel(BindingsMixin, virtual.Channel):  # type: ignore[misc]  # kombu ty
             raise ValueError(f"django:// visibility_timeout must be positive, got {self.visibility_timeout!r}")
         self.model: type[BrokerMessage] = apps.get_model("django_tasks_q", "BrokerMessage")
         self._no_ack_consumers: dict[str, str] = {}  # consumer tag -> queue
+        self._init_claims()
         self._last_warning = -WARN_EVERY
 
     @property
@@ -166,56 +160,10 @@ class Channel(BindingsMixin, virtual.Channel):  # type: ignore[misc]  # kombu ty
         self._retrying(self._rows.create, queue=queue, payload=dumps(message), priority=priority, delivery_tag=tag,
                        visible_at=_parked_until(message))
 
-    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
-        """Claim the first deliverable message of ``queue`` or raise ``Empty``."""
-        now = timezone.now()
-        deadline = now + timedelta(seconds=self.visibility_timeout)
-        ready = (
-            self._rows.filter(_unclaimed(now), visible_at__isnull=True, queue=queue)
-            .order_by("-priority", "id")
-            .only("id", "payload", "delivery_count")
-        )
-        if connections[self.database].features.has_select_for_update_skip_locked:
-            row = self._claim_locked(ready, deadline)
-        else:
-            row = self._claim_optimistic(ready, now, deadline)
-        if row is None:
-            raise Empty()
-        message = loads(row.payload)
-        if row.delivery_count:  # claimed before: its consumer died, rejected or restored it
-            message["redelivered"] = True
-            message["properties"].setdefault("delivery_info", {})["redelivered"] = True
-            if isinstance(message.get("headers"), dict):
-                message["headers"]["redelivered"] = True
-        return message
-
     def release_parked(self) -> int:
         """Make parked rows due within ``RELEASE_LEAD`` seconds deliverable; the number released."""
         soon = timezone.now() + timedelta(seconds=RELEASE_LEAD)
         return self._retrying(self._rows.filter(visible_at__lte=soon).update, visible_at=None)
-
-    def _claim_locked(self, ready: QuerySet[BrokerMessage], deadline: datetime) -> BrokerMessage | None:
-        """Row-lock the first candidate, skipping rows other consumers are claiming."""
-        with transaction.atomic(using=self.database):
-            row = ready.select_for_update(skip_locked=True).first()
-            if row is not None:
-                self._rows.filter(pk=row.pk).update(reserved_until=deadline, delivery_count=F("delivery_count") + 1)
-        return row
-
-    def _claim_optimistic(self, ready: QuerySet[BrokerMessage], now: datetime,
-                          deadline: datetime) -> BrokerMessage | None:
-        """Compare-and-set: the UPDATE matches only if nobody claimed the row since we read it."""
-        for _ in range(CLAIM_ROUNDS):
-            candidates = list(ready[:CLAIM_BATCH])
-            for row in candidates:
-                won = self._rows.filter(_unclaimed(now), pk=row.pk, delivery_count=row.delivery_count).update(
-                    reserved_until=deadline, delivery_count=row.delivery_count + 1
-                )
-                if won:
-                    return row
-            if len(candidates) < CLAIM_BATCH:  # lost every race there was
-                return None
-        return None
 
     def _get_and_deliver(self, queue: str, callback: Callable[[dict[str, Any], str], None]) -> None:
         try:
@@ -239,11 +187,11 @@ class Channel(BindingsMixin, virtual.Channel):  # type: ignore[misc]  # kombu ty
 
     def _size(self, queue: str) -> int:
         """Messages ready for a consumer (parked ones are not counted until released)."""
-        return self._rows.filter(_unclaimed(timezone.now()), visible_at__isnull=True, queue=queue).count()
+        return self._rows.filter(unclaimed(timezone.now()), visible_at__isnull=True, queue=queue).count()
 
     def _purge(self, queue: str) -> int:
         """Delete the waiting messages of ``queue``; claimed ones stay with their consumers."""
-        deleted, _ = self._rows.filter(_unclaimed(timezone.now()), queue=queue).delete()
+        deleted, _ = self._rows.filter(unclaimed(timezone.now()), queue=queue).delete()
         return deleted
 
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
@@ -274,7 +222,9 @@ class Channel(BindingsMixin, virtual.Channel):  # type: ignore[misc]  # kombu ty
 
     def basic_cancel(self, consumer_tag: str) -> None:
         self._no_ack_consumers.pop(consumer_tag, None)
+        queue = self._tag_to_queue.get(consumer_tag)
         super().basic_cancel(consumer_tag)
+        self._release_if_unconsumed(queue)
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> virtual.Message | None:
         try:
@@ -301,7 +251,7 @@ class Channel(BindingsMixin, virtual.Channel):  # type: ignore[misc]  # kombu ty
 
     def extend_reservations(self) -> None:
         """Push back the deadline of every message this channel holds unacked (called by the keeper)."""
-        held = held_tags(self._qos)
+        held = held_tags(self._qos) + self._claimed_tags()
         if not held:
             return
         deadline = timezone.now() + timedelta(seconds=self.visibility_timeout)
@@ -309,9 +259,6 @@ class Channel(BindingsMixin, virtual.Channel):  # type: ignore[misc]  # kombu ty
             chunk = held[start : start + EXTEND_CHUNK]
             self._rows.filter(delivery_tag__in=chunk, reserved_until__isnull=False).update(reserved_until=deadline)
         logger.debug("django:// extended %d claim(s) to %s", len(held), deadline)
-
-    def _delete_message(self, delivery_tag: str) -> None:
-        self._rows.filter(delivery_tag=delivery_tag).delete()
 
     # -- database hygiene ----------------------------------------------------------------
 
