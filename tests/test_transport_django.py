@@ -11,6 +11,7 @@ never declared the bindings it routes by.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 from django.db import connection as db_connection
+from django.test.utils import CaptureQueriesContext
 from kombu import Connection, Exchange, Queue
 
 from django_tasks_q.broker.delayed import PARK_HEADER
@@ -469,6 +471,40 @@ def test_a_message_for_several_queues_is_inserted_into_all_or_none(transactional
         conn.Producer(channel).publish("y", exchange="news")
         assert sorted(BrokerMessage.objects.values_list("queue", flat=True)) == ["a", "b", "c"]
         assert len(set(BrokerMessage.objects.values_list("delivery_tag", flat=True))) == 3  # acked apart
+
+
+def test_put_messages_inserts_a_batch_for_every_queue_it_routes_to(transactional_db):
+    def message(n: int, priority: int) -> dict:
+        body = base64.b64encode(json.dumps({"n": n}).encode()).decode()
+        return {"body": body, "content-encoding": "utf-8", "content-type": "application/json", "headers": {},
+                "properties": {"delivery_tag": uuid.uuid4().hex, "priority": priority, "body_encoding": "base64",
+                               "delivery_info": {"exchange": "bulk", "routing_key": "bulk.a"}}}
+
+    with connect() as conn:
+        channel = conn.default_channel
+        exchange = Exchange("bulk", "topic")
+        for name in ("bulk-one", "bulk-two"):
+            Queue(name, exchange, routing_key="bulk.#")(channel).declare()
+        with CaptureQueriesContext(db_connection) as captured:
+            assert channel.put_messages("bulk", "bulk.a", [message(0, 0), message(1, 5), message(2, 0)]) == 2
+        assert [query["sql"].split()[0] for query in captured if "brokermessage" in query["sql"]] == ["INSERT"]
+        assert BrokerMessage.objects.count() == 6
+        assert len(set(BrokerMessage.objects.values_list("delivery_tag", flat=True))) == 6
+        for name in ("bulk-one", "bulk-two"):
+            assert drain(channel, name) == [{"n": 1}, {"n": 0}, {"n": 2}]  # priority, then FIFO
+        with pytest.raises(Unroutable):
+            channel.put_messages("bulk", "other.a", [message(3, 0)])
+    assert not BrokerMessage.objects.exists()
+
+
+def test_a_database_that_cannot_claim_safely_is_refused_with_the_reason(transactional_db, monkeypatch):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from django_tasks_q.broker.transport import django_claims
+
+    monkeypatch.setattr(django_claims.sqlite3, "sqlite_version_info", (3, 31, 1))  # before UPDATE ... RETURNING
+    with connect() as conn, pytest.raises(ImproperlyConfigured, match=r"SQLite 3\.35\.0 or later.*3\.31\.1 here"):
+        conn.default_channel
 
 
 def test_fanout_is_advertised():

@@ -15,6 +15,7 @@ import uuid
 
 import pytest
 import redis
+from django.db import transaction
 
 from django_tasks_q.core.protocol import new_id
 from django_tasks_q.core.states import TaskState
@@ -132,12 +133,22 @@ def test_delay_many_sends_in_batches_and_a_worker_runs_them_all(redis_url, broke
         assert ran.count() == 1300
 
 
-def test_delay_many_on_the_embedded_broker(broker, settings):
+def test_delay_many_on_the_embedded_broker(broker, django_assert_max_num_queries):
     broker("django://")
     purge("django://", QUEUE)
-    results = add.apply_async_many([((i, 1), None) for i in range(30)], queue=QUEUE)
-    assert len({r.id for r in results}) == 30 and queue_size("django://", QUEUE) == 30
-    purge("django://", QUEUE)
+    add.apply_async((0, 0), queue=QUEUE)  # declared: what follows measures the bulk path only
+    with django_assert_max_num_queries(40):  # multi-row INSERTs, not one per message
+        results = add.apply_async_many([((i, 1), None) for i in range(1201)], queue=QUEUE, priority=3)
+    assert len({r.id for r in results}) == 1201 and queue_size("django://", QUEUE) == 1202
+    with pytest.raises(RuntimeError), transaction.atomic():  # the caller's transaction: all or nothing
+        add.apply_async_many([((i, 2), None) for i in range(700)], queue=QUEUE)
+        assert queue_size("django://", QUEUE) == 1902
+        raise RuntimeError("rolled back")
+    assert queue_size("django://", QUEUE) == 1202
+    with WorkerProcess("django://", "-P", "threads", "-c", "4", "-Q", QUEUE, "-n", "bulkdb@%h"):
+        assert [r.get(timeout=60) for r in results[-3:]] == [1199, 1200, 1201]
+        ran = TaskResult.objects.filter(task_id__in=[r.id for r in results], state=TaskState.SUCCESS)
+        assert ran.count() == 1201
 
 
 def test_bad_calls_are_refused_before_anything_is_sent(redis_url, broker):

@@ -99,7 +99,7 @@ class ClaimsMixin:
             raise ImproperlyConfigured(
                 f"the django:// broker needs PostgreSQL, SQLite {'.'.join(map(str, SQLITE_RETURNING))} or later, "
                 f"or a database with SELECT ... FOR UPDATE SKIP LOCKED; database {self.database!r} is "
-                f"{connection.display_name} (SQLite {sqlite3.sqlite_version} here)")
+                f"{connection.display_name} (SQLite {'.'.join(map(str, sqlite3.sqlite_version_info))} here)")
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         """The next message this channel claimed from ``queue``, claiming a batch when none is left; else ``Empty``."""
