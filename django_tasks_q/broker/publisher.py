@@ -250,6 +250,8 @@ def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: st
             except state.connection.connection_errors:
                 connection.reset()  # kombu's path below reconnects and retries within the policy
                 state = connection.current()
+            except state.connection.channel_errors as exc:  # e.g. django://'s Unroutable
+                raise _refused(message, task_id, queue, exc) from exc
     try:
         if deliver_at is not None and delayed.supports_parking(state.connection):
             exchange, routing_key, headers = delayed.parked_route(state.connection, exchange, routing_key, headers,
@@ -271,10 +273,7 @@ def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: st
             _published(message, exchange, routing_key)
     except state.connection.channel_errors as exc:  # e.g. RabbitMQ's PRECONDITION_FAILED on a re-declare
         connection.reset()  # the broker closed the channel: start clean next time
-        raise ImproperlyConfigured(
-            f"could not send task {message.headers.get('task')} [{task_id}] to queue {queue.name!r} "
-            f"({describe_queue(queue)}): the broker refused it: {exc}"
-        ) from exc
+        raise _refused(message, task_id, queue, exc) from exc
     except (OperationalError, OSError) as exc:
         connection.reset()
         url = connection.mask_url(settings.BROKER_URL)
@@ -282,6 +281,11 @@ def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: st
             f"could not send task {message.headers.get('task')} [{task_id}] to {url} "
             f"after {settings.BROKER_PUBLISH_RETRIES} retries: {exc}"
         ) from exc
+
+
+def _refused(message: EncodedMessage, task_id: str, queue: Any, exc: BaseException) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f"could not send task {message.headers.get('task')} [{task_id}] to queue "
+                                f"{queue.name!r} ({describe_queue(queue)}): the broker refused it: {exc}")
 
 
 def _published(message: EncodedMessage, exchange: str, routing_key: str) -> None:

@@ -141,6 +141,29 @@ def test_topic_exchange_routes_like_amqp(kind, request, settings, transactional_
         assert {name for name in bindings if after[name] == before[name] + 1} == targets, key
 
 
+@pytest.mark.parametrize("kind", ["django", "redis"])
+def test_the_first_send_of_a_process_with_a_key_no_binding_matches_is_refused(kind, request, settings,
+                                                                               transactional_db):
+    """The first send to a queue goes through kombu, which on Redis would drop it without a word."""
+    from django_tasks_q.broker import connection
+    from django_tasks_q.exceptions import ImproperlyConfigured
+
+    from .broker_tools import declare, queue_size
+
+    url = "django://" if kind == "django" else request.getfixturevalue(f"{kind}_url")
+    settings.TASKS_Q = {**settings.TASKS_Q, "BROKER_URL": url}
+    Queue.objects.create(name="first-only", exchange="first-x", exchange_type="direct", routing_key="first.key")
+    time.sleep(REFRESH + 0.1)
+    declare(url, "first-only")  # a worker consuming it declared it
+    connection.reset()  # a process that has sent nothing yet
+    refused = "NO_ROUTE" if kind == "django" else "no queue is bound"
+    with pytest.raises(ImproperlyConfigured, match=rf"{refused}.*'first-x'.*'wrong.key'"):
+        send_task("testproject.videos.tasks.noop", queue="first-only", routing_key="wrong.key")
+    assert queue_size(url, "first-only") == 0
+    send_task("testproject.videos.tasks.noop", queue="first-only")  # its own key still routes
+    assert queue_size(url, "first-only") == 1
+
+
 def test_worker_start_with_a_declaration_the_broker_refuses_exits_with_a_clear_error(amqp_url, settings,
                                                                                         transactional_db):
     from kombu import Connection, Exchange

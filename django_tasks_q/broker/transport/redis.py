@@ -73,6 +73,7 @@ from kombu.utils.json import dumps
 from redis.exceptions import NoScriptError
 
 from ...core.protocol import fast_json, fast_loads
+from ...exceptions import ImproperlyConfigured
 from ..delayed import PARK_HEADER, REDIS_KEY, RELEASE_LEAD
 from ..topic import TopicExchange
 from .keeper import KeeperMixin, held_tags
@@ -280,6 +281,29 @@ class Channel(kombu_redis.Channel):
         """
         for exchange, routing_key, arguments in list(self.state.queue_bindings(queue)):
             self._queue_bind(exchange, *self.typeof(exchange).prepare_bind(queue, exchange, routing_key, arguments))
+
+    def basic_publish(self, message: dict, exchange: str, routing_key: str, **kwargs: Any) -> Any:
+        """kombu's publish, except that a task no binding routes is refused instead of dropped.
+
+        kombu sends a message whose routing key matches no binding to no list,
+        without a word. For a task that is a task lost, so it raises
+        ``ImproperlyConfigured`` naming the route (not a channel error, which
+        kombu's publish would retry as a broken connection) -- after writing
+        again the bindings this process declared on the exchange, in case Redis
+        lost them. Other messages (remote-control
+        replies to a client that is gone, say) are still dropped, as AMQP does.
+        """
+        headers = message.get("headers")
+        if (exchange and isinstance(headers, dict) and "task" in headers
+                and self.typeof(exchange).type != "fanout" and not self._lookup(exchange, routing_key)):
+            for queue in {queue for queue, bound, _ in self.state.bindings if bound == exchange}:
+                self.restore_bindings(queue)
+            self._tables.pop(exchange, None)
+            if not self._lookup(exchange, routing_key):
+                raise ImproperlyConfigured(
+                    f"no queue is bound to exchange {exchange!r} ({self.typeof(exchange).type}) with routing key "
+                    f"{routing_key!r}: the task would be lost; nothing was sent")
+        return super().basic_publish(message, exchange, routing_key, **kwargs)
 
     def _put(self, queue: str, message: dict, **kwargs: Any) -> None:
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
