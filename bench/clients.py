@@ -18,6 +18,13 @@ the bulk API in chunks, then BEHIND more no-ops after the END marker),
 alternating in blocks of 100, each side timed apart), ``bulk N`` (one
 bulk call of N tasks), ``marker PATH``, ``roundtrip N`` (N send-then-wait
 latencies, after 20 untimed ones).
+
+For the scale row's parked (eta) tasks: ``park-backlog N READY`` (N no-ops
+parked a day ahead, then a marker task writing READY, not parked),
+``park-window N START END LEAD`` (a start marker, N no-ops and an end
+marker, all parked until LEAD seconds from now; prints that due time),
+``processed HOSTNAME`` (how many tasks the worker of that name ran, from the
+heartbeat row it writes when it stops).
 """
 
 from __future__ import annotations
@@ -122,6 +129,99 @@ CHUNK = 20000
 PAIR_BLOCK = 100
 
 
+#: Seconds ahead the backlog of ``park-backlog`` is parked: it must not come due while the row runs.
+BACKLOG_AHEAD = 86400
+#: The markers of ``park-window`` are due this much before and after the window, so they run first and last.
+MARKER_OFFSET = 0.001
+
+
+def park_backlog(n: int) -> int:
+    """Park ``n`` no-ops a day ahead: one sent through the library, then copied in the broker's own store.
+
+    Parked messages are sent one by one (``publish_many`` sends no parked
+    batch), so a million would take minutes to send; copying the one the
+    library wrote, with a fresh task id and delivery tag in each copy, fills
+    the Redis sorted set or the ``django://`` table in seconds with messages
+    that look the same to the release path. Returns how many are parked.
+    """
+    from testproject.videos.tasks import noop
+
+    from django_tasks_q.conf import settings
+
+    noop.apply_async(countdown=BACKLOG_AHEAD, ignore_result=True)
+    if n <= 1:
+        return n
+    if settings.BROKER_URL.startswith("django://"):
+        return _copy_parked_rows(n - 1) + 1
+    return _copy_parked_members(settings.BROKER_URL, n - 1) + 1
+
+
+def _copy_parked_members(url: str, copies: int) -> int:
+    """Redis: ``copies`` copies of the one parked member, same score, ZADDed a thousand per command."""
+    import json as jsonlib
+
+    import redis
+
+    from django_tasks_q.broker.delayed import REDIS_KEY
+
+    client = redis.Redis.from_url(url)
+    [(member, score)] = client.zrange(REDIS_KEY, 0, 0, withscores=True)
+    text = member.decode()
+    message = jsonlib.loads(text.split("\n", 1)[1])
+    task_id, tag = message["headers"]["id"], message["properties"]["delivery_tag"]
+    pipe = client.pipeline(transaction=False)
+    for first in range(0, copies, CHUNK):
+        for start in range(first, min(first + CHUNK, copies), 1000):
+            members = {}
+            for index in range(start, min(start + 1000, first + CHUNK, copies)):
+                unique = f"{index:08x}"  # a uuid's first group: ids stay unique and uuid-shaped
+                members[text.replace(task_id, unique + task_id[8:]).replace(tag, unique + tag[8:])] = score
+            pipe.zadd(REDIS_KEY, members)
+        pipe.execute()
+    return client.zcard(REDIS_KEY) - 1
+
+
+def _copy_parked_rows(copies: int) -> int:
+    """``django://``: ``copies`` copies of the one parked row in one ``INSERT ... SELECT``."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO django_tasks_q_brokermessage"
+            " (queue, payload, priority, delivery_tag, visible_at, reserved_until, delivery_count, created_at)"
+            " SELECT queue, replace(payload, delivery_tag, tag), priority, tag, visible_at, NULL, 0, created_at"
+            " FROM (SELECT * FROM django_tasks_q_brokermessage ORDER BY id LIMIT 1) AS template,"
+            " LATERAL (SELECT lpad(to_hex(copy), 8, '0') || substr(template.delivery_tag, 9) AS tag"
+            "          FROM generate_series(1, %s) AS copy) AS tags", [copies])
+        return cursor.rowcount
+
+
+def park_window(n: int, start: str, end: str, lead: float) -> float:
+    """A start marker, ``n`` no-ops and an end marker parked until ``lead`` seconds from now; the due time.
+
+    The markers are due a millisecond before and after the no-ops, so that a
+    worker runs them first and last. The no-ops go in bulk calls of
+    ``CHUNK`` (one transaction each on ``django://``).
+    """
+    from datetime import datetime, timedelta, timezone
+
+    from testproject.videos.tasks import noop, touch
+
+    due = time.time() + lead
+    at = datetime.fromtimestamp(due, tz=timezone.utc)
+    touch.apply_async((start,), eta=at - timedelta(seconds=MARKER_OFFSET))
+    bulk_in_chunks(lambda size: noop.apply_async_many([((), None)] * size, ignore_result=True, eta=at), n)
+    touch.apply_async((end,), eta=at + timedelta(seconds=MARKER_OFFSET))
+    return due
+
+
+def worker_processed(hostname: str) -> int:
+    """The tasks the worker ``hostname`` ran, as its last heartbeat row says (written again when it stops)."""
+    from django_tasks_q.models import Worker
+
+    return Worker.objects.get(hostname=hostname).processed
+
+
 def timed(call: Callable[[], object], n: int) -> float:
     started = time.perf_counter()
     for _ in range(n):
@@ -149,6 +249,8 @@ def main(argv: list[str]) -> dict:
     if action == "marker":
         client.marker(rest[0])
         return {}
+    if action == "processed":
+        return {"processed": worker_processed(rest[0])}
     n = int(rest[0])
     if action == "enqueue":
         send = (client.send_quiet or client.send) if rest[1:] == ["quiet"] else client.send
@@ -177,6 +279,15 @@ def main(argv: list[str]) -> dict:
         client.marker(rest[2])
         sent += bulk_in_chunks(client.bulk_quiet, int(rest[3]) if len(rest) > 3 else 0)
         return {"seconds": time.perf_counter() - started, "sent": sent}
+    if action == "park-backlog":
+        started = time.perf_counter()
+        parked = park_backlog(n)
+        client.marker(rest[1])
+        return {"seconds": time.perf_counter() - started, "parked": parked}
+    if action == "park-window":
+        started = time.perf_counter()
+        due = park_window(n, rest[1], rest[2], float(rest[3]))
+        return {"seconds": time.perf_counter() - started, "due": due}
     if action == "bulk":
         client.send()  # opens the connection, untimed
         call = client.bulk(n)

@@ -8,15 +8,20 @@
   locked" in the workers' logs.
 - :func:`scale` (row ``scale``): the cost of enqueueing and draining with a
   few or a great many tasks queued.
+- :func:`parked_release` (row ``scale`` too): the cost of releasing and
+  running a window of parked eta tasks that came due, with a few or a great
+  many others parked that are not due.
 
 Every function times the drain as ``measure.drain`` does: from the start
-marker task to the end marker task, worker CPU read from ``/proc`` at both.
+marker task to the end marker task, worker CPU read from ``/proc`` at both
+(``parked_release`` reads the CPU from before the release instead).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.workers import ROOT, Worker, client, cpu_seconds, environment, new_marker, worker_command
+from django_tasks_q.broker.delayed import REDIS_KEY, RELEASE_LEAD
 
 RESULT_TABLES = {"ours": "django_tasks_q_taskresult", "celery-django": "django_celery_results_taskresult"}
 BROKER_TABLE = "django_tasks_q_brokermessage"
@@ -194,3 +200,86 @@ def scale(broker_url: str, window: int, behind: int, sends: int, database: Datab
     pair = {"enqueue_pair_ratio": sent["seconds"] / sent["seconds_other"]} if shallow_queue else {}
     return {**pair, "queued": behind, "ms_per_task": 1000 * drain.seconds / tasks, **drain.figures(tasks),
             "enqueue_us": 1e6 * sent["seconds"] / sends, "fill_rate": filled["sent"] / filled["seconds"]}
+
+
+#: Seconds between the window's last send and the earliest moment its release can begin
+#: (``RELEASE_LEAD`` before it is due): time to read the CPU before anything is released.
+WINDOW_SLACK = 1.5
+#: Window tasks the bench assumes a client parks per second at worst, to choose how far ahead they are due.
+WINDOW_SEND_RATE = 1500
+
+
+def parked_release(broker_url: str, window: int, parked: int, database: Database | None = None) -> dict:
+    """Cost per task of releasing and running ``window`` parked tasks that came due, with ``parked``
+    other tasks parked a day ahead (in the same sorted set on Redis, the same partial index on
+    ``django://``).
+
+    One ``-P solo`` worker runs throughout, so the window is released by its
+    own once-a-second release (``RELEASE_LEAD`` seconds early, then held in
+    memory until due, as in production):
+
+    1. the backlog is parked (``park-backlog``) and the worker started; a
+       marker task that is not parked tells that it is up;
+    2. a start marker, ``window`` no-ops and an end marker are parked until a
+       few seconds ahead (``park-window``), and the CPU of the worker and of
+       the broker's server is read before any of them can be released;
+    3. ``ms_per_task``: wall time from the start marker (due first) to the
+       end marker (due last); ``cpu_ms`` (worker) and ``server_cpu_ms`` (Redis
+       or PostgreSQL, which run the release): CPU from step 2 to the end
+       marker, so the release, the intake and the run all count;
+    4. checks: the worker ran exactly the window and the three markers
+       (``ran`` counts the window), and the backlog is still parked.
+
+    ``start_late_ms``: how long after its due time the start marker ran.
+    """
+    extra = database.env if database else {}
+    env = environment(broker_url, **extra)
+    server = database.server_pid if database else redis_pid(broker_url)
+    hostname = f"parked{os.getpid()}"
+    if database:  # TRUNCATE, not DELETE: the pages of an earlier, larger fill would sway the planner
+        database.execute(f"TRUNCATE {BROKER_TABLE}")
+    ready, start, end = new_marker(), new_marker(), new_marker()
+    try:
+        filled = client("ours", env, "park-backlog", parked, ready)
+        if database:  # what autovacuum does after such a fill; the bench fills faster than it wakes (see README)
+            database.execute(f"VACUUM (ANALYZE) {BROKER_TABLE}")
+        with Worker(worker_command("ours", broker_url, name=hostname), env) as worker:
+            wait_for([worker], ready)
+            lead = RELEASE_LEAD + WINDOW_SLACK + window / WINDOW_SEND_RATE
+            sent = client("ours", {**env, "TASKS_Q_ETA_HOLD_MAX": "1"}, "park-window", window, start, end, lead)
+            if time.time() > sent["due"] - RELEASE_LEAD - 0.2:
+                raise SystemExit(f"the window took {sent['seconds']:.1f} s to park, too close to its due time "
+                                 f"({lead:.1f} s after it began): lower WINDOW_SEND_RATE")
+            began_cpu, began_server = worker.cpu_seconds(), cpu_seconds(server)
+            began = wait_for([worker], start)
+            late = time.time() - sent["due"]
+            ended = wait_for([worker], end)
+            cpu, server_cpu = worker.cpu_seconds() - began_cpu, cpu_seconds(server) - began_server
+        ran = client("ours", env, "processed", f"{hostname}@{socket.gethostname()}")["processed"] - 3
+        still_parked = count_parked(broker_url, database)
+    finally:
+        if database:
+            database.execute(f"TRUNCATE {BROKER_TABLE}")
+    if ran != window or still_parked != parked:
+        raise SystemExit(f"the worker ran {ran} of the {window} tasks released; {still_parked:,} of the "
+                         f"{parked:,} backlog are still parked")
+    tasks = window + 2
+    return {"queued": parked, "rate": tasks / (ended - began), "ms_per_task": 1000 * (ended - began) / tasks,
+            "cpu_ms": 1000 * cpu / tasks, "server_cpu_ms": 1000 * server_cpu / tasks, "start_late_ms": 1000 * late,
+            "ran": ran, "fill_rate": parked / filled["seconds"], "park_rate": window / sent["seconds"]}
+
+
+def redis_pid(url: str) -> int:
+    """The process id of the Redis server at ``url`` (a private one the bench started)."""
+    import redis
+
+    return int(redis.Redis.from_url(url).info("server")["process_id"])
+
+
+def count_parked(broker_url: str, database: Database | None) -> int:
+    """Messages parked in the broker (not yet released)."""
+    if database:
+        return database.execute(f"SELECT COUNT(*) FROM {BROKER_TABLE} WHERE visible_at IS NOT NULL")[0][0]
+    import redis
+
+    return int(redis.Redis.from_url(broker_url).zcard(REDIS_KEY))

@@ -41,15 +41,27 @@ ABSOLUTE: list[tuple[str, list[Key], str, str, float]] = [
      [("django2-sqlite", "prefork"), ("django2-sqlite", "solo2")], "locked", "<=", 0),
 ]
 
-#: The scale row: (what, broker, metric) -- the figure with many tasks queued over the one with 1,000.
-SCALE: list[tuple[str, str, str]] = [
-    ("scale, Redis: drain, worker CPU per task", "redis", "cpu_ms"),
-    ("scale, Redis: drain, wall time per task", "redis", "ms_per_task"),
-    ("scale, Redis: enqueue, one delay()", "redis", "enqueue_us"),
-    ("scale, django:// PostgreSQL: drain, worker CPU per task", "django-pg", "cpu_ms"),
-    ("scale, django:// PostgreSQL: drain, wall time per task", "django-pg", "ms_per_task"),
-    ("scale, django:// PostgreSQL: enqueue, one delay()", "django-pg", "enqueue_us"),
+#: The scale row: (what, row, broker, metric) -- the figure of ``row``-large (many tasks queued or parked)
+#: over the one of ``row``-small (1,000).
+SCALE: list[tuple[str, str, str, str]] = [
+    ("scale, Redis: drain, worker CPU per task", "scale", "redis", "cpu_ms"),
+    ("scale, Redis: drain, wall time per task", "scale", "redis", "ms_per_task"),
+    ("scale, Redis: enqueue, one delay()", "scale", "redis", "enqueue_us"),
+    ("scale, django:// PostgreSQL: drain, worker CPU per task", "scale", "django-pg", "cpu_ms"),
+    ("scale, django:// PostgreSQL: drain, wall time per task", "scale", "django-pg", "ms_per_task"),
+    ("scale, django:// PostgreSQL: enqueue, one delay()", "scale", "django-pg", "enqueue_us"),
+    ("scale, Redis: release and run of due eta tasks, worker CPU per task", "scale-eta", "redis", "cpu_ms"),
+    ("scale, Redis: release and run of due eta tasks, Redis CPU per task", "scale-eta", "redis", "server_cpu_ms"),
+    ("scale, Redis: release and run of due eta tasks, wall time per task", "scale-eta", "redis", "ms_per_task"),
+    ("scale, django:// PostgreSQL: release and run of due eta tasks, worker CPU per task", "scale-eta", "django-pg",
+     "cpu_ms"),
+    ("scale, django:// PostgreSQL: release and run of due eta tasks, PostgreSQL CPU per task", "scale-eta",
+     "django-pg", "server_cpu_ms"),
+    ("scale, django:// PostgreSQL: release and run of due eta tasks, wall time per task", "scale-eta", "django-pg",
+     "ms_per_task"),
 ]
+#: How many tasks the ``scale`` and ``scale-eta`` rows' "many" figures are for.
+SCALE_NOUN = {"scale": "queued", "scale-eta": "parked"}
 SCALE_TARGET = 1.10
 POOLS = {"prefork": "-P prefork -c 2", "solo2": "two -P solo workers"}
 
@@ -71,13 +83,13 @@ EXTRAS: list[tuple[str, Key, str, Key | None, str]] = [
      "ours"),
 ]
 
-NOT_MEASURED = [
-    ("scale: release of parked eta tasks with many queued", "not measured yet (only enqueue and drain are)"),
-]
+#: (what, why): rows the report names although nothing measures them.
+NOT_MEASURED: list[tuple[str, str]] = []
 
 COMPARE = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 UNITS = {"rate": "{:,.0f}/s", "enqueue_rate": "{:,.0f}/s", "p50_ms": "{:.2f} ms", "p99_ms": "{:.2f} ms",
          "rss_mib": "{:.1f} MiB", "pss_mib": "{:.1f} MiB", "cpu_ms": "{:.3f} ms", "ms_per_task": "{:.3f} ms",
+         "server_cpu_ms": "{:.3f} ms", "start_late_ms": "{:.0f} ms",
          "enqueue_us": "{:.1f} µs", "locked": "{:.0f}", "fill_rate": "{:,.0f}/s", "stored": "{:,.0f}"}
 
 
@@ -123,15 +135,17 @@ def show(medians: dict[Key, dict[str, float]], selected: list[str]) -> None:
         print(f"  {what}: {line}")
         table.append(f"| {what} | | {line} | | | info | |")
     for (row, system), figures in sorted(medians.items()):
-        for metric in ("fill_rate", "stored"):
+        for metric in ("fill_rate", "stored", "start_late_ms"):
             if metric in figures and row.split("-")[0] in ("pgresults", "django2", "scale"):
                 line = f"{row} {system}: {metric} {UNITS[metric].format(figures[metric])}"
                 print(f"  {line}")
                 table.append(f"| {line} | | | | | info | |")
-    print("\nworker CPU milliseconds per task (drain rows; PostgreSQL's own CPU beside it where it served)")
+    print("\nworker CPU milliseconds per task (drain rows; the server's own CPU beside it where it was measured)")
     for (row, system), figures in sorted(medians.items()):
         if "cpu_ms" in figures:
             server = f", PostgreSQL {figures['db_cpu_ms']:.3f} ms" if "db_cpu_ms" in figures else ""
+            if "server_cpu_ms" in figures:
+                server = f", {'Redis' if system == 'redis' else 'PostgreSQL'} {figures['server_cpu_ms']:.3f} ms"
             print(f"  {row:<7} {system:<9} {figures['cpu_ms']:.3f} ms{server}  ({figures['rate']:,.0f}/s)")
     for what, why in NOT_MEASURED:
         print(f"{what}: {why}")
@@ -190,8 +204,8 @@ def scaled(medians: dict[Key, dict[str, float]], selected: list[str]) -> list[st
         print(f"  {what}: {full} over {empty}, ratio {pair:.2f} (median of the runs' ratios; "
               f"target <= {SCALE_TARGET:g}) {verdict}")
         table.append(f"| {what} | {full} | {empty} | {pair:.2f} | <= {SCALE_TARGET:g} | {verdict} | |")
-    for what, broker, metric in SCALE:
-        large, small = ("scale-large", broker), ("scale-small", broker)
+    for what, row, broker, metric in SCALE:
+        large, small = (f"{row}-large", broker), (f"{row}-small", broker)
         if large not in medians or small not in medians:
             if broker == "redis" or large in medians or small in medians:
                 print(f"  {what}: not measured: the measurement failed (its error is above)")
@@ -203,8 +217,9 @@ def scaled(medians: dict[Key, dict[str, float]], selected: list[str]) -> list[st
         ratio = many.get(f"{metric}_ratio", many[metric] / few[metric])
         how = "median of the runs' ratios" if f"{metric}_ratio" in many else "ratio of the medians"
         verdict = "PASS" if ratio <= SCALE_TARGET else "FAIL"
-        mine = f"{many['queued']:,.0f} queued: {unit.format(many[metric])}"
-        theirs = f"{few['queued']:,.0f} queued: {unit.format(few[metric])}"
+        noun = SCALE_NOUN[row]
+        mine = f"{many['queued']:,.0f} {noun}: {unit.format(many[metric])}"
+        theirs = f"{few['queued']:,.0f} {noun}: {unit.format(few[metric])}"
         print(f"  {what}: {mine}, {theirs}, ratio {ratio:.2f} ({how}; target <= {SCALE_TARGET:g}) {verdict}")
         table.append(f"| {what} | {mine} | {theirs} | {ratio:.2f} | <= {SCALE_TARGET:g} | {verdict} | |")
     return table

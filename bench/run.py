@@ -115,6 +115,14 @@ def measure_run(rows: list[str], redis_url: str, amqp_url: str | None, n: int, r
             for size, behind in (("small", SCALE_FEW), ("large", args.scale_db)):
                 record(f"scale-{size}", "django-pg", measure_db.scale, "django://", n, behind, args.scale_sends,
                        databases.broker_pg)
+        # parked eta tasks: a window of n comes due among few or very many parked ones that are not due
+        for size, parked in (("small", SCALE_FEW), ("large", args.scale)):
+            flush(redis_url)
+            record(f"scale-eta-{size}", "redis", measure_db.parked_release, redis_url, n, parked)
+        if args.scale_db:
+            for size, parked in (("small", SCALE_FEW), ("large", args.scale_db)):
+                record(f"scale-eta-{size}", "django-pg", measure_db.parked_release, "django://", n, parked,
+                       databases.broker_pg)
     flush(redis_url)
 
 
@@ -228,12 +236,14 @@ def main() -> None:
     for key, results in figures.items():  # every "database is locked" counts, in any run
         if "locked" in results[0]:
             medians[key]["locked_total"] = sum(result["locked"] for result in results)
-    for broker in ("redis", "django-pg"):  # scale: many over few, run by run (measured back to back), then the median
-        many, few = figures.get(("scale-large", broker), []), figures.get(("scale-small", broker), [])
-        if many and len(many) == len(few):
-            for metric in ("cpu_ms", "ms_per_task", "enqueue_us"):
-                medians[("scale-large", broker)][f"{metric}_ratio"] = statistics.median(
-                    large[metric] / small[metric] for large, small in zip(many, few))
+    for prefix in ("scale", "scale-eta"):  # scale: many over few, run by run (measured back to back), then the median
+        for broker in ("redis", "django-pg"):
+            many, few = figures.get((f"{prefix}-large", broker), []), figures.get((f"{prefix}-small", broker), [])
+            if many and len(many) == len(few):
+                for metric in ("cpu_ms", "ms_per_task", "enqueue_us", "server_cpu_ms"):
+                    if metric in many[0]:
+                        medians[(f"{prefix}-large", broker)][f"{metric}_ratio"] = statistics.median(
+                            large[metric] / small[metric] for large, small in zip(many, few))
     print(f"\n{time.strftime('%Y-%m-%d')}, {args.tasks} tasks per measurement, {roundtrips} round trips, "
           f"median of {args.runs} run(s), {time.monotonic() - started:.0f} s in all")
     print("\n".join(header))
