@@ -653,9 +653,33 @@ def bind_consume(out, stop, exchange, exchange_type, *bindings):
                 pass
 
 
+def explain_claim(parked, ready):
+    """Claim from `ready` rows among `parked` others of a table never analyzed; print how many were claimed
+    and the plans used."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    with connection.cursor() as cursor:
+        for count, visible_at in ((parked, "now() + interval '1 day'"), (ready, "NULL")):
+            cursor.execute("INSERT INTO django_tasks_q_brokermessage (queue, payload, priority, delivery_tag, "
+                           f"visible_at, delivery_count, created_at) SELECT 'plan', repeat('x', 1000), 0, "
+                           f"'plan-' || n || '-' || %s, {visible_at}, 0, now() FROM generate_series(1, %s) AS n",
+                           [visible_at, int(count)])
+        plans = []
+        connection.connection.add_notice_handler(lambda notice: plans.append(notice.message_primary))
+        for setting in ("LOAD 'auto_explain'", "SET auto_explain.log_min_duration = 0",
+                        "SET auto_explain.log_nested_statements = on", "SET client_min_messages = log"):
+            cursor.execute(setting)
+    with connect() as conn:
+        now = timezone.now()
+        claimed = conn.default_channel._claim_rows("plan", now, now + timedelta(seconds=60), 16)
+    print(json.dumps({"claimed": len(claimed), "plans": plans}), flush=True)
+
+
 role, *args = sys.argv[1:]
 {"publish": publish, "consume": consume, "hold": hold, "probe": probe, "count": count,
- "bind_consume": bind_consume}[role](*args)
+ "bind_consume": bind_consume, "explain_claim": explain_claim}[role](*args)
 '''
 
 
@@ -783,6 +807,19 @@ def test_consumer_processes_share_a_queue_on_postgres(postgres_agents, claims, p
     assert_each_delivered_once(per_consumer, 600)
     assert "terminated backend" in Path(agents.processes[0].log_path).read_text()
     assert agents.run("count").strip() == "0"
+
+
+@pytest.mark.postgres
+def test_a_claim_reads_the_ready_index_in_order_even_without_statistics(postgres_agents):
+    """Before autovacuum analyzes a large fill, the planner guesses a handful of ready rows and would sort
+    them all on every claim; the claim function forbids the sort (migration 0009)."""
+    agents = postgres_agents()
+    result = json.loads(agents.run("explain_claim", "100000", "10000").strip().splitlines()[-1])
+    assert result["claimed"] == 16
+    claim_plans = [plan for plan in result["plans"] if "brokermessage" in plan and "LockRows" in plan]
+    assert claim_plans, result["plans"]
+    assert all("Index Scan using tasks_q_message_ready" in plan and "Sort" not in plan for plan in claim_plans), \
+        claim_plans
 
 
 def _held_message_survives_its_holder_only(agents: Agents) -> None:

@@ -10,7 +10,10 @@ a claim takes as many rows as the consumer's prefetch window has room for
   ``UPDATE ... WHERE id IN (SELECT ... LIMIT k [FOR UPDATE SKIP LOCKED])
   RETURNING ...``. On PostgreSQL the row locks skip rows other consumers are
   claiming; SQLite has one writer at a time, so the statement is atomic there
-  without them.
+  without them. On PostgreSQL the statement is the body of the function
+  ``django_tasks_q_claim`` (migration 0009), planned with sorting disabled: a
+  table without fresh statistics (a large fill or release before autovacuum
+  analyzed it) otherwise gets a plan that sorts every ready row on each claim.
 * Other databases with ``SELECT ... FOR UPDATE SKIP LOCKED`` (MySQL 8,
   MariaDB 10.6, Oracle) lock the rows in a transaction, then update them
   through the ORM.
@@ -125,18 +128,24 @@ class ClaimsMixin:
 
     @cached_property
     def _claim_sql(self) -> str:
-        lock = " FOR UPDATE SKIP LOCKED" if connections[self.database].features.has_select_for_update_skip_locked else ""
-        return (f"UPDATE {self._table} SET reserved_until = %s, delivery_count = delivery_count + 1"
-                f" WHERE id IN (SELECT id FROM {self._table} WHERE queue = %s AND visible_at IS NULL"
-                f" AND (reserved_until IS NULL OR reserved_until < %s) ORDER BY priority DESC, id LIMIT %s{lock})"
-                f" RETURNING id, priority, payload, delivery_count - 1")  # RETURNING sees the updated row
+        """The claim statement, with named parameters: queue, now, deadline, size."""
+        if connections[self.database].vendor == "postgresql":
+            # the same UPDATE ... FOR UPDATE SKIP LOCKED ... RETURNING, in a function planned without sorts
+            # (migration 0009): without fresh statistics the planner would sort every ready row per claim
+            return ("SELECT id, priority, payload, delivery_count"
+                    " FROM django_tasks_q_claim(%(queue)s, %(now)s, %(deadline)s, %(size)s)")
+        return (f"UPDATE {self._table} SET reserved_until = %(deadline)s, delivery_count = delivery_count + 1"
+                f" WHERE id IN (SELECT id FROM {self._table} WHERE queue = %(queue)s AND visible_at IS NULL"
+                f" AND (reserved_until IS NULL OR reserved_until < %(now)s) ORDER BY priority DESC, id"
+                f" LIMIT %(size)s) RETURNING id, priority, payload, delivery_count - 1")  # RETURNING: updated rows
 
     def _claim_returning(self, queue: str, now: datetime, deadline: datetime, size: int) -> list[tuple[str, int]]:
         """One statement claims the first ``size`` deliverable rows (the order of RETURNING is the database's)."""
         connection = connections[self.database]
         adapt = connection.ops.adapt_datetimefield_value
+        params = {"queue": queue, "now": adapt(now), "deadline": adapt(deadline), "size": size}
         with connection.cursor() as cursor:
-            cursor.execute(self._claim_sql, [adapt(deadline), queue, adapt(now), size])
+            cursor.execute(self._claim_sql, params)
             rows = cursor.fetchall()
         rows.sort(key=lambda row: (-row[1], row[0]))
         return [(payload, count) for _, _, payload, count in rows]
