@@ -503,7 +503,7 @@ def test_a_database_that_cannot_claim_safely_is_refused_with_the_reason(transact
     from django_tasks_q.broker.transport import django_claims
 
     monkeypatch.setattr(django_claims.sqlite3, "sqlite_version_info", (3, 31, 1))  # before UPDATE ... RETURNING
-    with connect() as conn, pytest.raises(ImproperlyConfigured, match=r"SQLite 3\.35\.0 or later.*3\.31\.1 here"):
+    with connect() as conn, pytest.raises(ImproperlyConfigured, match=r"SQLite 3\.35\.0 or later.*is SQLite 3\.31\.1"):
         conn.default_channel
 
 

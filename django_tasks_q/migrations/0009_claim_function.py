@@ -14,7 +14,7 @@ from django.db import migrations
 CREATE = """
 CREATE OR REPLACE FUNCTION django_tasks_q_claim(
     claim_queue text, claim_now timestamptz, claim_deadline timestamptz, claim_size integer)
-RETURNS TABLE (id bigint, priority integer, payload text, delivery_count integer)
+RETURNS TABLE (id bigint, priority integer, payload text, delivery_count integer, delivery_tag text)
 LANGUAGE sql
 SET enable_sort = off
 AS $$
@@ -27,7 +27,8 @@ AS $$
         ORDER BY ready.priority DESC, ready.id
         LIMIT claim_size
         FOR UPDATE SKIP LOCKED)
-    RETURNING claimed.id, claimed.priority::integer, claimed.payload, claimed.delivery_count - 1
+    RETURNING claimed.id, claimed.priority::integer, claimed.payload, claimed.delivery_count - 1,
+              claimed.delivery_tag::text
 $$
 """
 DROP = "DROP FUNCTION IF EXISTS django_tasks_q_claim(text, timestamptz, timestamptz, integer)"

@@ -42,7 +42,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
-from kombu.utils.json import loads
+
+from ...core.protocol import fast_loads
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -53,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 #: Most messages one claim takes (fewer when the prefetch window has less room).
 CLAIM_MAX = 16
+#: A claimed row: its payload, how many times it was claimed before, its delivery tag.
+Claimed = tuple[str, int, str]
 #: The first SQLite that has ``UPDATE ... RETURNING``.
 SQLITE_RETURNING = (3, 35, 0)
 
@@ -65,7 +68,7 @@ def unclaimed(now: datetime) -> Q:
 def as_delivered(payload: str, delivery_count: int) -> dict[str, Any]:
     """The kombu message in a claimed row; one claimed before (its consumer died, rejected or restored it)
     is marked redelivered."""
-    message = loads(payload)
+    message = fast_loads(payload)
     if delivery_count:
         message["redelivered"] = True
         message["properties"].setdefault("delivery_info", {})["redelivered"] = True
@@ -83,7 +86,6 @@ class ClaimsMixin:
     qos: Any
     _consumers: set[str]
     _active_queues: list[str]
-    _tag_to_queue: dict[str, str]
     _retrying: Callable[..., Any]
 
     if TYPE_CHECKING:
@@ -91,18 +93,20 @@ class ClaimsMixin:
         def _rows(self) -> QuerySet[BrokerMessage]: ...
 
     def _init_claims(self) -> None:
-        self._claimed: dict[str, deque[dict[str, Any]]] = {}  # queue -> claimed, not yet delivered
+        self._claimed: dict[str, deque[Claimed]] = {}  # queue -> rows claimed, not yet delivered
         connection = connections[self.database]
         sqlite_returning = connection.vendor == "sqlite" and sqlite3.sqlite_version_info >= SQLITE_RETURNING
         if connection.vendor == "postgresql" or sqlite_returning:
-            self._claim_rows: Callable[[str, datetime, datetime, int], list[tuple[str, int]]] = self._claim_returning
+            self._claim_rows: Callable[[str, datetime, datetime, int], list[Claimed]] = self._claim_returning
         elif connection.features.has_select_for_update_skip_locked:
             self._claim_rows = self._claim_locked
         else:
+            found = connection.display_name
+            if connection.vendor == "sqlite":
+                found += " " + ".".join(map(str, sqlite3.sqlite_version_info))
             raise ImproperlyConfigured(
                 f"the django:// broker needs PostgreSQL, SQLite {'.'.join(map(str, SQLITE_RETURNING))} or later, "
-                f"or a database with SELECT ... FOR UPDATE SKIP LOCKED; database {self.database!r} is "
-                f"{connection.display_name} (SQLite {'.'.join(map(str, sqlite3.sqlite_version_info))} here)")
+                f"or a database with SELECT ... FOR UPDATE SKIP LOCKED; database {self.database!r} is {found}")
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         """The next message this channel claimed from ``queue``, claiming a batch when none is left; else ``Empty``."""
@@ -112,8 +116,9 @@ class ClaimsMixin:
             rows = self._claim_rows(queue, now, now + timedelta(seconds=self.visibility_timeout), self._claim_size())
             if not rows:
                 raise Empty()
-            claimed = self._claimed[queue] = deque(as_delivered(payload, count) for payload, count in rows)
-        return claimed.popleft()
+            claimed = self._claimed[queue] = deque(rows)
+        payload, count, _ = claimed.popleft()
+        return as_delivered(payload, count)  # decoded one by one: a row that is not JSON stops only itself
 
     def _claim_size(self) -> int:
         """What the prefetch window has room for, at most ``CLAIM_MAX``; a plain ``basic_get`` takes one."""
@@ -132,14 +137,14 @@ class ClaimsMixin:
         if connections[self.database].vendor == "postgresql":
             # the same UPDATE ... FOR UPDATE SKIP LOCKED ... RETURNING, in a function planned without sorts
             # (migration 0009): without fresh statistics the planner would sort every ready row per claim
-            return ("SELECT id, priority, payload, delivery_count"
+            return ("SELECT id, priority, payload, delivery_count, delivery_tag"
                     " FROM django_tasks_q_claim(%(queue)s, %(now)s, %(deadline)s, %(size)s)")
         return (f"UPDATE {self._table} SET reserved_until = %(deadline)s, delivery_count = delivery_count + 1"
                 f" WHERE id IN (SELECT id FROM {self._table} WHERE queue = %(queue)s AND visible_at IS NULL"
                 f" AND (reserved_until IS NULL OR reserved_until < %(now)s) ORDER BY priority DESC, id"
-                f" LIMIT %(size)s) RETURNING id, priority, payload, delivery_count - 1")  # RETURNING: updated rows
+                f" LIMIT %(size)s) RETURNING id, priority, payload, delivery_count - 1, delivery_tag")  # the updated rows
 
-    def _claim_returning(self, queue: str, now: datetime, deadline: datetime, size: int) -> list[tuple[str, int]]:
+    def _claim_returning(self, queue: str, now: datetime, deadline: datetime, size: int) -> list[Claimed]:
         """One statement claims the first ``size`` deliverable rows (the order of RETURNING is the database's)."""
         connection = connections[self.database]
         adapt = connection.ops.adapt_datetimefield_value
@@ -148,25 +153,25 @@ class ClaimsMixin:
             cursor.execute(self._claim_sql, params)
             rows = cursor.fetchall()
         rows.sort(key=lambda row: (-row[1], row[0]))
-        return [(payload, count) for _, _, payload, count in rows]
+        return [(payload, count, tag) for _, _, payload, count, tag in rows]
 
-    def _claim_locked(self, queue: str, now: datetime, deadline: datetime, size: int) -> list[tuple[str, int]]:
+    def _claim_locked(self, queue: str, now: datetime, deadline: datetime, size: int) -> list[Claimed]:
         """Lock the first ``size`` deliverable rows, skipping rows other consumers are claiming, then claim them."""
         ready = (self._rows.filter(unclaimed(now), visible_at__isnull=True, queue=queue)
-                 .order_by("-priority", "id").only("id", "payload", "delivery_count"))
+                 .order_by("-priority", "id").only("id", "payload", "delivery_count", "delivery_tag"))
         with transaction.atomic(using=self.database):
             rows = list(ready.select_for_update(skip_locked=True)[:size])
             if rows:
                 self._rows.filter(pk__in=[row.pk for row in rows]).update(
                     reserved_until=deadline, delivery_count=F("delivery_count") + 1)
-        return [(row.payload, row.delivery_count) for row in rows]
+        return [(row.payload, row.delivery_count, row.delivery_tag) for row in rows]
 
     def _release_claimed(self, queue: str) -> None:
         """Give back what this channel claimed from ``queue`` but never delivered, as if never claimed."""
         claimed = self._claimed.pop(queue, None)
         if not claimed:
             return
-        tags = [message["properties"]["delivery_tag"] for message in claimed]
+        tags = [tag for _, _, tag in claimed]
         try:
             self._retrying(self._rows.filter(delivery_tag__in=tags, delivery_count__gt=0).update,
                            reserved_until=None, delivery_count=F("delivery_count") - 1)
@@ -181,8 +186,7 @@ class ClaimsMixin:
 
     def _claimed_tags(self) -> list[str]:
         """Tags of the messages claimed and not yet delivered (read from the keeper thread: copies only)."""
-        return [message["properties"]["delivery_tag"]
-                for claimed in list(self._claimed.values()) for message in list(claimed)]
+        return [tag for claimed in list(self._claimed.values()) for _, _, tag in list(claimed)]
 
     def _delete_message(self, delivery_tag: str) -> None:
         """One statement per ack, written by hand: the ORM's ``delete()`` spends ~0.3 ms building the query
