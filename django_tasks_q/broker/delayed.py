@@ -76,6 +76,12 @@ def supports_parking(connection: Any) -> bool:
     return connection.transport.driver_type in _PARKING_DRIVERS
 
 
+def parks_by_header(connection: Any) -> bool:
+    """Does this broker park a message that merely carries :data:`PARK_HEADER` (its transport's ``_put``
+    reads it)? RabbitMQ needs another route (:func:`parked_route`)."""
+    return supports_parking(connection) and not _is_amqp(connection)
+
+
 def _is_amqp(connection: Any) -> bool:
     return connection.transport.driver_type == "amqp"
 

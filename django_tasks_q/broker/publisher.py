@@ -42,16 +42,18 @@ def check_priority(priority: int, queue: Any, url: str) -> None:
                                  f"orders on {scheme}://")
 
 
-def envelope(message: EncodedMessage, exchange: str, routing_key: str, properties: dict[str, Any]) -> dict:
+def envelope(message: EncodedMessage, exchange: str, routing_key: str, properties: dict[str, Any],
+             headers: dict[str, Any] | None = None) -> dict:
     """The message as kombu's virtual transports store it (``prepare_message`` + ``basic_publish``),
-    built directly: the same JSON a kombu ``Producer`` would have written."""
+    built directly: the same JSON a kombu ``Producer`` would have written. ``headers``: instead of the
+    message's own."""
     body = message.payload.encode(message.content_encoding or "utf-8") if isinstance(message.payload, str) \
         else message.payload
     return {
         "body": b64encode(body).decode(),
         "content-encoding": message.content_encoding,
         "content-type": message.content_type,
-        "headers": message.headers or {},
+        "headers": (message.headers if headers is None else headers) or {},
         "properties": {**properties, "delivery_info": {"exchange": exchange, "routing_key": routing_key},
                        "priority": properties.get("priority") or 0, "body_encoding": "base64",
                        "delivery_tag": new_id()},
@@ -163,8 +165,9 @@ def publish_many(messages: list[tuple[EncodedMessage, str, float | None]], route
                  shared_headers: bool = False) -> None:
     """Publish ``(message, task id, deliver_at)`` items to one route, in as few round trips as the broker allows.
 
-    On Redis, messages go out pipelined (a thousand commands per round trip);
-    elsewhere, and for messages parked until an eta, one by one through
+    On Redis, messages go out pipelined (a thousand commands per round trip),
+    on ``django://`` in multi-row INSERTs, parked ones (an eta) included;
+    elsewhere, and for parked messages on Redis, one by one through
     :func:`publish`. A broker failure part-way raises ``BrokerUnavailable``
     saying how many were sent (those before it in the list).
 
@@ -186,13 +189,15 @@ def publish_many(messages: list[tuple[EncodedMessage, str, float | None]], route
         state = connection.current()
         channel = _direct_channel(state, queue.name)
         prepared: list | None = None
-        copied = shared_headers and hasattr(channel, "put_encoded")
-        if channel is not None and not _observed() and all(at is None for _, _, at in batch):
+        parked = any(at is not None for _, _, at in batch)
+        copied = shared_headers and not parked and hasattr(channel, "put_encoded")
+        if channel is not None and not _observed() and (not parked or delayed.parks_by_header(state.connection)):
             if copied:
                 prepared = _texts(channel, batch, exchange, routing_key, route)
-            else:
-                prepared = [envelope(message, exchange, routing_key, _properties(task_id, route, None))
-                            for message, task_id, _ in batch]
+            else:  # a parked message carries its time in a header; put_messages may take it or decline (None)
+                prepared = [envelope(message, exchange, routing_key, _properties(task_id, route, None),
+                                     headers=None if at is None else {**message.headers, delayed.PARK_HEADER: at})
+                            for message, task_id, at in batch]
         try:
             routed = None if prepared is None else _put(channel, queue, exchange, routing_key, prepared,
                                                         encoded=copied)

@@ -151,6 +151,23 @@ def test_delay_many_on_the_embedded_broker(broker, django_assert_max_num_queries
         assert ran.count() == 1201
 
 
+def test_delay_many_with_an_eta_parks_the_batch_on_the_embedded_broker(broker, django_assert_max_num_queries):
+    from django_tasks_q.models import BrokerMessage
+
+    broker("django://")
+    purge("django://", QUEUE)
+    BrokerMessage.objects.filter(queue=QUEUE).delete()
+    with django_assert_max_num_queries(40):  # multi-row INSERTs, parked ones too
+        results = add.apply_async_many([((i, 1), None) for i in range(1201)], queue=QUEUE, countdown=3600)
+    rows = BrokerMessage.objects.filter(queue=QUEUE)
+    assert rows.count() == 1201 and queue_size("django://", QUEUE) == 0  # none deliverable before its time
+    soon, late = time.time() + 3590, time.time() + 3610
+    assert all(soon < row.visible_at.timestamp() < late for row in rows)
+    parked_ids = {json.loads(row.payload)["headers"]["id"] for row in rows}
+    assert parked_ids == {r.id for r in results}
+    BrokerMessage.objects.filter(queue=QUEUE).delete()
+
+
 def test_bad_calls_are_refused_before_anything_is_sent(redis_url, broker):
     broker(redis_url)
     purge(redis_url, QUEUE)
