@@ -42,9 +42,13 @@ Features
   :mod:`django_tasks_q.broker.transport.django_bindings`.
 * Priority: the ``priority`` message property, 0-255, higher first; FIFO
   within a priority.
-* Claims: ``SELECT ... FOR UPDATE SKIP LOCKED`` where the database has it
-  (PostgreSQL, MySQL 8, Oracle); elsewhere (SQLite) an optimistic
-  compare-and-set ``UPDATE``. Either way one message goes to one consumer.
+* Claims: in batches of what the prefetch window has room for, one
+  statement each (``UPDATE ... RETURNING`` over rows taken ``FOR UPDATE SKIP
+  LOCKED`` on PostgreSQL); see
+  :mod:`django_tasks_q.broker.transport.django_claims`. One message goes to
+  one consumer.
+* Bulk sends: :meth:`Channel.put_messages` inserts a batch with multi-row
+  ``INSERT``\ s.
 * Transactions: a publish inside the caller's ``transaction.atomic()`` is an
   INSERT in that transaction. Consumers see the message only once it
   commits, and a rollback sends nothing -- so a task about a row being
