@@ -184,8 +184,11 @@ from testproject.videos.tasks import touch
 out, first, count = {out!r}, {first}, {count}
 started = time.monotonic()
 try:
-    for i in range(first, first + count):
-        touch.apply_async((f"{{out}}/{{i}}",), queue="faults")
+    if {bulk}:  # one bulk send: a backlog the worker cannot keep up with
+        touch.apply_async_many([((f"{{out}}/{{i}}",), None) for i in range(first, first + count)], queue="faults")
+    else:
+        for i in range(first, first + count):
+            touch.apply_async((f"{{out}}/{{i}}",), queue="faults")
     print(json.dumps({{"sent": count, "seconds": time.monotonic() - started}}))
 except BrokerUnavailable as exc:
     print(json.dumps({{"error": str(exc), "seconds": time.monotonic() - started}}))
@@ -205,27 +208,27 @@ def test_postgres_behind_django_broker_crashes_while_work_flows(tmp_path):
         out = tmp_path / "done"
         out.mkdir()
 
-        def send(first: int, count: int) -> dict:
-            code = SEND.format(out=str(out), first=first, count=count)
+        def send(first: int, count: int, bulk: bool = False) -> dict:
+            code = SEND.format(out=str(out), first=first, count=count, bulk=bulk)
             return json.loads(_manage(env, "shell", "-c", code).stdout.strip().splitlines()[-1])
 
         worker_env = {**QUICK_RESTORE, "TESTPROJECT_DATABASE_URL": url}
         with WorkerProcess("django://", "-P", "threads", "-c", "2", "-Q", FAULTS_QUEUE, "-n", "faults-pg@%h",
                            env=worker_env) as worker:
-            assert send(0, 400)["sent"] == 400
+            assert send(0, 2000, bulk=True)["sent"] == 2000  # sent one by one, the worker kept up with them
             wait_until(lambda: len(list(out.iterdir())) >= 10, timeout=30, interval=0.01)
             server.crash()
-            assert len(list(out.iterdir())) < 400  # the crash came while work was flowing
-            down = send(1000, 1)
+            assert len(list(out.iterdir())) < 2000  # the crash came while work was flowing
+            down = send(5000, 1)
             assert "error" in down and "could not send task" in down["error"] and "django://" in down["error"], down
             assert down["seconds"] < publish_bound(), down
             wait_until(lambda: "broker connection lost" in worker.output() or "django:// database" in worker.output())
             time.sleep(2)
             assert worker.process.poll() is None
             server.start_again()
-            assert send(400, 20)["sent"] == 20
-            wait_until(lambda: len(list(out.iterdir())) == 420, timeout=60, interval=0.2)
-            assert sorted(int(p.name) for p in out.iterdir()) == list(range(420))
+            assert send(2000, 20)["sent"] == 20
+            wait_until(lambda: len(list(out.iterdir())) == 2020, timeout=90, interval=0.2)
+            assert sorted(int(p.name) for p in out.iterdir()) == list(range(2020))
             assert worker.process.poll() is None
             output = worker.output()
             assert output.count("django:// database") < 20, "the outage flooded the log"
