@@ -14,6 +14,9 @@ publish path, each something kombu redoes for every message:
   declarations are seen at once and another process's new binding within
   the TTL.
 
+The sending side (bulk sends, parking, refusing a task no binding routes) is
+:mod:`django_tasks_q.broker.transport.redis_sends`.
+
 Topic exchanges match as AMQP does (:mod:`django_tasks_q.broker.topic`):
 ``media.#`` also matches ``media``, which kombu's own matcher does not.
 
@@ -69,14 +72,13 @@ from queue import Empty
 
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import dumps
 from redis.exceptions import NoScriptError
 
-from ...core.protocol import fast_json, fast_loads
-from ...exceptions import ImproperlyConfigured
-from ..delayed import PARK_HEADER, REDIS_KEY, RELEASE_LEAD
+from ...core.protocol import fast_loads
+from ..delayed import REDIS_KEY, RELEASE_LEAD
 from ..topic import TopicExchange
 from .keeper import KeeperMixin, held_tags
+from .redis_sends import WAKE_PREFIX, SendsMixin, bulk_string, resp
 
 #: Move due parked messages to their lists; the member is "<list key>\n<message>".
 RELEASE_SCRIPT = r"""
@@ -94,14 +96,9 @@ return #due
 RELEASE_BATCH = 1000
 #: Most messages one look takes (still never more than the prefetch window has room for).
 TAKE_BATCH = 16
-#: Most commands sent in one write by ``put_messages`` (bulk sends), and most messages in one LPUSH.
-PIPELINE_COMMANDS = 1000
 #: Where a list entry that is not a kombu message goes (it cannot be refused like a message).
 DEAD_LIST = "tasksq.dead.raw"
 logger = logging.getLogger(__name__)
-#: Wake tokens kept per list: enough to wake every consumer of a busy queue.
-WAKE_CAP = 64
-WAKE_PREFIX = "tasksq.wake:"
 
 #: Take up to ARGV[2] messages from the lists KEYS[1..n-2], in order, and record each unacked
 #: (hash KEYS[n-1], index KEYS[n], score ARGV[1]) in the same step. Returns a flat list of
@@ -135,50 +132,19 @@ return taken
 """
 
 
-def pipelined(client: Any, *commands: tuple) -> list:
-    """Send ``commands`` in one write on one pooled connection and read their replies, in order.
-
-    What redis-py's ``Pipeline`` does, without building a pipeline object
-    per call: on this machine three commands take 38 us this way and 87 us
-    through ``client.pipeline()``, more than the round trip itself. An error
-    (the connection broke, or Redis answered an error) closes the connection
-    so no reply is left unread on it, and is raised.
-    """
-    pool = client.connection_pool
-    connection = pool.get_connection()
-    try:
-        connection.send_packed_command(connection.pack_commands(commands))
-        return [connection.read_response() for _ in commands]
-    except BaseException:
-        connection.disconnect()
-        raise
-    finally:
-        pool.release(connection)
-
-
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
-
-
-def resp(*parts: str | bytes | int | float) -> bytes:
-    """One Redis command as RESP bytes (what redis-py's packer makes, without its per-call machinery)."""
-    encoded = [part if isinstance(part, bytes) else str(part).encode() for part in parts]
-    return b"*%d\r\n" % len(encoded) + b"".join(_bulk(part) for part in encoded)
-
-
 class QoS(kombu_redis.QoS):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # the two commands of an ack with their fixed parts encoded once: only the tag changes
-        self._zrem = b"*3\r\n$4\r\nZREM\r\n" + _bulk(self.unacked_index_key.encode())
-        self._hdel = b"*3\r\n$4\r\nHDEL\r\n" + _bulk(self.unacked_key.encode())
+        self._zrem = b"*3\r\n$4\r\nZREM\r\n" + bulk_string(self.unacked_index_key.encode())
+        self._hdel = b"*3\r\n$4\r\nHDEL\r\n" + bulk_string(self.unacked_key.encode())
 
     def ack(self, delivery_tag: str) -> None:
         """kombu's ack (drop the tag from the unacked index and hash), once per task run, as raw RESP on
         the consumer's own connection (:meth:`Channel.raw_call`), without waiting for the reply: the
         task starts while the ack travels, as an AMQP ack does (see ``raw_call`` for why it still
         lands before the task could be given back)."""
-        tag = _bulk(delivery_tag.encode())
+        tag = bulk_string(delivery_tag.encode())
         self.channel.raw_call(self._zrem + tag + self._hdel + tag, 2, wait=False)
         kombu_redis.virtual.QoS.ack(self, delivery_tag)
 
@@ -189,7 +155,7 @@ class QoS(kombu_redis.QoS):
             super().append(message, delivery_tag)
 
 
-class Channel(kombu_redis.Channel):
+class Channel(SendsMixin, kombu_redis.Channel):
     QoS = QoS
     from_transport_options = (  # type: ignore[assignment]  # kombu infers a fixed-length tuple
         *kombu_redis.Channel.from_transport_options, "binding_cache_ttl")
@@ -226,95 +192,6 @@ class Channel(kombu_redis.Channel):
         if self._sync_client is None:
             self._sync_client = self._create_client()
         yield self._sync_client
-
-    # -- delayed delivery ----------------------------------------------------------------
-
-    def put_messages(self, exchange: str, routing_key: str, messages: list[dict]) -> int | None:
-        """Deliver kombu-format ``messages`` as ``basic_publish`` would, pipelined: one round trip per
-        :data:`PIPELINE_COMMANDS` commands, and one wake-token push per list instead of one per message.
-
-        Returns how many lists each message went to. ``None`` (nothing sent) for what this path does
-        not handle: fanout exchanges (PUBLISH, not lists) and parked messages; the caller then goes
-        through kombu. ``0`` (nothing sent) when no binding matches: kombu would drop the messages
-        without a word, and the caller must not -- the binding table is gone when Redis lost its
-        data (FLUSHALL, a restart without persistence), and declaring the queue again restores it.
-        """
-        if any(PARK_HEADER in message["headers"] for message in messages):
-            return None
-        return self.put_encoded(exchange, routing_key, [
-            (fast_json(message) or dumps(message), self._get_message_priority(message, reverse=False))
-            for message in messages])
-
-    def put_encoded(self, exchange: str, routing_key: str, messages: list[tuple[str, int]]) -> int | None:
-        """:meth:`put_messages` for messages already written as kombu's JSON, each with its priority."""
-        if exchange and self.typeof(exchange).type not in ("direct", "topic"):
-            return None
-        queues = self._lookup(exchange, routing_key) if exchange else [routing_key]
-        if not queues:
-            self._tables.pop(exchange, None)  # look again next time: the queue may be declared meanwhile
-            return 0
-        bodies: dict[str, list[bytes]] = {}  # list key -> its messages as RESP bulk strings, in order
-        for text, priority in messages:
-            body = _bulk(text.encode())
-            for queue in queues:
-                bodies.setdefault(self._q_for_pri(queue, priority), []).append(body)
-        commands: list[bytes] = []
-        for key, items in bodies.items():
-            # one variadic LPUSH per list and chunk: the same order as one LPUSH per message, one reply
-            for start in range(0, len(items), PIPELINE_COMMANDS):
-                chunk = items[start:start + PIPELINE_COMMANDS]
-                commands.append(b"*%d\r\n$5\r\nLPUSH\r\n%s%s" % (len(chunk) + 2, _bulk(key.encode()), b"".join(chunk)))
-            wake = WAKE_PREFIX + key
-            commands += [resp("LPUSH", wake, *[1] * min(len(items), WAKE_CAP)), resp("LTRIM", wake, 0, WAKE_CAP - 1)]
-        for start in range(0, len(commands), PIPELINE_COMMANDS):
-            chunk = commands[start:start + PIPELINE_COMMANDS]
-            self.raw_call(b"".join(chunk), len(chunk))
-        return len(queues)
-
-    def restore_bindings(self, queue: str) -> None:
-        """Write again the bindings of ``queue`` that this channel declared, when Redis has lost them.
-
-        kombu declares a binding once per process (it remembers it in memory),
-        so a FLUSHALL or a restart without persistence leaves publishers that
-        route to nothing until they restart; declaring the queue again is not
-        enough for the same reason.
-        """
-        for exchange, routing_key, arguments in list(self.state.queue_bindings(queue)):
-            self._queue_bind(exchange, *self.typeof(exchange).prepare_bind(queue, exchange, routing_key, arguments))
-
-    def basic_publish(self, message: dict, exchange: str, routing_key: str, **kwargs: Any) -> Any:
-        """kombu's publish, except that a task no binding routes is refused instead of dropped.
-
-        kombu sends a message whose routing key matches no binding to no list,
-        without a word. For a task that is a task lost, so it raises
-        ``ImproperlyConfigured`` naming the route (not a channel error, which
-        kombu's publish would retry as a broken connection) -- after writing
-        again the bindings this process declared on the exchange, in case Redis
-        lost them. Other messages (remote-control
-        replies to a client that is gone, say) are still dropped, as AMQP does.
-        """
-        headers = message.get("headers")
-        if (exchange and isinstance(headers, dict) and "task" in headers
-                and self.typeof(exchange).type != "fanout" and not self._lookup(exchange, routing_key)):
-            for queue in {queue for queue, bound, _ in self.state.bindings if bound == exchange}:
-                self.restore_bindings(queue)
-            self._tables.pop(exchange, None)
-            if not self._lookup(exchange, routing_key):
-                raise ImproperlyConfigured(
-                    f"no queue is bound to exchange {exchange!r} ({self.typeof(exchange).type}) with routing key "
-                    f"{routing_key!r}: the task would be lost; nothing was sent")
-        return super().basic_publish(message, exchange, routing_key, **kwargs)
-
-    def _put(self, queue: str, message: dict, **kwargs: Any) -> None:
-        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
-        headers = message.get("headers")
-        at = headers.get(PARK_HEADER) if isinstance(headers, dict) else None
-        with self.conn_or_acquire() as client:
-            if at is not None and float(at) > time() + RELEASE_LEAD:
-                client.zadd(REDIS_KEY, {f"{key}\n{dumps(message)}": float(at)})
-                return
-            wake = WAKE_PREFIX + key
-            pipelined(client, ("LPUSH", key, dumps(message)), ("LPUSH", wake, 1), ("LTRIM", wake, 0, WAKE_CAP - 1))
 
     # -- consuming: take and record in one step -------------------------------------------
 
