@@ -158,11 +158,14 @@ class Channel(ClaimsMixin, BindingsMixin, virtual.Channel):  # type: ignore[misc
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         # One tag per row: a message routed to two queues is two rows, acked apart.
-        tag = uuid()
-        message = {**message, "properties": {**message["properties"], "delivery_tag": tag}}
-        priority = self._get_message_priority(message)
-        self._retrying(self._rows.create, queue=queue, payload=dumps(message), priority=priority, delivery_tag=tag,
-                       visible_at=_parked_until(message))
+        self._retrying(self._row(queue, message, uuid()).save, using=self.database, force_insert=True)
+
+    def _row(self, queue: str, message: dict[str, Any], tag: str) -> BrokerMessage:
+        """The unsaved row that holds ``message`` in ``queue`` under delivery tag ``tag``."""
+        if message["properties"].get("delivery_tag") != tag:
+            message = {**message, "properties": {**message["properties"], "delivery_tag": tag}}
+        return self.model(queue=queue, payload=dumps(message), priority=self._get_message_priority(message),
+                          delivery_tag=tag, visible_at=_parked_until(message))
 
     def release_parked(self) -> int:
         """Make parked rows due within ``RELEASE_LEAD`` seconds deliverable; the number released."""
@@ -177,13 +180,8 @@ class Channel(ClaimsMixin, BindingsMixin, virtual.Channel):  # type: ignore[misc
         each message went to; a route no binding matches raises ``Unroutable``, as a publish does.
         """
         queues = self._lookup(exchange, routing_key)
-        rows = []
-        for message in messages:
-            for queue in queues:
-                tag = message["properties"]["delivery_tag"] if len(queues) == 1 else uuid()
-                row = {**message, "properties": {**message["properties"], "delivery_tag": tag}}
-                rows.append(self.model(queue=queue, payload=dumps(row), priority=self._get_message_priority(row),
-                                       delivery_tag=tag, visible_at=_parked_until(row)))
+        rows = [self._row(queue, message, message["properties"]["delivery_tag"] if len(queues) == 1 else uuid())
+                for message in messages for queue in queues]
         self._retrying(self._rows.bulk_create, rows)
         return len(queues)
 
