@@ -323,11 +323,20 @@ def test_bad_input_corpus(bad_worker, use_broker, tmp_path):
         return rss_kb(bad_worker.process.pid)
 
     # the allocator and the broker client's buffers settle after a few: each thread's malloc arena keeps
-    # its own high-water mark, so a thread that meets its first big message still grows (seen: +31 MB)
+    # its own high-water mark, so a pool thread that meets its first big message still grows (seen: +31 MB,
+    # and +47 MB in CI when one thread had run all four warm-up messages). That happens once per thread;
+    # a leak grows with every message, so it shows in every batch of six, not just one.
     warm = big(4)
-    grown = big(6) - warm
-    print(f"RSS: {baseline // 1024} MB at start, {warm // 1024} MB after five 8 MB messages, "
-          f"{grown // 1024:+d} MB over six more")
-    # keeping each message would add at least 48 MB over six; reusing the high-water marks, about nothing
-    assert grown < 5 * BIG // 1024, f"worker RSS grew by {grown // 1024} MB over six more 8 MB messages: a leak"
+    growth, before = [], warm
+    for _batch in range(3):
+        after = big(6)
+        growth.append((after - before) // 1024)
+        before = after
+        if growth[-1] < 5 * BIG // 1024 // 1024:
+            break
+    print(f"RSS: {baseline // 1024} MB at start, {warm // 1024} MB after four 8 MB messages, "
+          f"then per six more: {', '.join(f'{g:+d} MB' for g in growth)}")
+    # keeping each message would add at least 48 MB over every six; reusing the high-water marks, about nothing
+    assert growth[-1] < 5 * BIG // 1024 // 1024, (
+        f"worker RSS grew by {growth} MB over each of {len(growth)} batches of six 8 MB messages: a leak")
     assert warm < 512 * 1024, f"worker RSS {warm // 1024} MB for an 8 MB message"
