@@ -126,10 +126,11 @@ class Server:
 class RedisServer(Server):
     name = "redis"
 
-    def __init__(self, binary: str | None = None, appendonly: bool = False) -> None:
+    def __init__(self, binary: str | None = None, appendonly: bool = False, extra_args: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.binary = binary
         self.appendonly = appendonly  # fsync every write, so a crash (kill) loses nothing
+        self.extra_args = extra_args  # more redis-server options, e.g. ("--rename-command", "CLIENT", "")
         self.proc: subprocess.Popen | None = None
         self.argv: list[str] = []
 
@@ -151,6 +152,7 @@ class RedisServer(Server):
         self.argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--dir", self.tmpdir,
                      "--daemonize", "no", "--logfile", ""]
         self.argv += ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
+        self.argv += self.extra_args
         self._spawn(port)
 
     def crash(self) -> None:

@@ -1,15 +1,19 @@
-"""Our ``redis://`` channel against a real Redis: parking and kept reservations."""
+"""Our ``redis://`` channel against a real Redis: parking, kept reservations, takes and early acks."""
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 
+import pytest
 import redis
 from kombu import Connection, Consumer, Producer, Queue
 
 from django_tasks_q.broker.delayed import PARK_HEADER, REDIS_KEY
 from django_tasks_q.broker.transport.redis import Transport
+from django_tasks_q.broker.transport.redis_sends import resp
+from tests import servers
 
 # an idle consumer sweeps for overdue unacked messages on every poll
 QUICK = {"visibility_timeout": 1, "unacked_restore_throttle": 1}
@@ -68,3 +72,73 @@ def test_parked_messages_move_to_their_list_once_when_due(redis_url):
         assert client.llen("parked") == 0 and client.zcard(REDIS_KEY) == 1
         simple.close()
     client.delete(REDIS_KEY)
+
+
+@pytest.fixture(scope="module")
+def redis_without_client_reply():
+    """A Redis that refuses CLIENT (as some proxies do): early acks must fall back to waiting."""
+    with servers.serve(servers.RedisServer(extra_args=("--rename-command", "CLIENT", ""))) as url:
+        yield url
+
+
+def replied(sock: socket.socket, wait: float = 0.3) -> bool:
+    """Has the server written anything to ``sock`` that is not read yet?"""
+    return bool(select.select([sock], [], [], wait)[0])
+
+
+def test_early_acks_get_no_reply_and_apply_in_order(redis_url):
+    """Writes that do not wait go out under CLIENT REPLY OFF: nothing comes back to be left unread (a
+    worker killed then would reset the connection, and Redis could drop the writes it had not read);
+    they apply in order, and the next call that waits reads its own reply."""
+    with connect(redis_url) as connection:
+        channel = connection.default_channel
+        channel.raw_call(resp("SET", "quiet", 1), 1, wait=False)
+        channel.raw_call(resp("INCR", "quiet"), 1, wait=False)
+        assert not replied(channel._raw_connection._sock), "Redis replied to a write that does not wait"
+        assert channel.raw_call(resp("GET", "quiet"), 1) == [b"2"]
+        assert channel.raw_call(resp("INCR", "quiet"), 1) == [3]
+        channel.raw_call(resp("INCR", "quiet"), 1, wait=False)  # quiet again after a call that waited
+        assert not replied(channel._raw_connection._sock)
+        assert channel.raw_call(resp("GET", "quiet"), 1) == [b"4"]
+
+
+def test_without_client_reply_one_early_ack_is_in_flight_at_a_time(redis_without_client_reply):
+    with connect(redis_without_client_reply) as connection:
+        channel = connection.default_channel
+        channel.raw_call(resp("SET", "owed", 1), 1, wait=False)
+        assert replied(channel._raw_connection._sock), "the reply is owed, to be read before the next write"
+        channel.raw_call(resp("INCR", "owed"), 1, wait=False)
+        assert channel.raw_call(resp("GET", "owed"), 1) == [b"2"]
+
+
+@pytest.mark.parametrize("server", ["redis_url", "redis_without_client_reply"])
+def test_consumer_takes_on_its_polling_connection_and_its_acks_land(server, request):
+    """Back-to-back takes go out on the polling connection (no PING first); a flushed script cache is
+    loaded again mid-stream; every acked message leaves the unacked hash and index."""
+    url = request.getfixturevalue(server)
+    client = redis.Redis.from_url(url)
+    queue = Queue("taken")
+    got: list = []
+
+    def on_message(message):
+        got.append(message.payload)
+        message.ack()
+
+    with connect(url) as connection:
+        producer = Producer(connection.channel())
+        for n in range(30):
+            producer.publish({"n": n}, routing_key="taken", declare=[queue])
+        channel = connection.channel()
+        channel.basic_qos(0, 4, False)
+        client.config_resetstat()
+        Consumer(channel, [queue], on_message=on_message).consume()
+        while len(got) < 15:
+            connection.drain_events(timeout=2)
+        client.script_flush()  # as a new or restarted Redis would have it
+        drain(connection, 1.5)
+        assert [item["n"] for item in got] == list(range(30))
+        channel.close_raw_connection(settle=True)
+        assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0, "an ack did not land"
+    commands = client.info("commandstats")
+    assert commands["cmdstat_evalsha"]["calls"] >= 8  # 30 messages, at most 4 per take
+    assert commands.get("cmdstat_ping", {}).get("calls", 0) < 3, "a PING round trip before each take"

@@ -50,11 +50,15 @@ recording it anywhere: it is lost, even with ``acks_late``. The soak test
 (``bench/soak.py``) lost a few per thousand kills that way. This channel
 takes messages and records them as unacked in one Lua script
 (:data:`POP_SCRIPT`; up to 16 per look, never more than the prefetch window
-has room for), so a message is always in its list or in the unacked set. BRPOP now only waits for a *wake token*: every publish through this
-channel (and every release of a parked message) pushes one onto
-``tasksq.wake:<list>``. A message that arrives without a token (sent by a
-Celery client, or given back by kombu's restore) is found within
-``brpop_timeout`` (1 s), since the consumer looks again after every wait.
+has room for), so a message is always in its list or in the unacked set.
+While looks find messages, the script itself is what the consumer sends on
+its polling connection (one round trip per batch); once a look finds none,
+BRPOP waits for a *wake token*: every publish through this channel (and
+every release of a parked message) pushes one onto ``tasksq.wake:<list>``.
+A message that arrives without a token (sent by a Celery client, or given
+back by kombu's restore) is found within ``brpop_timeout`` (1 s), since the
+consumer looks again after every wait. Early acks are written without a
+reply (``CLIENT REPLY OFF``; see :meth:`Channel.raw_call`).
 
 Selected automatically for ``redis://`` and ``rediss://`` broker URLs by
 :func:`django_tasks_q.broker.connection.new_connection`.
@@ -72,7 +76,7 @@ from queue import Empty
 
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from ...core.protocol import fast_loads
 from ..delayed import REDIS_KEY, RELEASE_LEAD
@@ -98,6 +102,9 @@ RELEASE_BATCH = 1000
 TAKE_BATCH = 16
 #: Where a list entry that is not a kombu message goes (it cannot be refused like a message).
 DEAD_LIST = "tasksq.dead.raw"
+#: Early acks go out between these two (raw_call): Redis sends no reply to what it receives in between.
+REPLY_OFF = resp("CLIENT", "REPLY", "OFF")
+REPLY_ON = resp("CLIENT", "REPLY", "ON")
 logger = logging.getLogger(__name__)
 
 #: Take up to ARGV[2] messages from the lists KEYS[1..n-2], in order, and record each unacked
@@ -141,9 +148,9 @@ class QoS(kombu_redis.QoS):
 
     def ack(self, delivery_tag: str) -> None:
         """kombu's ack (drop the tag from the unacked index and hash), once per task run, as raw RESP on
-        the consumer's own connection (:meth:`Channel.raw_call`), without waiting for the reply: the
+        the consumer's own connection (:meth:`Channel.raw_call`), without waiting for a reply: the
         task starts while the ack travels, as an AMQP ack does (see ``raw_call`` for why it still
-        lands before the task could be given back)."""
+        lands before the task could be given back, and why Redis sends no reply to it)."""
         tag = bulk_string(delivery_tag.encode())
         self.channel.raw_call(self._zrem + tag + self._hdel + tag, 2, wait=False)
         kombu_redis.virtual.QoS.ack(self, delivery_tag)
@@ -178,7 +185,9 @@ class Channel(SendsMixin, kombu_redis.Channel):
         self._scripts_client: Any = None
         self._scripts: dict[str, Any] = {}
         self._raw_connection: Any = None
-        self._raw_pending = 0  # replies owed on the raw connection (raw_call(wait=False))
+        self._raw_pending = 0  # replies owed on the raw connection (raw_call(wait=False), replies on)
+        self._replies_off = False  # the raw connection is in CLIENT REPLY OFF (quiet writes since)
+        self._can_silence: bool | None = None  # does the server take CLIENT REPLY? (asked once per connection)
         self._shas: dict[str, str] = {}
         self._found_last_time = True  # look before the first wait
         self._sent_command = "BRPOP"
@@ -196,15 +205,17 @@ class Channel(SendsMixin, kombu_redis.Channel):
     # -- consuming: take and record in one step -------------------------------------------
 
     def _brpop_start(self, timeout: float | None = None) -> None:
-        """Wait for a wake token -- or, when the last look found a message, do not wait at all."""
+        """Wait for a wake token -- or, when the last look found messages, take the next ones at once:
+        the take script goes out on the polling connection and its reply is what the poller reads."""
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu types it as None
         if self._found_last_time:
-            self._sent_command = "PING"
-            self.client.connection.send_command("PING")
+            keys, args = self._take_arguments()
+            self._sent_command = "EVALSHA"
+            self.client.connection.send_command("EVALSHA", self._sha(POP_SCRIPT), len(keys), *keys, *args)
             return
         wakes = [WAKE_PREFIX + self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
         self._sent_command = "BRPOP"
@@ -213,25 +224,35 @@ class Channel(SendsMixin, kombu_redis.Channel):
     def _brpop_read(self, **options: Any) -> bool:
         try:
             try:
-                self.client.parse_response(self.client.connection, self._sent_command, **options)
+                reply = self.client.parse_response(self.client.connection, self._sent_command, **options)
+            except NoScriptError:  # a new or flushed Redis: take through _eval, which loads the script
+                return self._take_one()
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
-            return self._take_one()
+            return self._deliver_taken(reply) if self._sent_command == "EVALSHA" else self._take_one()
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu types it as bool
             self._flush_brpop_reauth()
 
-    def _take_one(self) -> bool:
-        """Take as many messages as the prefetch window allows (one round trip) and deliver them."""
+    def _take_arguments(self) -> tuple[list[str], list]:
+        """Keys and arguments of :data:`POP_SCRIPT`: every priority list of every queue consumed, then
+        the unacked hash and index; now, and as many messages as the prefetch window has room for."""
         queues = list(self.active_queues)
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
         room = self.qos.can_consume_max_estimate()  # None: no prefetch limit
-        want = TAKE_BATCH if room is None else min(TAKE_BATCH, room)
-        if want < 1:
+        return keys + [self.unacked_key, self.unacked_index_key], [time(), TAKE_BATCH if room is None
+                                                                   else max(0, min(TAKE_BATCH, room))]
+
+    def _take_one(self) -> bool:
+        """Take as many messages as the prefetch window allows (one round trip) and deliver them."""
+        keys, args = self._take_arguments()
+        if args[1] < 1:
             raise Empty()
-        keys += [self.unacked_key, self.unacked_index_key]
-        taken = self._eval(POP_SCRIPT, keys, [time(), want])
+        return self._deliver_taken(self._eval(POP_SCRIPT, keys, args))
+
+    def _deliver_taken(self, taken: list) -> bool:
+        """Hand what :data:`POP_SCRIPT` took to kombu's consumers, in order; ``Empty`` if it took none."""
         self._found_last_time = bool(taken)
         delivered = False
         for index in range(0, len(taken), 3):
@@ -266,24 +287,47 @@ class Channel(SendsMixin, kombu_redis.Channel):
         answered an error) drops the connection, so no reply is left unread
         on it, and is raised; the next call reconnects.
 
-        ``wait=False`` returns once the commands are written; their replies
-        are read (and an error raised) by the next call, *before* it writes.
-        So at most one unconfirmed write is ever in flight, and our side
-        never holds an unread reply while one is: a worker killed then closes
-        the socket with a FIN, which Redis reads after the write, never with
-        the RST that unread data would cause and that could discard the
-        write before Redis read it. An early ack sent this way is applied
-        before a redelivery could happen, as it would be had we waited.
+        ``wait=False`` (the early ack) returns once the commands are written,
+        and Redis is asked not to reply to them (``CLIENT REPLY OFF`` until
+        the next call that waits, which turns replies back on first). The
+        reason is a worker killed while a write is in flight: a socket closed
+        with unread data sends an RST instead of a FIN, and an RST can make
+        Redis discard a write it has not read yet -- an ack lost, its task run
+        twice. With no replies there is never unread data, so the close is a
+        FIN, read after every write before it. (Waiting for each reply
+        instead cost a round trip per task: 40 to 45 us here.) What is given
+        up is the ack's own error reply: an ack Redis refused (``MISCONF``, a
+        replica's ``READONLY``) is not reported; the next take on this
+        connection, which writes too, is -- and a started task whose ack did
+        not land is acked, not run, when it comes back to this worker, as
+        when the connection breaks (``Worker._already_started``).
+
+        A server that does not take ``CLIENT REPLY`` (some proxies) is asked
+        once per connection; there each ``wait=False`` call owes its replies,
+        which the next call reads before it writes, so that at most one write
+        is ever in flight and a close sends an RST only after Redis answered
+        (and so had read) the last write.
         """
         connection = self._raw_connection
         if connection is None:
             with self.conn_or_acquire() as client:
                 connection = self._raw_connection = client.connection_pool.make_connection()
+            self._replies_off, self._can_silence = False, None
         try:
+            if not wait and self._silenceable(connection):
+                connection.send_packed_command([packed if self._replies_off else REPLY_OFF + packed],
+                                               check_health=False)
+                self._replies_off = True
+                return []
             while self._raw_pending:
                 self._raw_pending -= 1
                 connection.read_response()
-            connection.send_packed_command([packed], check_health=False)
+            if self._replies_off:  # CLIENT REPLY ON answers OK: read it first
+                connection.send_packed_command([REPLY_ON + packed], check_health=False)
+                self._replies_off = False
+                connection.read_response()
+            else:
+                connection.send_packed_command([packed], check_health=False)
             if not wait:
                 self._raw_pending = replies
                 return []
@@ -292,10 +336,28 @@ class Channel(SendsMixin, kombu_redis.Channel):
             self.close_raw_connection()
             raise
 
+    def _silenceable(self, connection: Any) -> bool:
+        """Does the server behind ``connection`` take ``CLIENT REPLY``? Asked once per connection:
+        ``OFF`` then ``ON`` answer exactly one ``OK`` where it does, two errors where it does not."""
+        if self._can_silence is None:
+            connection.send_packed_command([REPLY_OFF + REPLY_ON], check_health=False)
+            try:
+                connection.read_response()
+                self._can_silence = True
+            except ResponseError:
+                try:
+                    connection.read_response()
+                except ResponseError:  # the second command's error: CLIENT is not known either
+                    pass
+                self._can_silence = False
+                logger.info("redis:// the server does not take CLIENT REPLY: early acks wait for their reply")
+        return self._can_silence
+
     def close_raw_connection(self, *, settle: bool = False) -> None:
         """Drop the raw connection; with ``settle``, first read the replies still owed (a clean close)."""
         connection, self._raw_connection = self._raw_connection, None
         pending, self._raw_pending = self._raw_pending, 0
+        self._replies_off = False  # quiet writes need no settling: Redis reads them before the FIN
         if connection is None:
             return
         try:
@@ -307,12 +369,15 @@ class Channel(SendsMixin, kombu_redis.Channel):
         finally:
             connection.disconnect()
 
-    def _eval(self, source: str, keys: list[str], args: list) -> Any:
-        """EVALSHA ``source`` through :meth:`raw_call`, loading it first when Redis does not know it."""
+    def _sha(self, source: str) -> str:
         sha = self._shas.get(source)
         if sha is None:
             sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
-        command = resp("EVALSHA", sha, len(keys), *keys, *args)
+        return sha
+
+    def _eval(self, source: str, keys: list[str], args: list) -> Any:
+        """EVALSHA ``source`` through :meth:`raw_call`, loading it first when Redis does not know it."""
+        command = resp("EVALSHA", self._sha(source), len(keys), *keys, *args)
         try:
             return self.raw_call(command, 1)[0]
         except NoScriptError:  # a new or flushed Redis
