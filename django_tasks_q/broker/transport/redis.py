@@ -51,8 +51,8 @@ recording it anywhere: it is lost, even with ``acks_late``. The soak test
 takes messages and records them as unacked in one Lua script
 (:data:`POP_SCRIPT`; up to 16 per look, never more than the prefetch window
 has room for), so a message is always in its list or in the unacked set.
-While looks find messages, the script itself is what the consumer sends on
-its polling connection (one round trip per batch); once a look finds none,
+While looks find messages, the consumer takes the next batch at once
+(:class:`Poller`: one round trip per batch); once a look finds none,
 BRPOP waits for a *wake token*: every publish through this channel (and
 every release of a parked message) pushes one onto ``tasksq.wake:<list>``.
 A message that arrives without a token (sent by a Celery client, or given
@@ -190,7 +190,7 @@ class Channel(SendsMixin, kombu_redis.Channel):
         self._can_silence: bool | None = None  # does the server take CLIENT REPLY? (asked once per connection)
         self._shas: dict[str, str] = {}
         self._found_last_time = True  # look before the first wait
-        self._sent_command = "BRPOP"
+        self._raw_sock: Any = None  # the socket the reply mode below was set on
         super().__init__(*args, **kwargs)
 
     @contextmanager
@@ -205,35 +205,34 @@ class Channel(SendsMixin, kombu_redis.Channel):
     # -- consuming: take and record in one step -------------------------------------------
 
     def _brpop_start(self, timeout: float | None = None) -> None:
-        """Wait for a wake token -- or, when the last look found messages, take the next ones at once:
-        the take script goes out on the polling connection and its reply is what the poller reads."""
+        """Wait for a wake token. (While looks find messages, :class:`Poller` takes without waiting.)"""
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu types it as None
-        if self._found_last_time:
-            keys, args = self._take_arguments()
-            self._sent_command = "EVALSHA"
-            self.client.connection.send_command("EVALSHA", self._sha(POP_SCRIPT), len(keys), *keys, *args)
-            return
         wakes = [WAKE_PREFIX + self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        self._sent_command = "BRPOP"
         self.client.connection.send_command("BRPOP", *wakes, timeout or self.brpop_timeout or 1)
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
             try:
-                reply = self.client.parse_response(self.client.connection, self._sent_command, **options)
-            except NoScriptError:  # a new or flushed Redis: take through _eval, which loads the script
-                return self._take_one()
+                self.client.parse_response(self.client.connection, "BRPOP", **options)
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
-            return self._deliver_taken(reply) if self._sent_command == "EVALSHA" else self._take_one()
+            if self._closing:  # kombu's close() reads the last wait's reply: take nothing more
+                raise Empty()
+            return self._take_one()
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu types it as bool
             self._flush_brpop_reauth()
+
+    def may_take_ahead(self) -> bool:
+        """Should the poller take at once, without waiting? When the last look found messages, this
+        channel consumes, has prefetch room, and no wait of its own is in flight."""
+        return (self._found_last_time and not self._in_poll and not self._closing and bool(self.active_queues)
+                and self.qos.can_consume())
 
     def _take_arguments(self) -> tuple[list[str], list]:
         """Keys and arguments of :data:`POP_SCRIPT`: every priority list of every queue consumed, then
@@ -297,10 +296,10 @@ class Channel(SendsMixin, kombu_redis.Channel):
         FIN, read after every write before it. (Waiting for each reply
         instead cost a round trip per task: 40 to 45 us here.) What is given
         up is the ack's own error reply: an ack Redis refused (``MISCONF``, a
-        replica's ``READONLY``) is not reported; the next take on this
-        connection, which writes too, is -- and a started task whose ack did
-        not land is acked, not run, when it comes back to this worker, as
-        when the connection breaks (``Worker._already_started``).
+        replica's ``READONLY``) is not reported; the next take, which writes
+        too, is -- and a started task whose ack did not land is acked, not
+        run, when it comes back to this worker, as when the connection breaks
+        (``Worker._already_started``).
 
         A server that does not take ``CLIENT REPLY`` (some proxies) is asked
         once per connection; there each ``wait=False`` call owes its replies,
@@ -312,8 +311,11 @@ class Channel(SendsMixin, kombu_redis.Channel):
         if connection is None:
             with self.conn_or_acquire() as client:
                 connection = self._raw_connection = client.connection_pool.make_connection()
-            self._replies_off, self._can_silence = False, None
         try:
+            if connection._sock is None or connection._sock is not self._raw_sock:  # new, or reconnected
+                connection.connect()
+                self._raw_sock, self._raw_pending, self._replies_off, self._can_silence = \
+                    connection._sock, 0, False, None
             if not wait and self._silenceable(connection):
                 connection.send_packed_command([packed if self._replies_off else REPLY_OFF + packed],
                                                check_health=False)
@@ -337,20 +339,22 @@ class Channel(SendsMixin, kombu_redis.Channel):
             raise
 
     def _silenceable(self, connection: Any) -> bool:
-        """Does the server behind ``connection`` take ``CLIENT REPLY``? Asked once per connection:
-        ``OFF`` then ``ON`` answer exactly one ``OK`` where it does, two errors where it does not."""
+        """Does the server behind ``connection`` honour ``CLIENT REPLY``? Asked once per connection:
+        ``OFF``, ``ON``, ``PING`` answer exactly ``OK`` then ``PONG`` where it does; a server that
+        refuses the command, or answers ``OFF`` anyway, answers three times."""
         if self._can_silence is None:
-            connection.send_packed_command([REPLY_OFF + REPLY_ON], check_health=False)
-            try:
-                connection.read_response()
-                self._can_silence = True
-            except ResponseError:
+            connection.send_packed_command([REPLY_OFF + REPLY_ON + resp("PING")], check_health=False)
+            replies: list = []
+            while len(replies) < 3:
                 try:
-                    connection.read_response()
-                except ResponseError:  # the second command's error: CLIENT is not known either
-                    pass
-                self._can_silence = False
-                logger.info("redis:// the server does not take CLIENT REPLY: early acks wait for their reply")
+                    replies.append(connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+                if replies[-1] in (b"PONG", "PONG"):
+                    break
+            self._can_silence = len(replies) == 2
+            if not self._can_silence:
+                logger.info("redis:// the server does not honour CLIENT REPLY: early acks wait for their reply")
         return self._can_silence
 
     def close_raw_connection(self, *, settle: bool = False) -> None:
@@ -447,7 +451,32 @@ class Channel(SendsMixin, kombu_redis.Channel):
         super().close()
 
 
+class Poller(kombu_redis.MultiChannelPoller):
+    """kombu's poller, except that a channel whose last look found messages takes the next ones
+    before any wait: one round trip per batch (the take itself, read at once, so the batch is
+    sized by the prefetch room when it lands and no taken message waits in a socket unread)."""
+
+    def get(self, callback: Any, timeout: float | None = None) -> Any:
+        for channel in self._channels:
+            if channel.may_take_ahead():
+                self._in_protected_read = True  # a basic_cancel from a callback waits, as in kombu's get()
+                try:
+                    channel._take_one()
+                    return
+                except Empty:
+                    break  # nothing there: wait below
+                finally:
+                    self._in_protected_read = False
+                    while self.after_read:
+                        self.after_read.pop()()
+        return super().get(callback, timeout)
+
+
 class Transport(KeeperMixin, kombu_redis.Transport):  # type: ignore[misc]  # kombu types channels as None
     Channel = Channel
     keeper_name = "redis-transport-keeper"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = Poller()
 
