@@ -478,5 +478,5 @@ class Transport(KeeperMixin, kombu_redis.Transport):  # type: ignore[misc]  # ko
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.cycle = Poller()
+        self.cycle = Poller()  # type: ignore[assignment]  # kombu types it as None
 
