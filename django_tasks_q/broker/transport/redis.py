@@ -234,24 +234,16 @@ class Channel(SendsMixin, kombu_redis.Channel):
         return (self._found_last_time and not self._in_poll and not self._closing and bool(self.active_queues)
                 and self.qos.can_consume())
 
-    def _take_arguments(self) -> tuple[list[str], list]:
-        """Keys and arguments of :data:`POP_SCRIPT`: every priority list of every queue consumed, then
-        the unacked hash and index; now, and as many messages as the prefetch window has room for."""
+    def _take_one(self) -> bool:
+        """Take as many messages as the prefetch window allows (one round trip) and deliver them."""
         queues = list(self.active_queues)
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
         room = self.qos.can_consume_max_estimate()  # None: no prefetch limit
-        return keys + [self.unacked_key, self.unacked_index_key], [time(), TAKE_BATCH if room is None
-                                                                   else max(0, min(TAKE_BATCH, room))]
-
-    def _take_one(self) -> bool:
-        """Take as many messages as the prefetch window allows (one round trip) and deliver them."""
-        keys, args = self._take_arguments()
-        if args[1] < 1:
+        want = TAKE_BATCH if room is None else min(TAKE_BATCH, room)
+        if want < 1:
             raise Empty()
-        return self._deliver_taken(self._eval(POP_SCRIPT, keys, args))
-
-    def _deliver_taken(self, taken: list) -> bool:
-        """Hand what :data:`POP_SCRIPT` took to kombu's consumers, in order; ``Empty`` if it took none."""
+        keys += [self.unacked_key, self.unacked_index_key]
+        taken = self._eval(POP_SCRIPT, keys, [time(), want])
         self._found_last_time = bool(taken)
         delivered = False
         for index in range(0, len(taken), 3):
@@ -373,15 +365,12 @@ class Channel(SendsMixin, kombu_redis.Channel):
         finally:
             connection.disconnect()
 
-    def _sha(self, source: str) -> str:
+    def _eval(self, source: str, keys: list[str], args: list) -> Any:
+        """EVALSHA ``source`` through :meth:`raw_call`, loading it first when Redis does not know it."""
         sha = self._shas.get(source)
         if sha is None:
             sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
-        return sha
-
-    def _eval(self, source: str, keys: list[str], args: list) -> Any:
-        """EVALSHA ``source`` through :meth:`raw_call`, loading it first when Redis does not know it."""
-        command = resp("EVALSHA", self._sha(source), len(keys), *keys, *args)
+        command = resp("EVALSHA", sha, len(keys), *keys, *args)
         try:
             return self.raw_call(command, 1)[0]
         except NoScriptError:  # a new or flushed Redis
