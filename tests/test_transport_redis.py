@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import select
+import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -100,6 +103,64 @@ def test_early_acks_get_no_reply_and_apply_in_order(redis_url):
         channel.raw_call(resp("INCR", "quiet"), 1, wait=False)  # quiet again after a call that waited
         assert not replied(channel._raw_connection._sock)
         assert channel.raw_call(resp("GET", "quiet"), 1) == [b"4"]
+
+
+def test_early_acks_reach_redis_with_the_next_call_that_waits(redis_url):
+    """The kernel holds quiet writes (MSG_MORE) until the next call that waits: Redis reads a batch
+    of acks and the take after them at once, instead of being woken for every ack."""
+    client = redis.Redis.from_url(redis_url)
+    with connect(redis_url) as connection:
+        channel = connection.default_channel
+        channel.raw_call(resp("PING"), 1)  # connected and probed
+        before = client.info("stats")["total_reads_processed"]
+        for _ in range(10):
+            channel.raw_call(resp("INCR", "held"), 1, wait=False)
+            time.sleep(0.002)  # long enough for Redis to read each write on its own, were it sent
+        assert channel.raw_call(resp("GET", "held"), 1) == [b"10"]
+        reads = client.info("stats")["total_reads_processed"] - before  # the GET's and this INFO's: 2
+        assert reads <= 4, f"Redis read {reads} times for 10 held writes and a GET: each write woke it"
+
+
+def test_a_held_early_ack_lands_without_a_later_call(redis_url):
+    """A task that runs long after its ack makes no further call: the held write still reaches
+    Redis on its own, within the kernel's probe timer (about 0.2 s)."""
+    client = redis.Redis.from_url(redis_url)
+    with connect(redis_url) as connection:
+        channel = connection.default_channel
+        channel.raw_call(resp("PING"), 1)
+        channel.raw_call(resp("SET", "alone", 1), 1, wait=False)
+        deadline = time.monotonic() + 2
+        while client.get("alone") is None:
+            assert time.monotonic() < deadline, "a held ack had not reached Redis 2 s later"
+            time.sleep(0.01)
+
+
+KILLED_AFTER_QUIET_WRITES = """
+import os, signal, sys
+from kombu import Connection
+from django_tasks_q.broker.transport.redis import Transport
+from django_tasks_q.broker.transport.redis_sends import resp
+connection = Connection(sys.argv[1])
+connection.transport_cls = Transport
+channel = connection.default_channel
+channel.raw_call(resp("PING"), 1)
+for _ in range(5):
+    channel.raw_call(resp("INCR", "killed"), 1, wait=False)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_held_early_acks_land_when_the_process_is_killed(redis_url):
+    """SIGKILL right after the acks: the kernel closes the socket and sends what it held, then the FIN."""
+    client = redis.Redis.from_url(redis_url)
+    client.delete("killed")
+    child = subprocess.run([sys.executable, "-c", KILLED_AFTER_QUIET_WRITES, redis_url], capture_output=True,
+                           text=True, timeout=60)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    deadline = time.monotonic() + 2
+    while client.get("killed") != b"5":
+        assert time.monotonic() < deadline, f"acks lost with the killed process: {client.get('killed')!r} of 5"
+        time.sleep(0.01)
 
 
 def test_without_client_reply_one_early_ack_is_in_flight_at_a_time(redis_without_client_reply):

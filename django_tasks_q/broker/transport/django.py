@@ -48,7 +48,7 @@ Features
   :mod:`django_tasks_q.broker.transport.django_claims`. One message goes to
   one consumer.
 * Bulk sends: :meth:`Channel.put_messages` inserts a batch with multi-row
-  ``INSERT``\ s.
+  ``INSERT`` statements.
 * Transactions: a publish inside the caller's ``transaction.atomic()`` is an
   INSERT in that transaction. Consumers see the message only once it
   commits, and a rollback sends nothing -- so a task about a row being
