@@ -14,6 +14,13 @@ def redis_url():
 
 
 @pytest.fixture(scope="session")
+def redis_without_client_reply():
+    """A Redis that refuses CLIENT (as some proxies do): quiet writes must fall back to waiting."""
+    with servers.serve(servers.RedisServer(extra_args=("--rename-command", "CLIENT", ""))) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def amqp_url():
     """``amqp://guest:guest@127.0.0.1:PORT//`` of a private RabbitMQ node."""
     with servers.serve(servers.RabbitMQServer()) as url:

@@ -77,13 +77,6 @@ def test_parked_messages_move_to_their_list_once_when_due(redis_url):
     client.delete(REDIS_KEY)
 
 
-@pytest.fixture(scope="module")
-def redis_without_client_reply():
-    """A Redis that refuses CLIENT (as some proxies do): early acks must fall back to waiting."""
-    with servers.serve(servers.RedisServer(extra_args=("--rename-command", "CLIENT", ""))) as url:
-        yield url
-
-
 def replied(sock: socket.socket, wait: float = 0.3) -> bool:
     """Has the server written anything to ``sock`` that is not read yet?"""
     return bool(select.select([sock], [], [], wait)[0])

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from ..conf import settings
-from ..core.states import EXCEPTION_STATES, READY_STATES
+from ..core.states import EXCEPTION_STATES, READY_STATES, TaskState
 from ..exceptions import ImproperlyConfigured, TaskError, TimeoutError
 
 
@@ -83,6 +83,10 @@ class ResultBackend:
     def mark(self, task_id: str, state: str, *, result: Any = None, traceback: str = "",
              request: Any = None, task_name: str = "", runtime: float | None = None) -> None:
         raise NotImplementedError
+
+    def mark_started(self, task_id: str, *, request: Any = None, task_name: str = "") -> None:
+        """The STARTED write before a task runs; a backend may write it without waiting."""
+        self.mark(task_id, TaskState.STARTED, request=request, task_name=task_name)
 
     def meta(self, task_id: str) -> ResultMeta | None:
         raise NotImplementedError

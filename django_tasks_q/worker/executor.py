@@ -177,7 +177,7 @@ def execute(message: TaskMessage, delivery_info: dict, hostname: str | None, *,
     context.push(request)
     try:
         if track and store:
-            backend.mark(message.id, TaskState.STARTED, request=request, task_name=task.name)
+            backend.mark_started(message.id, request=request, task_name=task.name)
         signals.send(signals.task_prerun, sender=task, task_id=request.id, task=task, args=args, kwargs=kwargs)
         try:
             try:

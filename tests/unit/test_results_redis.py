@@ -123,6 +123,45 @@ def test_forget_deletes_the_key_and_the_state_is_pending_again(backend, raw):
     assert AsyncResult(task_id).state == TaskState.PENDING
 
 
+def test_started_goes_out_without_waiting_and_never_over_a_final_state(backend, raw):
+    """The STARTED write before a task runs does not wait for Redis (a round trip less per task);
+    it leaves nothing unread on the pooled connection, and one that lands after the final state
+    (it may travel on another connection) changes nothing."""
+    task_id = str(uuid.uuid4())
+    backend.mark_started(str(uuid.uuid4()), task_name=NAME)  # the server is asked about CLIENT REPLY once
+    listener = raw.pubsub()
+    listener.subscribe(key := f"celery-task-meta-{task_id}")
+    assert listener.get_message(timeout=1)["type"] == "subscribe"
+    raw.execute_command("CLIENT", "PAUSE", 400, "ALL")  # Redis answers nobody for 0.4 s
+    began = time.monotonic()
+    backend.mark_started(task_id, request=request(task_id), task_name=NAME)
+    assert time.monotonic() - began < 0.2, "the STARTED write waited for Redis"
+    published = listener.get_message(timeout=3)
+    assert published and json.loads(published["data"])["status"] == TaskState.STARTED
+    stored = json.loads(raw.get(key))
+    assert (stored["status"], stored["worker"], stored["args"]) == (TaskState.STARTED, "w1@host", [2, 3])
+    assert 0 < raw.ttl(key) <= 120
+    assert backend.meta(task_id).state == TaskState.STARTED  # the pooled connection had no reply left on it
+
+    backend.mark(task_id, TaskState.SUCCESS, result=5, request=request(task_id), task_name=NAME)
+    assert json.loads(listener.get_message(timeout=1)["data"])["status"] == TaskState.SUCCESS
+    backend.mark_started(task_id, request=request(task_id), task_name=NAME)  # late: after the final state
+    assert listener.get_message(timeout=0.5) is None, "a late STARTED was published"
+    assert (backend.meta(task_id).state, backend.meta(task_id).result) == (TaskState.SUCCESS, 5)
+    listener.close()
+
+
+def test_started_waits_for_its_reply_where_client_reply_is_refused(settings, redis_without_client_reply):
+    settings.TASKS_Q = {**settings.TASKS_Q, "RESULT_BACKEND": redis_without_client_reply}
+    backend = get_backend()
+    task_id = str(uuid.uuid4())
+    backend.mark_started(task_id, request=request(task_id), task_name=NAME)
+    assert backend.meta(task_id).state == TaskState.STARTED
+    backend.mark(task_id, TaskState.SUCCESS, result=1)
+    assert backend.meta(task_id).state == TaskState.SUCCESS  # no stray reply read in place of the GET's
+    backend.client.close()
+
+
 def test_get_sleeps_on_the_publish_and_times_out_without_polling(backend, raw):
     task_id = str(uuid.uuid4())
     threading.Timer(0.3, backend.mark, (task_id, TaskState.SUCCESS), {"result": 42}).start()
