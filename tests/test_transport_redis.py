@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import select
 import signal
 import socket
@@ -200,3 +201,51 @@ def test_consumer_takes_back_to_back_and_its_acks_land(server, request):
         assert [item["n"] for item in got] == list(range(30))
         channel.close_raw_connection(settle=True)
         assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0, "an ack did not land"
+
+
+def test_the_take_records_what_kombu_would_and_sets_aside_what_is_not_a_message(redis_url):
+    """The take script's unacked record is kombu's ``[message, exchange, routing_key]`` under the
+    message's own tag, whatever the order of the envelope's members. A list entry that is not a
+    kombu message goes to the raw dead list byte for byte -- also one that Redis's decoder took and
+    Python's cannot (nested deeper than Python's recursion limit), whose record is dropped: it
+    used to escape the take as a RecursionError, the worker's loop, every time it came back."""
+    client = redis.Redis.from_url(redis_url)
+    client.delete("tasksq.dead.raw")
+    queue = Queue("shapes")
+    records: list = []
+    got: list = []
+
+    def on_message(message):
+        records.append((json.loads(client.hget("unacked", message.delivery_tag)), message.delivery_tag))
+        got.append(message.payload)
+        message.ack()
+
+    with connect(redis_url) as connection:
+        producer = Producer(connection.channel())
+        producer.publish({"n": 1}, routing_key="shapes", declare=[queue])
+        key = next(k for k in client.keys("shapes*") if client.type(k) == b"list")
+        kombus = json.loads(client.lindex(key, 0))
+        reordered = {"properties": {**kombus["properties"], "delivery_tag": "reordered-tag"},
+                     **{k: v for k, v in kombus.items() if k != "properties"}}
+        client.lpush(key, json.dumps(reordered))  # properties first: decoded whole
+        client.lpush(key, b"\xff not json")
+        deep = (b'{"headers": {"x": ' + b"[" * 995 + b"]" * 995 + b'}, "properties": {"delivery_tag": '
+                b'"deep-tag", "delivery_info": {"exchange": "", "routing_key": "shapes"}}}')
+        client.lpush(key, deep)
+        producer.publish({"n": 3}, routing_key="shapes", headers={"properties": {"delivery_tag": "decoy"}})
+        producer.publish({"n": 4}, routing_key="shapes")
+        consuming = connection.channel()
+        Consumer(consuming, [queue], on_message=on_message).consume()
+        while len(got) < 4:
+            connection.drain_events(timeout=2)
+        assert [item["n"] for item in got] == [1, 1, 3, 4]
+        for record, tag in records:
+            message, exchange, routing_key = record
+            assert message["properties"]["delivery_tag"] == tag
+            assert [exchange, routing_key] == [message["properties"]["delivery_info"]["exchange"],
+                                               message["properties"]["delivery_info"]["routing_key"]]
+        assert [tag for _, tag in records][1] == "reordered-tag"
+        assert "decoy" not in [tag for _, tag in records]
+        assert client.lrange("tasksq.dead.raw", 0, -1) == [deep, b"\xff not json"]
+        consuming.close_raw_connection(settle=True)  # the last acks, held for the next take, go now
+        assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0, client.hkeys("unacked")

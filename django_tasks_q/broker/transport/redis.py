@@ -49,8 +49,9 @@ dies) between the two has removed the message from its list without
 recording it anywhere: it is lost, even with ``acks_late``. The soak test
 (``bench/soak.py``) lost a few per thousand kills that way. This channel
 takes messages and records them as unacked in one Lua script
-(:data:`POP_SCRIPT`; up to 16 per look, never more than the prefetch window
-has room for), so a message is always in its list or in the unacked set.
+(:mod:`~django_tasks_q.broker.transport.redis_scripts`; up to 16 per look,
+never more than the prefetch window has room for), so a message is always
+in its list or in the unacked set.
 While looks find messages, the consumer takes the next batch at once
 (:class:`Poller`: one round trip per batch); once a look finds none,
 BRPOP waits for a *wake token*: every publish through this channel (and
@@ -84,21 +85,9 @@ from ...core.protocol import fast_loads
 from ..delayed import REDIS_KEY, RELEASE_LEAD
 from ..topic import TopicExchange
 from .keeper import KeeperMixin, held_tags
+from .redis_scripts import POP_SCRIPT, RELEASE_SCRIPT
 from .redis_sends import WAKE_PREFIX, SendsMixin, bulk_string, resp
 
-#: Move due parked messages to their lists; the member is "<list key>\n<message>".
-RELEASE_SCRIPT = r"""
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do
-    redis.call('ZREM', KEYS[1], member)
-    local cut = string.find(member, '\n', 1, true)
-    local key = string.sub(member, 1, cut - 1)
-    redis.call('LPUSH', key, string.sub(member, cut + 1))
-    redis.call('LPUSH', 'tasksq.wake:' .. key, 1)
-    redis.call('LTRIM', 'tasksq.wake:' .. key, 0, 63)
-end
-return #due
-"""
 RELEASE_BATCH = 1000
 #: Most messages one look takes (still never more than the prefetch window has room for).
 TAKE_BATCH = 16
@@ -109,36 +98,6 @@ REPLY_OFF = resp("CLIENT", "REPLY", "OFF")
 REPLY_ON = resp("CLIENT", "REPLY", "ON")
 logger = logging.getLogger(__name__)
 
-#: Take up to ARGV[2] messages from the lists KEYS[1..n-2], in order, and record each unacked
-#: (hash KEYS[n-1], index KEYS[n], score ARGV[1]) in the same step. Returns a flat list of
-#: (list, message, ok) triples; ok is "bad" for a message that is not kombu JSON (not recorded:
-#: the caller dead-letters it).
-POP_SCRIPT = r"""
-local n = #KEYS - 2
-local want = tonumber(ARGV[2])
-local taken = {}
-local i = 1
-while i <= n and #taken < want * 3 do
-    local item = redis.call('RPOP', KEYS[i])
-    if not item then
-        i = i + 1
-    else
-        local ok, message = pcall(cjson.decode, item)
-        local props = ok and type(message) == 'table' and message['properties']
-        local tag = type(props) == 'table' and props['delivery_tag']
-        if type(tag) ~= 'string' then
-            table.insert(taken, KEYS[i]); table.insert(taken, item); table.insert(taken, 'bad')
-        else
-            local info = type(props['delivery_info']) == 'table' and props['delivery_info'] or {}
-            redis.call('ZADD', KEYS[n + 2], ARGV[1], tag)
-            redis.call('HSET', KEYS[n + 1], tag, '[' .. item .. ',' .. cjson.encode(info['exchange'] or '') .. ','
-                .. cjson.encode(info['routing_key'] or '') .. ']')
-            table.insert(taken, KEYS[i]); table.insert(taken, item); table.insert(taken, 'ok')
-        end
-    end
-end
-return taken
-"""
 
 
 def held_writes_flag(sock: Any) -> int:
@@ -261,16 +220,13 @@ class Channel(SendsMixin, kombu_redis.Channel):
         self._found_last_time = bool(taken)
         delivered = False
         for index in range(0, len(taken), 3):
-            key, item = bytes_to_str(taken[index]), bytes_to_str(taken[index + 1])
-            if bytes_to_str(taken[index + 2]) == "bad":  # not a kombu message: keep it aside
-                logger.error("redis:// list %r held a message that is not kombu JSON; moved to %r: %.200r",
-                             key, DEAD_LIST, item)
-                with self.conn_or_acquire() as client:
-                    client.lpush(DEAD_LIST, item)
+            key, raw, tag = bytes_to_str(taken[index]), taken[index + 1], taken[index + 2]
+            payload = None if tag is None else self._kombu_message(raw, bytes_to_str(tag))
+            if payload is None:
+                self._set_aside(key, raw, tag)
                 continue
             queue = key.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
-            payload = fast_loads(item)
             self._held_by_script = payload["properties"]["delivery_tag"]
             try:
                 self.connection._deliver(payload, queue)
@@ -280,6 +236,26 @@ class Channel(SendsMixin, kombu_redis.Channel):
         if not delivered:
             raise Empty()
         return True
+
+    @staticmethod
+    def _kombu_message(raw: bytes, tag: str) -> dict | None:
+        """The decoded message the take script recorded under ``tag``; None if it is not that (Lua's
+        decoder took it, Python's did not: nested deeper than Python's recursion limit, say)."""
+        try:
+            payload = fast_loads(bytes_to_str(raw))
+            return payload if payload["properties"]["delivery_tag"] == tag else None
+        except (ValueError, TypeError, KeyError, RecursionError):
+            return None
+
+    def _set_aside(self, key: str, raw: bytes, tag: bytes | None) -> None:
+        """A list entry that is not a kombu message cannot be refused like one: move its bytes to
+        ``DEAD_LIST``, and drop the unacked record the take script made for it, if any."""
+        logger.error("redis:// list %r held a message that is not kombu JSON; moved to %r: %.200r",
+                     key, DEAD_LIST, raw)
+        command = resp("LPUSH", DEAD_LIST, raw)
+        if tag is not None:
+            command += resp("ZREM", self.unacked_index_key, tag) + resp("HDEL", self.unacked_key, tag)
+        self.raw_call(command, 1 if tag is None else 3)
 
     # -- the consumer's hot path: raw RESP on a connection of its own ---------------------------
 
