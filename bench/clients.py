@@ -24,7 +24,8 @@ parked a day ahead, then a marker task writing READY, not parked),
 ``park-window N START END LEAD`` (a start marker, N no-ops and an end
 marker, all parked until LEAD seconds from now; prints that due time),
 ``processed HOSTNAME`` (how many tasks the worker of that name ran, from the
-heartbeat row it writes when it stops).
+heartbeat row it writes when it stops); ``open-gate QUEUE NAME...`` (ours:
+once the named workers answer a ping, they all start consuming QUEUE).
 """
 
 from __future__ import annotations
@@ -243,6 +244,21 @@ def bulk_in_chunks(send_many: Callable[[int], object], n: int) -> int:
     return n
 
 
+def open_gate(queue: str, names: list[str], timeout: float = 120.0) -> dict:
+    """Wait until each named worker of ours answers a ping, then have all of them consume ``queue``."""
+    from django_tasks_q.inspection import broadcast
+
+    destination = [f"{name}@%h" for name in names]
+    deadline = time.monotonic() + timeout
+    while (silent := broadcast("ping", {}, destination, timeout=1.0).silent):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"workers {silent} did not answer a ping within {timeout:.0f}s")
+    told = broadcast("add_consumer", {"queue": queue}, destination, timeout=10.0)
+    if told.silent:
+        raise SystemExit(f"workers {told.silent} did not start consuming {queue!r}")
+    return {"answers": told.answers}
+
+
 def main(argv: list[str]) -> dict:
     system, action, *rest = argv
     client = CLIENTS[system]()
@@ -251,6 +267,8 @@ def main(argv: list[str]) -> dict:
         return {}
     if action == "processed":
         return {"processed": worker_processed(rest[0])}
+    if action == "open-gate":
+        return open_gate(rest[0], rest[1:])
     n = int(rest[0])
     if action == "enqueue":
         send = (client.send_quiet or client.send) if rest[1:] == ["quiet"] else client.send

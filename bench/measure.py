@@ -15,6 +15,8 @@ from bench.workers import Worker, client, environment, new_marker, worker_comman
 
 #: Seconds an idle worker is left alone before its memory is read.
 IDLE_SETTLE = 2.0
+#: The empty queue two workers start on before they are told to consume the filled one together.
+GATE_QUEUE = "benchgate"
 
 
 def drain(system: str, broker_url: str, n: int, pool: str = "solo", concurrency: int = 1) -> dict:
@@ -40,16 +42,23 @@ def drain(system: str, broker_url: str, n: int, pool: str = "solo", concurrency:
 
 
 def drain_two_solo(broker_url: str, n: int) -> dict:
-    """The drain row with two ``-P solo`` workers of ours side by side (two processes on two CPUs):
-    the queue as :func:`drain` fills it, both workers started together, timed between the markers,
-    CPU summed over both."""
+    """The drain row with two ``-P solo`` workers of ours side by side (two processes on two CPUs),
+    the queue filled as :func:`drain` fills it, timed between the markers, CPU summed over both.
+
+    Both workers start on an empty gate queue and are told to consume the filled one (remote
+    control ``add_consumer``) once both answer a ping. Started straight on the filled queue, the
+    first worker up ran alone until the second had started -- a second or more of start-up that
+    varies from one start to the next, inside a drain of one or two seconds -- while the
+    one-process row leaves start-up out.
+    """
     from bench.measure_db import timed_drain
 
     env = environment(broker_url)
     start, end = new_marker(), new_marker()
     sent = client("ours", env, "fill", n, start, end)
-    commands = [worker_command("ours", broker_url, name=f"bench{index}") for index in (1, 2)]
-    drain = timed_drain(commands, env, start, end)
+    names = [f"bench{index}" for index in (1, 2)]
+    commands = [worker_command("ours", broker_url, name=name, queue=GATE_QUEUE) for name in names]
+    drain = timed_drain(commands, env, start, end, gate=lambda: client("ours", env, "open-gate", "default", *names))
     return {**drain.figures(n + 2), "enqueue_rate": n / sent["seconds"]}
 
 

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,11 +115,14 @@ class Drain:
 
 
 def timed_drain(commands: list[list[str]], env: dict[str, str], start: Path, end: Path,
-                database: Database | None = None) -> Drain:
-    """Start the workers together on a filled queue and time them from the start marker to the end marker."""
+                database: Database | None = None, gate: Callable[[], object] | None = None) -> Drain:
+    """Start the workers together on a filled queue and time them from the start marker to the end marker
+    (``gate``: called once they are started, returns when they may all consume)."""
     server = database.server_pid if database else None
     with contextlib.ExitStack() as stack:
         workers = [stack.enter_context(Worker(command, env)) for command in commands]
+        if gate is not None:
+            gate()
         began = wait_for(workers, start)
         began_cpu = sum(worker.cpu_seconds() for worker in workers)
         began_server = cpu_seconds(server) if server else 0.0

@@ -36,18 +36,21 @@ def environment(broker_url: str, result_url: str | None = None, **extra: str) ->
 
 
 def worker_command(system: str, broker_url: str, pool: str = "solo", concurrency: int = 1,
-                   name: str | None = None) -> list[str]:
+                   name: str | None = None, queue: str | None = None) -> list[str]:
     """The worker of ``system``, quiet (warnings only) and otherwise as the library ships it.
 
     The pools the issue fixes: one process for every drain (Celery and ours
     ``-P solo``, Huey ``-w 1``, RQ's SimpleWorker in burst mode, Dramatiq
     ``-p 1 -t 1``); ``pool``/``concurrency`` apply to ours and Celery only.
-    ``name`` gives ours a node name of its own (``-n``), for two workers side by side.
+    ``name`` gives ours a node name of its own (``-n``), for two workers side by side;
+    ``queue`` makes ours consume that queue instead of the default one (``-Q``).
     """
     python = sys.executable
     if system == "ours":
         named = ["-n", f"{name}@%h"] if name else []
-        return [python, "manage.py", "taskworker", "-P", pool, "-c", str(concurrency), "-l", "WARNING", *named]
+        queues = ["-Q", queue] if queue else []
+        return [python, "manage.py", "taskworker", "-P", pool, "-c", str(concurrency), "-l", "WARNING", *named,
+                *queues]
     if system in ("celery", "celery-django"):
         app = "bench.celery_app" if system == "celery" else "bench.peers.celery_django_app"
         return [python, "-m", "celery", "-A", app, "worker", "-P", pool, "-c", str(concurrency),
