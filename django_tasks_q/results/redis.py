@@ -17,6 +17,7 @@ thread keeps its subscription connection from one ``get()`` to the next.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -34,6 +35,9 @@ MAX_CONNECTIONS = 100
 #: ... and how long a writer waits for one of them before the write fails.
 CONNECTION_WAIT = 30.0
 GROUP_PREFIX = "celery-taskset-meta-"
+#: Threads per process that keep a connection of their own for STARTED writes (mark_started).
+STARTED_WRITERS = 8
+logger = logging.getLogger(__name__)
 
 
 #: STARTED as :meth:`RedisBackend.mark_started` writes it: never over a final state (a write that
@@ -75,7 +79,7 @@ class RedisBackend(ResultBackend):
         self._client: Any = None
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._reply_skip: bool | None = None  # does the server take CLIENT REPLY SKIP? (mark_started)
+        self._writers = [os.getpid(), 0]  # this process's STARTED connections (mark_started)
 
     @property
     def client(self) -> Any:
@@ -104,48 +108,58 @@ class RedisBackend(ResultBackend):
 
     def mark_started(self, task_id: str, *, request: Any = None, task_name: str = "") -> None:
         """STARTED without waiting for Redis before the task runs: a round trip less between a
-        message's arrival and its result. The write goes out under ``CLIENT REPLY SKIP`` on a pooled
-        connection, which is then clean for the next user; it is in the socket before the task
-        starts, and a script keeps it from replacing a final state should it reach Redis after the
-        task's final write (another connection). A write Redis refuses (out of memory, a replica) is
-        not reported -- the final state's write, which waits, is. A server that does not honour
-        ``CLIENT REPLY`` gets the ordinary write."""
-        if not self._skips_replies():
-            return super().mark_started(task_id, request=request, task_name=task_name)
-        document = json.dumps(self._document(task_id, TaskState.STARTED, None, "", request, task_name))
-        expires = int(settings.RESULT_EXPIRES or 0)
-        pool = self.client.connection_pool
-        connection = pool.get_connection()
-        try:
-            connection.send_packed_command(
-                connection.pack_command("CLIENT", "REPLY", "SKIP")
-                + connection.pack_command("EVAL", STARTED_SCRIPT, 1, task_key(task_id), document, expires,
-                                          *sorted(READY_STATES)))
-        finally:
-            pool.release(connection)
-
-    def _skips_replies(self) -> bool:
-        """Does the server honour ``CLIENT REPLY SKIP``? Asked once: after ``SKIP``, of two ``ECHO``\ s
-        only the second answers; a server refusing the command answers all three."""
-        if self._reply_skip is None:
-            from redis.exceptions import ResponseError
-
-            pool = self.client.connection_pool
-            connection = pool.get_connection()
+        message's arrival and its result. The write goes out on a connection this thread keeps for
+        it alone, and its reply is read before the thread's next STARTED write: a refusal (out of
+        memory, a busy script, a replica) is logged then, one task late, and no reply is ever left
+        where another command could read it. The final state's write goes through the pool -- another
+        connection -- and waits, as always; a script keeps a STARTED that reaches Redis after it from
+        replacing it. Past ``STARTED_WRITERS`` threads in a process (``-P threads`` with a large
+        ``-c``), or when this thread's connection breaks, STARTED is written through the pool and
+        waited for."""
+        writer = self._started_writer()
+        if writer is not None:
+            document = json.dumps(self._document(task_id, TaskState.STARTED, None, "", request, task_name))
+            connection = writer[1]
             try:
-                connection.send_packed_command(connection.pack_command("CLIENT", "REPLY", "SKIP")
-                                               + connection.pack_command("ECHO", "skipped")
-                                               + connection.pack_command("ECHO", "answered"))
-                replies: list = []
-                while not replies or replies[-1] != b"answered":
-                    try:
-                        replies.append(connection.read_response())
-                    except ResponseError as exc:
-                        replies.append(exc)
-                self._reply_skip = replies == [b"answered"]
-            finally:
-                pool.release(connection)
-        return self._reply_skip
+                self._settle(writer)
+                connection.send_packed_command(connection.pack_command(
+                    "EVAL", STARTED_SCRIPT, 1, task_key(task_id), document, int(settings.RESULT_EXPIRES or 0),
+                    *sorted(READY_STATES)), check_health=False)  # a health check's PING is not read here
+                writer[2] += 1
+                return
+            except Exception:
+                logger.warning("the STARTED write of task %s could not go out on its own connection; "
+                               "writing it through the pool", task_id, exc_info=True)
+                self._local.started = None
+                connection.disconnect()
+        super().mark_started(task_id, request=request, task_name=task_name)
+
+    def _started_writer(self) -> list | None:
+        """This thread's ``[pid, connection, replies owed]`` for STARTED writes; None past the limit."""
+        held = getattr(self._local, "started", None)
+        pid = os.getpid()
+        if held is not None and held[0] == pid:
+            return held
+        with self._lock:
+            if self._writers[0] != pid:  # a forked child counts its own
+                self._writers = [pid, 0]
+            if self._writers[1] >= STARTED_WRITERS:
+                return None
+            self._writers[1] += 1
+        held = self._local.started = [pid, self.client.connection_pool.make_connection(), 0]
+        return held
+
+    @staticmethod
+    def _settle(writer: list) -> None:
+        """Read the replies owed on a STARTED connection (they arrived while the last task ran)."""
+        from redis.exceptions import ResponseError
+
+        while writer[2]:
+            writer[2] -= 1
+            try:
+                writer[1].read_response()
+            except ResponseError as exc:
+                logger.warning("Redis refused a STARTED write (that task ran; its state skipped STARTED): %s", exc)
 
     @staticmethod
     def _document(task_id: str, state: str, result: Any, traceback: str, request: Any,

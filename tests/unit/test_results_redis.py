@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -124,11 +125,10 @@ def test_forget_deletes_the_key_and_the_state_is_pending_again(backend, raw):
 
 
 def test_started_goes_out_without_waiting_and_never_over_a_final_state(backend, raw):
-    """The STARTED write before a task runs does not wait for Redis (a round trip less per task);
-    it leaves nothing unread on the pooled connection, and one that lands after the final state
-    (it may travel on another connection) changes nothing."""
+    """The STARTED write before a task runs does not wait for Redis (a round trip less per task),
+    and one that lands after the final state (it travels on another connection) changes nothing."""
     task_id = str(uuid.uuid4())
-    backend.mark_started(str(uuid.uuid4()), task_name=NAME)  # the server is asked about CLIENT REPLY once
+    backend.mark_started(str(uuid.uuid4()), task_name=NAME)  # this thread's STARTED connection is made
     listener = raw.pubsub()
     listener.subscribe(key := f"celery-task-meta-{task_id}")
     assert listener.get_message(timeout=1)["type"] == "subscribe"
@@ -151,14 +151,74 @@ def test_started_goes_out_without_waiting_and_never_over_a_final_state(backend, 
     listener.close()
 
 
-def test_started_waits_for_its_reply_where_client_reply_is_refused(settings, redis_without_client_reply):
+BUSY_FOR_400_MS = """
+local began = redis.call('TIME')
+while true do
+    local now = redis.call('TIME')
+    if (now[1] - began[1]) * 1000000 + (now[2] - began[2]) > 400000 then return 1 end
+end
+"""
+
+
+def test_a_started_write_a_busy_redis_refuses_is_logged_and_leaves_no_stale_reply(backend, raw, url, caplog):
+    """While a long script runs, Redis answers every other command with BUSY. A STARTED write sent
+    then gets that answer later, on the thread's own STARTED connection: it is read (and logged)
+    before the next STARTED write, and no other command ever reads it in place of its own reply."""
+    backend.mark_started(str(uuid.uuid4()), task_name=NAME)  # this thread's STARTED connection is made
+    refused, done, after = (str(uuid.uuid4()) for _ in range(3))
+    raw.config_set("lua-time-limit", 50)  # BUSY after 50 ms instead of 5 s
+    try:
+        busy = threading.Thread(target=redis.Redis.from_url(url).eval, args=(BUSY_FOR_400_MS, 0))
+        busy.start()
+        time.sleep(0.2)
+        began = time.monotonic()
+        backend.mark_started(refused, request=request(refused), task_name=NAME)
+        assert time.monotonic() - began < 0.15, "the STARTED write waited for a busy Redis"
+        busy.join()
+    finally:
+        raw.config_set("lua-time-limit", 5000)
+    backend.mark(done, TaskState.SUCCESS, result=7)
+    assert (backend.meta(done).state, backend.meta(done).result) == (TaskState.SUCCESS, 7)
+    assert backend.meta(refused) is None, "Redis was busy: the STARTED write cannot have been applied"
+    with caplog.at_level(logging.WARNING, logger="django_tasks_q.results.redis"):
+        backend.mark_started(after, request=request(after), task_name=NAME)
+    assert "Redis refused a STARTED write" in caplog.text and "BUSY" in caplog.text
+    assert backend.meta(after).state == TaskState.STARTED
+
+
+def test_started_writes_past_the_per_process_limit_wait_for_redis(backend, raw, monkeypatch):
+    """Threads past STARTED_WRITERS (``-P threads -c 500``) do not each open a connection: their
+    STARTED goes through the pool and waits, as other writes do."""
+    from django_tasks_q.results import redis as redis_results
+
+    monkeypatch.setattr(redis_results, "STARTED_WRITERS", 1)
+    backend._writers = [os.getpid(), 0]
+    backend._local.started = None
+    backend.mark_started(str(uuid.uuid4()), task_name=NAME)  # this thread takes the only one
+    took: list[float] = []
+
+    def other_thread() -> None:
+        began = time.monotonic()
+        backend.mark_started(str(uuid.uuid4()), task_name=NAME)
+        took.append(time.monotonic() - began)
+
+    raw.execute_command("CLIENT", "PAUSE", 300, "ALL")
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    worker.join()
+    assert took and took[0] >= 0.2, f"the second thread's STARTED did not wait ({took})"
+
+
+def test_started_works_on_a_server_without_client(settings, redis_without_client_reply):
+    """Nothing in the STARTED write depends on CLIENT (which proxies often refuse)."""
     settings.TASKS_Q = {**settings.TASKS_Q, "RESULT_BACKEND": redis_without_client_reply}
     backend = get_backend()
     task_id = str(uuid.uuid4())
     backend.mark_started(task_id, request=request(task_id), task_name=NAME)
+    backend.mark_started(str(uuid.uuid4()), task_name=NAME)  # reads the first one's reply
     assert backend.meta(task_id).state == TaskState.STARTED
     backend.mark(task_id, TaskState.SUCCESS, result=1)
-    assert backend.meta(task_id).state == TaskState.SUCCESS  # no stray reply read in place of the GET's
+    assert backend.meta(task_id).state == TaskState.SUCCESS
     backend.client.close()
 
 
