@@ -207,8 +207,9 @@ def test_the_take_records_what_kombu_would_and_sets_aside_what_is_not_a_message(
     """The take script's unacked record is kombu's ``[message, exchange, routing_key]`` under the
     message's own tag, whatever the order of the envelope's members. A list entry that is not a
     kombu message goes to the raw dead list byte for byte -- also one that Redis's decoder took and
-    Python's cannot (nested deeper than Python's recursion limit), whose record is dropped: it
-    used to escape the take as a RecursionError, the worker's loop, every time it came back."""
+    Python's or kombu's cannot (nested deeper than Python's recursion limit, a ``__type__`` kombu
+    cannot revive, a body its encoding cannot decode), whose record is dropped: each used to escape
+    the take, and stop its batch, every time it came back."""
     client = redis.Redis.from_url(redis_url)
     client.delete("tasksq.dead.raw")
     queue = Queue("shapes")
@@ -232,6 +233,13 @@ def test_the_take_records_what_kombu_would_and_sets_aside_what_is_not_a_message(
         deep = (b'{"headers": {"x": ' + b"[" * 995 + b"]" * 995 + b'}, "properties": {"delivery_tag": '
                 b'"deep-tag", "delivery_info": {"exchange": "", "routing_key": "shapes"}}}')
         client.lpush(key, deep)
+        # JSON both decoders take, that kombu cannot make a message of
+        poisons = [json.dumps({**kombus, **change, "properties": {**kombus["properties"], "delivery_tag": name}})
+                   .encode() for name, change in (
+                       ("typed", {"headers": {**kombus["headers"], "x": {"__type__": "decimal", "__value__": "x"}}}),
+                       ("bad-body", {"body": "abc"}))]
+        for poison in poisons:
+            client.lpush(key, poison)
         producer.publish({"n": 3}, routing_key="shapes", headers={"properties": {"delivery_tag": "decoy"}})
         producer.publish({"n": 4}, routing_key="shapes")
         consuming = connection.channel()
@@ -246,6 +254,26 @@ def test_the_take_records_what_kombu_would_and_sets_aside_what_is_not_a_message(
                                                message["properties"]["delivery_info"]["routing_key"]]
         assert [tag for _, tag in records][1] == "reordered-tag"
         assert "decoy" not in [tag for _, tag in records]
-        assert client.lrange("tasksq.dead.raw", 0, -1) == [deep, b"\xff not json"]
+        assert client.lrange("tasksq.dead.raw", 0, -1) == [*reversed(poisons), deep, b"\xff not json"]
         consuming.close_raw_connection(settle=True)  # the last acks, held for the next take, go now
         assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0, client.hkeys("unacked")
+
+
+def test_a_no_ack_consumer_leaves_no_unacked_record(redis_url):
+    """Remote control reads its replies with no_ack: nothing ever acks them, so the take must not
+    record them unacked (kombu does not either). Recorded, every broadcast's replies stayed in the
+    unacked hash and went back into their reply list after the visibility timeout."""
+    client = redis.Redis.from_url(redis_url)
+    client.delete("unacked", "unacked_index")
+    queue = Queue("noack")
+    got: list = []
+    with connect(redis_url) as connection:
+        producer = Producer(connection.channel())
+        for n in range(3):
+            producer.publish({"n": n}, routing_key="noack", declare=[queue])
+        Consumer(connection.channel(), [queue], on_message=got.append, no_ack=True).consume()
+        while len(got) < 3:
+            connection.drain_events(timeout=2)
+        assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0, "a no_ack take was recorded"
+        drain(connection, 2.5)  # past the visibility timeout (1 s) and a restore sweep
+        assert [message.payload["n"] for message in got] == [0, 1, 2], "a no_ack message came back"

@@ -103,8 +103,8 @@ logger = logging.getLogger(__name__)
 def held_writes_flag(sock: Any) -> int:
     """``MSG_MORE`` for a plain TCP socket (Linux), else 0. The kernel then holds a quiet write
     until the next write without the flag, the socket's close (a killed process's included) or its
-    probe timer (about 0.2 s), so a batch's acks reach Redis with the next take: one wake-up of
-    Redis per batch instead of one per ack. TLS sockets refuse send flags."""
+    zero-window probe timer (0.2 s on a local network), so a batch's acks reach Redis with the
+    next take: one wake-up of Redis per batch instead of one per ack. TLS sockets refuse flags."""
     more = getattr(socket, "MSG_MORE", 0)
     if isinstance(sock, ssl.SSLSocket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return 0
@@ -154,6 +154,7 @@ class Channel(SendsMixin, kombu_redis.Channel):
         self._sync_client: Any = None
         self._tables: dict[str, tuple[float, list]] = {}
         self._held_by_script: str | None = None
+        self._unrecorded: set[str] = set()  # queues consumed with no_ack (remote control's replies)
         self._scripts_client: Any = None
         self._scripts: dict[str, Any] = {}
         self._raw_connection: Any = None
@@ -211,12 +212,13 @@ class Channel(SendsMixin, kombu_redis.Channel):
         """Take as many messages as the prefetch window allows (one round trip) and deliver them."""
         queues = list(self.active_queues)
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        unrecorded = [int(queue in self._unrecorded) for pri in self.priority_steps for queue in queues]
         room = self.qos.can_consume_max_estimate()  # None: no prefetch limit
         want = TAKE_BATCH if room is None else min(TAKE_BATCH, room)
         if want < 1:
             raise Empty()
         keys += [self.unacked_key, self.unacked_index_key]
-        taken = self._eval(POP_SCRIPT, keys, [time(), want])
+        taken = self._eval(POP_SCRIPT, keys, [time(), want, *unrecorded])
         self._found_last_time = bool(taken)
         delivered = False
         for index in range(0, len(taken), 3):
@@ -237,14 +239,22 @@ class Channel(SendsMixin, kombu_redis.Channel):
             raise Empty()
         return True
 
-    @staticmethod
-    def _kombu_message(raw: bytes, tag: str) -> dict | None:
-        """The decoded message the take script recorded under ``tag``; None if it is not that (Lua's
-        decoder took it, Python's did not: nested deeper than Python's recursion limit, say)."""
+    def _kombu_message(self, raw: bytes, tag: str) -> dict | None:
+        """The decoded message the take script recorded under ``tag``, if kombu can make a message of
+        it; else None. Lua's decoder takes what Python's may not (nesting past Python's recursion
+        limit, a ``__type__`` value kombu cannot revive), and kombu's message cannot be made of a
+        body its ``body_encoding`` cannot decode: raised from the take, each stopped the batch every
+        time the entry came back. (Headers that are not a mapping are the worker's to refuse:
+        ``worker.intake`` guards kombu's message class against them.)"""
         try:
             payload = fast_loads(bytes_to_str(raw))
-            return payload if payload["properties"]["delivery_tag"] == tag else None
-        except (ValueError, TypeError, KeyError, RecursionError):
+            properties = payload["properties"]
+            if properties["delivery_tag"] != tag:
+                return None
+            if payload.get("body"):
+                self.decode_body(payload["body"], properties.get("body_encoding"))  # as kombu's Message will
+            return payload
+        except Exception:
             return None
 
     def _set_aside(self, key: str, raw: bytes, tag: bytes | None) -> None:
@@ -252,10 +262,9 @@ class Channel(SendsMixin, kombu_redis.Channel):
         ``DEAD_LIST``, and drop the unacked record the take script made for it, if any."""
         logger.error("redis:// list %r held a message that is not kombu JSON; moved to %r: %.200r",
                      key, DEAD_LIST, raw)
-        command = resp("LPUSH", DEAD_LIST, raw)
+        self.raw_call(resp("LPUSH", DEAD_LIST, raw), 1)  # kept first: if Redis refuses it, the record stays
         if tag is not None:
-            command += resp("ZREM", self.unacked_index_key, tag) + resp("HDEL", self.unacked_key, tag)
-        self.raw_call(command, 1 if tag is None else 3)
+            self.raw_call(resp("ZREM", self.unacked_index_key, tag) + resp("HDEL", self.unacked_key, tag), 2)
 
     # -- the consumer's hot path: raw RESP on a connection of its own ---------------------------
 
@@ -397,9 +406,17 @@ class Channel(SendsMixin, kombu_redis.Channel):
     def extension_interval(self) -> float:
         return float(self.visibility_timeout) / 3
 
-    def basic_consume(self, *args: Any, **kwargs: Any) -> Any:
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         self.connection.keep_claims()
-        return super().basic_consume(*args, **kwargs)
+        if no_ack:  # nobody will ack what this consumer takes: the take must not record it unacked
+            self._unrecorded.add(queue)
+        else:
+            self._unrecorded.discard(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def _basic_cancel(self, consumer_tag: str) -> Any:
+        self._unrecorded.discard(self._tag_to_queue.get(consumer_tag))
+        return super()._basic_cancel(consumer_tag)
 
     def extend_reservations(self) -> None:
         """Refresh the unacked-index score of every message this channel holds (called by the keeper)."""
