@@ -24,6 +24,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,13 +117,18 @@ class Drain:
 
 def timed_drain(commands: list[list[str]], env: dict[str, str], start: Path, end: Path,
                 database: Database | None = None, gate: Callable[[], object] | None = None) -> Drain:
-    """Start the workers together on a filled queue and time them from the start marker to the end marker
-    (``gate``: called once they are started, returns when they may all consume)."""
+    """Start the workers together on a filled queue and time them from the start marker to the end marker.
+
+    ``gate``: called once they are started, to let them all consume; it runs in a thread while the
+    start marker is watched for, since the first worker told may take it before the call returns.
+    """
     server = database.server_pid if database else None
     with contextlib.ExitStack() as stack:
         workers = [stack.enter_context(Worker(command, env)) for command in commands]
-        if gate is not None:
-            gate()
+        opened: list[BaseException] = []
+        opener = threading.Thread(target=_run_gate, args=(gate, opened), daemon=True) if gate else None
+        if opener is not None:
+            opener.start()
         began = wait_for(workers, start)
         began_cpu = sum(worker.cpu_seconds() for worker in workers)
         began_server = cpu_seconds(server) if server else 0.0
@@ -130,7 +136,18 @@ def timed_drain(commands: list[list[str]], env: dict[str, str], start: Path, end
         cpu = sum(worker.cpu_seconds() for worker in workers) - began_cpu
         server_cpu = cpu_seconds(server) - began_server if server else None
         logs = "".join(worker.log_text() for worker in workers)
+        if opener is not None:
+            opener.join()
+            if opened:
+                raise SystemExit(f"the gate did not open: {opened[0]}")
     return Drain(ended - began, cpu, server_cpu, logs)
+
+
+def _run_gate(gate: Callable[[], object], failures: list[BaseException]) -> None:
+    try:
+        gate()
+    except BaseException as exc:  # SystemExit from bench.workers.client included: reported by the caller
+        failures.append(exc)
 
 
 def drain_with_results(system: str, redis_url: str, n: int, database: Database) -> dict:
