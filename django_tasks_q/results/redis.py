@@ -154,6 +154,8 @@ class RedisBackend(ResultBackend):
         """Read the replies owed on a STARTED connection (they arrived while the last task ran)."""
         from redis.exceptions import ResponseError
 
+        if writer[1]._sock is None:  # closed since (the pool's disconnect() closes it too): nothing owed
+            writer[2] = 0
         while writer[2]:
             writer[2] -= 1
             try:

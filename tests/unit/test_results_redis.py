@@ -186,6 +186,28 @@ def test_a_started_write_a_busy_redis_refuses_is_logged_and_leaves_no_stale_repl
     assert backend.meta(after).state == TaskState.STARTED
 
 
+def test_a_started_connection_the_pool_disconnected_is_not_read_for_a_lost_reply(backend, caplog):
+    """``connection_pool.disconnect()`` closes every connection the pool made, a thread's STARTED
+    connection included: the answer owed on it is gone, so it is not read for (the connection
+    simply opens again), and the write is not taken for a broken connection."""
+    task_id = str(uuid.uuid4())
+    finished = threading.Event()
+
+    def one_thread() -> None:  # its own STARTED connection, an answer owed, then the pool disconnects
+        backend.mark_started(str(uuid.uuid4()), task_name=NAME)
+        backend.client.connection_pool.disconnect()
+        backend.mark_started(task_id, task_name=NAME)
+        finished.set()
+
+    threading.Thread(target=one_thread, daemon=True).start()
+    assert finished.wait(5), "the STARTED write waited for an answer its closed connection will never get"
+    assert "could not go out on its own connection" not in caplog.text
+    deadline = time.monotonic() + 2
+    while (backend.meta(task_id) or SimpleNamespace(state=None)).state != TaskState.STARTED:
+        assert time.monotonic() < deadline, "the STARTED write after the disconnect did not land"
+        time.sleep(0.01)
+
+
 def test_started_writes_past_the_per_process_limit_wait_for_redis(backend, raw, monkeypatch):
     """Threads past STARTED_WRITERS (``-P threads -c 500``) do not each open a connection: their
     STARTED goes through the pool and waits, as other writes do."""
