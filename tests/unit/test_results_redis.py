@@ -183,6 +183,7 @@ def test_a_started_write_a_busy_redis_refuses_is_logged_and_leaves_no_stale_repl
     with caplog.at_level(logging.WARNING, logger="django_tasks_q.results.redis"):
         backend.mark_started(after, request=request(after), task_name=NAME)
     assert "Redis refused a STARTED write" in caplog.text and "BUSY" in caplog.text
+    backend.mark_started(str(uuid.uuid4()), task_name=NAME)  # reads the answer to `after`'s: it has landed
     assert backend.meta(after).state == TaskState.STARTED
 
 
