@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from datetime import datetime, timezone
 from typing import Any
 
@@ -35,7 +36,7 @@ MAX_CONNECTIONS = 100
 #: ... and how long a writer waits for one of them before the write fails.
 CONNECTION_WAIT = 30.0
 GROUP_PREFIX = "celery-taskset-meta-"
-#: Threads per process that keep a connection of their own for STARTED writes (mark_started).
+#: Threads per process that keep a connection of their own for STARTED writes at once (mark_started).
 STARTED_WRITERS = 8
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,53 @@ return 1
 """
 
 
+class StartedConnection:
+    """One thread's connection for STARTED writes (:meth:`RedisBackend.mark_started`): each write
+    goes out without waiting, and the answers owed are read before the next write."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pid = os.getpid()
+        self.connection = pool.make_connection()  # outside the pool's limit, never handed to anyone else
+        self.owed = 0
+        weakref.finalize(self, _close_started, pool, self.connection)  # the thread ended
+
+    def write(self, *command: Any) -> None:
+        self._settle()
+        try:  # anything to read now is an EOF (Redis restarted, CLIENT KILL) or worse: start afresh
+            stale = self.connection._sock is not None and self.connection.can_read(timeout=0)
+        except Exception:
+            stale = True
+        if stale:
+            self.connection.disconnect()
+        self.connection.send_packed_command(self.connection.pack_command(*command), check_health=False)
+        self.owed += 1
+
+    def _settle(self) -> None:
+        from redis.exceptions import ResponseError
+
+        if self.connection._sock is None:  # closed since (the pool's disconnect() closes it too)
+            self.owed = 0
+        while self.owed:
+            self.owed -= 1
+            try:  # long since arrived, normally; a half-open connection gives up, as a pooled write would
+                self.connection.read_response(timeout=CONNECTION_WAIT)
+            except ResponseError as exc:
+                logger.warning("Redis refused a STARTED write (that task ran; its state skipped STARTED): %s", exc)
+
+    def broken(self) -> None:
+        """After an error: nothing owed, the next write reconnects."""
+        self.owed = 0
+        self.connection.disconnect()
+
+
+def _close_started(pool: Any, connection: Any) -> None:
+    connection.disconnect()
+    try:
+        pool._connections.remove(connection)  # make_connection() keeps a list of what it made
+    except (AttributeError, ValueError):
+        pass
+
+
 def task_key(task_id: str) -> str:
     return f"{TASK_PREFIX}{task_id}"
 
@@ -79,7 +127,8 @@ class RedisBackend(ResultBackend):
         self._client: Any = None
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._writers = [os.getpid(), 0]  # this process's STARTED connections (mark_started)
+        self._writers: weakref.WeakSet = weakref.WeakSet()  # live threads' STARTED connections
+        self._writers_pid = os.getpid()
 
     @property
     def client(self) -> Any:
@@ -119,49 +168,33 @@ class RedisBackend(ResultBackend):
         writer = self._started_writer()
         if writer is not None:
             document = json.dumps(self._document(task_id, TaskState.STARTED, None, "", request, task_name))
-            connection = writer[1]
             try:
-                self._settle(writer)
-                connection.send_packed_command(connection.pack_command(
-                    "EVAL", STARTED_SCRIPT, 1, task_key(task_id), document, int(settings.RESULT_EXPIRES or 0),
-                    *sorted(READY_STATES)), check_health=False)  # a health check's PING is not read here
-                writer[2] += 1
+                writer.write("EVAL", STARTED_SCRIPT, 1, task_key(task_id), document,
+                             int(settings.RESULT_EXPIRES or 0), *sorted(READY_STATES))
                 return
             except Exception:
-                logger.warning("the STARTED write of task %s could not go out on its own connection; "
-                               "writing it through the pool", task_id, exc_info=True)
-                self._local.started = None
-                connection.disconnect()
+                logger.warning("the STARTED write of task %s could not go out on its own connection (an "
+                               "earlier STARTED on it may be lost); writing it through the pool", task_id,
+                               exc_info=True)
+                writer.broken()
         super().mark_started(task_id, request=request, task_name=task_name)
 
-    def _started_writer(self) -> list | None:
-        """This thread's ``[pid, connection, replies owed]`` for STARTED writes; None past the limit."""
+    def _started_writer(self) -> StartedConnection | None:
+        """This thread's STARTED connection; None when ``STARTED_WRITERS`` live threads have one."""
         held = getattr(self._local, "started", None)
         pid = os.getpid()
-        if held is not None and held[0] == pid:
+        if held is not None and held.pid == pid:
             return held
+        pool = self.client.connection_pool  # not under the lock: the client property takes it
         with self._lock:
-            if self._writers[0] != pid:  # a forked child counts its own
-                self._writers = [pid, 0]
-            if self._writers[1] >= STARTED_WRITERS:
+            if self._writers_pid != pid:  # a forked child counts its own
+                self._writers_pid, self._writers = pid, weakref.WeakSet()
+            if len(self._writers) >= STARTED_WRITERS:
                 return None
-            self._writers[1] += 1
-        held = self._local.started = [pid, self.client.connection_pool.make_connection(), 0]
+            held = StartedConnection(pool)
+            self._writers.add(held)  # leaves the set when its thread ends (the thread's locals go)
+        self._local.started = held
         return held
-
-    @staticmethod
-    def _settle(writer: list) -> None:
-        """Read the replies owed on a STARTED connection (they arrived while the last task ran)."""
-        from redis.exceptions import ResponseError
-
-        if writer[1]._sock is None:  # closed since (the pool's disconnect() closes it too): nothing owed
-            writer[2] = 0
-        while writer[2]:
-            writer[2] -= 1
-            try:
-                writer[1].read_response()
-            except ResponseError as exc:
-                logger.warning("Redis refused a STARTED write (that task ran; its state skipped STARTED): %s", exc)
 
     @staticmethod
     def _document(task_id: str, state: str, result: Any, traceback: str, request: Any,

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from types import SimpleNamespace
 
 import pytest
@@ -215,8 +216,8 @@ def test_started_writes_past_the_per_process_limit_wait_for_redis(backend, raw, 
     from django_tasks_q.results import redis as redis_results
 
     monkeypatch.setattr(redis_results, "STARTED_WRITERS", 1)
-    backend._writers = [os.getpid(), 0]
     backend._local.started = None
+    backend._writers = weakref.WeakSet()
     backend.mark_started(str(uuid.uuid4()), task_name=NAME)  # this thread takes the only one
     took: list[float] = []
 
@@ -230,6 +231,51 @@ def test_started_writes_past_the_per_process_limit_wait_for_redis(backend, raw, 
     worker.start()
     worker.join()
     assert took and took[0] >= 0.2, f"the second thread's STARTED did not wait ({took})"
+
+
+def test_a_thread_that_ends_gives_its_started_connection_back(backend, monkeypatch):
+    """The limit counts live threads: a pool that shrinks and grows again (autoscale) does not use
+    the connections up for good."""
+    from django_tasks_q.results import redis as redis_results
+
+    monkeypatch.setattr(redis_results, "STARTED_WRITERS", 1)
+    backend._local.started = None
+    backend._writers = weakref.WeakSet()
+    kept: list[bool] = []
+
+    def one_task() -> None:
+        backend.mark_started(str(uuid.uuid4()), task_name=NAME)
+        kept.append(getattr(backend._local, "started", None) is not None)  # wrote on a connection of its own
+
+    for _ in range(3):  # one after another, each a new thread
+        thread = threading.Thread(target=one_task)
+        thread.start()
+        thread.join()
+    assert kept == [True, True, True], f"a later thread found the only STARTED connection still taken: {kept}"
+    assert len(backend._writers) == 0
+
+
+def _started_state(backend, task_id: str) -> bool:
+    found = backend.meta(task_id)
+    return found is not None and found.state == TaskState.STARTED
+
+
+def test_a_started_write_after_redis_dropped_the_connection_is_not_lost(backend, raw):
+    """Redis closed this thread's STARTED connection (a restart, CLIENT KILL, its idle timeout): the
+    next write must see that and reconnect, not go into the dead socket unnoticed."""
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    backend.mark_started(first, task_name=NAME)
+    deadline = time.monotonic() + 2
+    while not _started_state(backend, first):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    raw.client_kill_filter(_type="normal", skipme=True)
+    time.sleep(0.1)
+    backend.mark_started(second, task_name=NAME)
+    deadline = time.monotonic() + 2
+    while not _started_state(backend, second):
+        assert time.monotonic() < deadline, "the STARTED write went into a connection Redis had closed"
+        time.sleep(0.01)
 
 
 def test_started_works_on_a_server_without_client(settings, redis_without_client_reply):
