@@ -38,6 +38,8 @@ CONNECTION_WAIT = 30.0
 GROUP_PREFIX = "celery-taskset-meta-"
 #: Threads per process that keep a connection of their own for STARTED writes at once (mark_started).
 STARTED_WRITERS = 8
+#: The states a STARTED write never replaces (STARTED_SCRIPT's last arguments), in a fixed order.
+FINAL_STATES = tuple(sorted(READY_STATES))
 logger = logging.getLogger(__name__)
 
 
@@ -86,15 +88,17 @@ class StartedConnection:
         self.owed += 1
 
     def _settle(self) -> None:
-        from redis.exceptions import ResponseError
-
         if self.connection._sock is None:  # closed since (the pool's disconnect() closes it too)
             self.owed = 0
         while self.owed:
             self.owed -= 1
             try:  # long since arrived, normally; a half-open connection gives up, as a pooled write would
                 self.connection.read_response(timeout=CONNECTION_WAIT)
-            except ResponseError as exc:
+            except Exception as exc:
+                from redis.exceptions import ResponseError  # here, not per task: redis is imported lazily
+
+                if not isinstance(exc, ResponseError):
+                    raise
                 logger.warning("Redis refused a STARTED write (that task ran; its state skipped STARTED): %s", exc)
 
     def broken(self) -> None:
@@ -170,7 +174,7 @@ class RedisBackend(ResultBackend):
             document = json.dumps(self._document(task_id, TaskState.STARTED, None, "", request, task_name))
             try:
                 writer.write("EVAL", STARTED_SCRIPT, 1, task_key(task_id), document,
-                             int(settings.RESULT_EXPIRES or 0), *sorted(READY_STATES))
+                             int(settings.RESULT_EXPIRES or 0), *FINAL_STATES)
                 return
             except Exception:
                 logger.warning("the STARTED write of task %s could not go out on its own connection (an "

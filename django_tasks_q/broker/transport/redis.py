@@ -212,7 +212,8 @@ class Channel(SendsMixin, kombu_redis.Channel):
         """Take as many messages as the prefetch window allows (one round trip) and deliver them."""
         queues = list(self.active_queues)
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        unrecorded = [int(queue in self._unrecorded) for pri in self.priority_steps for queue in queues]
+        unrecorded = ([int(queue in self._unrecorded) for pri in self.priority_steps for queue in queues]
+                      if self._unrecorded else [])  # none (a worker's task queues): every take is recorded
         room = self.qos.can_consume_max_estimate()  # None: no prefetch limit
         want = TAKE_BATCH if room is None else min(TAKE_BATCH, room)
         if want < 1:
