@@ -277,3 +277,94 @@ def test_a_no_ack_consumer_leaves_no_unacked_record(redis_url):
         assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0, "a no_ack take was recorded"
         drain(connection, 2.5)  # past the visibility timeout (1 s) and a restore sweep
         assert [message.payload["n"] for message in got] == [0, 1, 2], "a no_ack message came back"
+
+
+def wait_for(condition, what: str, seconds: float = 2.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
+
+
+def queued(client: redis.Redis, queue: str) -> list[bytes]:
+    """The messages in ``queue``'s lists (one per priority step), next in line last."""
+    return [entry for key in sorted(client.keys(queue + "*")) if client.type(key) == b"list"
+            for entry in client.lrange(key, 0, -1)]
+
+
+def waiting_consumer(connection: Connection, queue: Queue, got: list):
+    """A consumer whose wait (BRPOP for a wake token) is in flight: its first look found nothing."""
+    channel = connection.channel()
+    Consumer(channel, [queue], on_message=got.append).consume()
+    with pytest.raises(socket.timeout):
+        connection.drain_events(timeout=0.2)
+    assert channel._in_poll
+    return channel
+
+
+def test_the_take_runs_the_moment_the_wait_ends(redis_url):
+    """The take goes out behind the wait: Redis has taken (and recorded) the message before the
+    consumer reads a byte, and delivering it needs no further word with Redis -- it is delivered
+    while Redis refuses every command (CLIENT PAUSE)."""
+    client = redis.Redis.from_url(redis_url)
+    queue = Queue("woken")
+    got: list = []
+    with connect(redis_url) as consuming, connect(redis_url) as producing:
+        waiting_consumer(consuming, queue, got)
+        Producer(producing.channel()).publish({"n": 1}, routing_key="woken", declare=[queue])
+        wait_for(lambda: not queued(client, "woken"), "the message stayed in its list until the consumer asked")
+        tag = client.hkeys("unacked")
+        assert len(tag) == 1, "taken but not recorded unacked"
+        client.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+        try:
+            consuming.drain_events(timeout=1)
+        finally:
+            client.execute_command("CLIENT", "UNPAUSE")
+        assert [message.payload for message in got] == [{"n": 1}]
+        assert got[0].delivery_tag.encode() == tag[0]
+        got[0].ack()
+
+
+def test_a_take_that_finds_the_script_gone_takes_again(redis_url):
+    """Behind the wait, the take is an EVALSHA: a Redis whose script cache was flushed meanwhile
+    (restarted, or SCRIPT FLUSH) answers NOSCRIPT, and the consumer loads the script and takes."""
+    client = redis.Redis.from_url(redis_url)
+    queue = Queue("flushed")
+    got: list = []
+    with connect(redis_url) as consuming, connect(redis_url) as producing:
+        waiting_consumer(consuming, queue, got)
+        client.script_flush()
+        Producer(producing.channel()).publish({"n": 2}, routing_key="flushed", declare=[queue])
+        consuming.drain_events(timeout=2)
+        assert [message.payload for message in got] == [{"n": 2}]
+        got[0].ack()
+
+
+def test_a_message_taken_as_the_consumer_closes_goes_back_first_in_line(redis_url):
+    """The wait's take can land as the channel closes: what it took was never delivered, so it goes
+    back to the head of its list unchanged (not marked redelivered) with its unacked record dropped,
+    and the next consumer gets it first, at once -- not after the visibility timeout."""
+    client = redis.Redis.from_url(redis_url)
+    client.delete("unacked", "unacked_index")
+    queue = Queue("closing")
+    got: list = []
+    with connect(redis_url) as producing:
+        producer = Producer(producing.channel())
+        with connect(redis_url) as consuming:
+            waiting_consumer(consuming, queue, got)
+            producer.publish({"n": 1}, routing_key="closing", declare=[queue])
+            wait_for(lambda: not queued(client, "closing"), "the take behind the wait took nothing")
+            (record,) = client.hvals("unacked")
+        assert got == [], "delivered while closing"
+        assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0, "its record stayed"
+        (entry,) = queued(client, "closing")
+        assert json.loads(entry) == json.loads(record)[0], "it went back changed"
+        producer.publish({"n": 2}, routing_key="closing")
+        with connect(redis_url) as next_one:
+            Consumer(next_one.channel(), [queue], on_message=got.append).consume()
+            while len(got) < 2:
+                next_one.drain_events(timeout=0.5)
+            assert [message.payload["n"] for message in got] == [1, 2]
+            assert not any(message.delivery_info.get("redelivered") for message in got)
+            for message in got:
+                message.ack()

@@ -56,6 +56,8 @@ While looks find messages, the consumer takes the next batch at once
 (:class:`Poller`: one round trip per batch); once a look finds none,
 BRPOP waits for a *wake token*: every publish through this channel (and
 every release of a parked message) pushes one onto ``tasksq.wake:<list>``.
+The next take is written behind the wait and runs as it ends (one round
+trip from a message's arrival to its delivery).
 A message that arrives without a token (sent by a Celery client, or given
 back by kombu's restore) is found within ``brpop_timeout`` (1 s), since the
 consumer looks again after every wait. Early acks are written without a
@@ -163,6 +165,7 @@ class Channel(SendsMixin, kombu_redis.Channel):
         self._can_silence: bool | None = None  # does the server take CLIENT REPLY? (asked once per connection)
         self._shas: dict[str, str] = {}
         self._found_last_time = True  # look before the first wait
+        self._take_queued = False  # a take went out behind the wait in flight (_brpop_start)
         self._raw_sock: Any = None  # the socket the reply mode below was set on
         self._hold_flag = 0  # MSG_MORE where the raw socket takes it (held_writes_flag)
         super().__init__(*args, **kwargs)
@@ -179,25 +182,41 @@ class Channel(SendsMixin, kombu_redis.Channel):
     # -- consuming: take and record in one step -------------------------------------------
 
     def _brpop_start(self, timeout: float | None = None) -> None:
-        """Wait for a wake token. (While looks find messages, :class:`Poller` takes without waiting.)"""
+        """Wait for a wake token, with a take queued behind the wait on the same connection: Redis
+        runs it the moment the wait ends (a client's commands run in order), and both answers come
+        back together -- a round trip less between a message's arrival and its run. The take is
+        sized to the prefetch room now, which only grows while the wait is out (nothing else is
+        delivered on this channel meanwhile). (While looks find messages, :class:`Poller` takes
+        without waiting.)"""
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
-        self._in_poll = self.client.connection
+        connection = self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu types it as None
         wakes = [WAKE_PREFIX + self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        self.client.connection.send_command("BRPOP", *wakes, timeout or self.brpop_timeout or 1)
+        commands = [resp("BRPOP", *wakes, timeout or self.brpop_timeout or 1)]
+        take = self._take_command()
+        self._take_queued = take is not None
+        connection.send_packed_command(commands if take is None else commands + [take])
 
     def _brpop_read(self, **options: Any) -> bool:
+        connection = self.client.connection
+        take_queued, self._take_queued = self._take_queued, False
+        taken: list | None = None  # None: no take went out behind the wait, or Redis lacked its script
         try:
             try:
-                self.client.parse_response(self.client.connection, "BRPOP", **options)
+                self.client.parse_response(connection, "BRPOP", **options)
+                if take_queued:
+                    taken = connection.read_response()
+            except NoScriptError:  # a new or flushed Redis: the take below loads the script
+                pass
             except self.connection_errors:
-                self.client.connection.disconnect()
+                connection.disconnect()
                 raise
             if self._closing:  # kombu's close() reads the last wait's reply: take nothing more
+                self._give_back(taken or [])
                 raise Empty()
-            return self._take_one()
+            return self._take_one() if taken is None else self._deliver_taken(taken)
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu types it as bool
             self._flush_brpop_reauth()
@@ -208,8 +227,9 @@ class Channel(SendsMixin, kombu_redis.Channel):
         return (self._found_last_time and not self._in_poll and not self._closing and bool(self.active_queues)
                 and self.qos.can_consume())
 
-    def _take_one(self) -> bool:
-        """Take as many messages as the prefetch window allows (one round trip) and deliver them."""
+    def _take_command(self) -> bytes | None:
+        """The take script's call for as many messages as the prefetch window has room for (None:
+        no room): it pops them from this channel's lists in order and records each unacked."""
         queues = list(self.active_queues)
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
         unrecorded = ([int(queue in self._unrecorded) for pri in self.priority_steps for queue in queues]
@@ -217,9 +237,19 @@ class Channel(SendsMixin, kombu_redis.Channel):
         room = self.qos.can_consume_max_estimate()  # None: no prefetch limit
         want = TAKE_BATCH if room is None else min(TAKE_BATCH, room)
         if want < 1:
-            raise Empty()
+            return None
         keys += [self.unacked_key, self.unacked_index_key]
-        taken = self._eval(POP_SCRIPT, keys, [time(), want, *unrecorded])
+        return self._evalsha(POP_SCRIPT, keys, [time(), want, *unrecorded])
+
+    def _take_one(self) -> bool:
+        """Take as many messages as the prefetch window allows (one round trip) and deliver them."""
+        command = self._take_command()
+        if command is None:
+            raise Empty()
+        return self._deliver_taken(self._eval(POP_SCRIPT, command))
+
+    def _deliver_taken(self, taken: list) -> bool:
+        """Deliver what a take returned (``(list, message, tag)`` triples); raise Empty if nothing."""
         self._found_last_time = bool(taken)
         delivered = False
         for index in range(0, len(taken), 3):
@@ -239,6 +269,22 @@ class Channel(SendsMixin, kombu_redis.Channel):
         if not delivered:
             raise Empty()
         return True
+
+    def _give_back(self, taken: list) -> None:
+        """Put what a take returned back where it was, unchanged and next in line, and drop its
+        unacked records: taken as the channel closed, it was never delivered."""
+        if not taken:
+            return
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline()  # MULTI: back in its list and out of the unacked set together
+            for index in range(len(taken) - 3, -1, -3):  # last taken first, so the first ends up next
+                key, raw, tag = taken[index], taken[index + 1], taken[index + 2]
+                pipe.rpush(key, raw)
+                if tag is not None:
+                    pipe.zrem(self.unacked_index_key, tag).hdel(self.unacked_key, tag)
+            for key in {taken[index] for index in range(0, len(taken), 3)}:
+                pipe.lpush(WAKE_PREFIX + bytes_to_str(key), 1)
+            pipe.execute()
 
     def _kombu_message(self, raw: bytes, tag: str) -> dict | None:
         """The decoded message the take script recorded under ``tag``, if kombu can make a message of
@@ -370,12 +416,16 @@ class Channel(SendsMixin, kombu_redis.Channel):
         finally:
             connection.disconnect()
 
-    def _eval(self, source: str, keys: list[str], args: list) -> Any:
-        """EVALSHA ``source`` through :meth:`raw_call`, loading it first when Redis does not know it."""
+    def _evalsha(self, source: str, keys: list[str], args: list) -> bytes:
+        """``EVALSHA`` of ``source`` as RESP bytes."""
         sha = self._shas.get(source)
         if sha is None:
             sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
-        command = resp("EVALSHA", sha, len(keys), *keys, *args)
+        return resp("EVALSHA", sha, len(keys), *keys, *args)
+
+    def _eval(self, source: str, command: bytes) -> Any:
+        """Run ``command`` (:meth:`_evalsha` of ``source``) through :meth:`raw_call`, loading the
+        script first when Redis does not know it."""
         try:
             return self.raw_call(command, 1)[0]
         except NoScriptError:  # a new or flushed Redis
