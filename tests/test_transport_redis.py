@@ -292,14 +292,14 @@ def queued(client: redis.Redis, queue: str) -> list[bytes]:
             for entry in client.lrange(key, 0, -1)]
 
 
-def waiting_consumer(connection: Connection, queue: Queue, got: list):
-    """A consumer whose wait (BRPOP for a wake token) is in flight: its first look found nothing."""
-    channel = connection.channel()
-    Consumer(channel, [queue], on_message=got.append).consume()
+def waiting_consumer(connection: Connection, queue: Queue, got: list, **options) -> Consumer:
+    """A consumer whose wait (BRPOP for a wake token, a take behind it) is in flight: its look found nothing."""
+    consumer = Consumer(connection.channel(), [queue], on_message=got.append, **options)
+    consumer.consume()
     with pytest.raises(socket.timeout):
         connection.drain_events(timeout=0.2)
-    assert channel._in_poll
-    return channel
+    assert consumer.channel._in_poll
+    return consumer
 
 
 def test_the_take_runs_the_moment_the_wait_ends(redis_url):
@@ -368,3 +368,120 @@ def test_a_message_taken_as_the_consumer_closes_goes_back_first_in_line(redis_ur
             assert not any(message.delivery_info.get("redelivered") for message in got)
             for message in got:
                 message.ack()
+
+
+def test_a_take_restored_elsewhere_before_it_is_read_is_neither_delivered_nor_given_back(redis_url):
+    """The take behind a wait records its message unacked at once, but the consumer may read its
+    answer much later (a warm shutdown cancels, then waits for running tasks). Past the visibility
+    timeout another consumer's sweep restores the message and takes it again -- under the same
+    tag. Closing then must not put the message back (a second copy) nor drop the other consumer's
+    record: the record is the take's own only while its score is the take's stamp."""
+    client = redis.Redis.from_url(redis_url)
+    client.delete("unacked", "unacked_index")
+    queue = Queue("late-close")
+    got_a: list = []
+    got_b: list = []
+    with connect(redis_url) as producing, connect(redis_url) as b:
+        a = connect(redis_url)
+        consumer = waiting_consumer(a, queue, got_a)
+        Producer(producing.channel()).publish({"n": 1}, routing_key="late-close", declare=[queue])
+        wait_for(lambda: client.hlen("unacked") == 1, "the take behind the wait took nothing")
+        consumer.cancel()
+        Consumer(b.channel(), [queue], on_message=got_b.append).consume()
+        deadline = time.monotonic() + 5
+        while not got_b:  # past the visibility timeout (1 s): b's sweep restores it, b takes it
+            assert time.monotonic() < deadline, "the restore sweep never gave the message to b"
+            drain(b, 0.3)
+        assert client.hlen("unacked") == 1, "b holds it, unacked"
+        a.close()  # reads the wait's answer, long after
+        assert got_a == []
+        assert client.hlen("unacked") == 1 and not queued(client, "late-close"), "a put back a second copy"
+        drain(b, 1.5)
+        assert [message.payload for message in got_b] == [{"n": 1}]
+        got_b[0].ack()
+
+
+def test_a_take_read_late_goes_back_instead_of_being_delivered(redis_url):
+    """A consumer whose prefetch window filled while its wait was out reads the answer only when
+    room returns (kombu pauses the socket). Read later than a third of the visibility timeout, what
+    the take holds is not delivered: here another consumer's sweep restored it meanwhile and ran it."""
+    client = redis.Redis.from_url(redis_url)
+    client.delete("unacked", "unacked_index")
+    queue = Queue("late-read")
+    got_a: list = []
+    got_b: list = []
+    with connect(redis_url) as producing, connect(redis_url) as a, connect(redis_url) as b:
+        producer = Producer(producing.channel())
+        producer.publish({"n": 0}, routing_key="late-read", declare=[queue])
+        consumer = Consumer(a.channel(), [queue], on_message=got_a.append, prefetch_count=2)
+        consumer.consume()
+        a.drain_events(timeout=2)  # n=0, held unacked
+        with pytest.raises(socket.timeout):
+            a.drain_events(timeout=0.2)  # the wait goes out, a take of one behind it
+        consumer.channel.basic_qos(0, 1, False)  # the window shrinks (an eta task came due): no room
+        producer.publish({"n": 1}, routing_key="late-read")
+        wait_for(lambda: client.hlen("unacked") == 2, "the take behind the wait took nothing")
+        Consumer(b.channel(), [queue], on_message=got_b.append).consume()
+        deadline = time.monotonic() + 5
+        while not got_b:
+            assert time.monotonic() < deadline, "the restore sweep never gave n=1 to b"
+            for connection in (a, b):
+                drain(connection, 0.3)
+        got_b[0].ack()
+        got_a[0].ack()  # room again: a reads its wait's answer now
+        drain(a, 1.5)
+        assert [message.payload for message in got_a] == [{"n": 0}], "n=1 delivered a second time"
+        assert [message.payload for message in got_b] == [{"n": 1}]
+        a.default_channel.close_raw_connection(settle=True)
+        b.default_channel.close_raw_connection(settle=True)
+
+
+@pytest.mark.parametrize("no_ack", [False, True])
+def test_a_queue_cancelled_while_the_wait_is_out_gets_its_message_back(redis_url, no_ack):
+    """The take behind the wait was written for the queues consumed then. A message it takes from
+    a queue cancelled meanwhile goes back to its list unchanged -- not marked redelivered, and not
+    lost when the queue was consumed with no_ack (nothing records those)."""
+    client = redis.Redis.from_url(redis_url)
+    client.delete("unacked", "unacked_index")
+    kept, cancelled = Queue("still-consumed"), Queue("cancelled-meanwhile")
+    for key in client.keys("cancelled-meanwhile*"):  # the other parameter's message
+        client.delete(key)
+    got: list = []
+    with connect(redis_url) as connection, connect(redis_url) as producing:
+        channel = connection.channel()
+        Consumer(channel, [kept], on_message=got.append).consume()
+        gone = Consumer(channel, [cancelled], on_message=got.append, no_ack=no_ack)
+        gone.consume()
+        with pytest.raises(socket.timeout):
+            connection.drain_events(timeout=0.2)
+        assert channel._in_poll
+        gone.cancel()
+        Producer(producing.channel()).publish({"n": 1}, routing_key="cancelled-meanwhile", declare=[cancelled])
+        drain(connection, 1.5)
+        assert got == []
+        (entry,) = queued(client, "cancelled-meanwhile")
+        assert not json.loads(entry)["properties"]["delivery_info"].get("redelivered")
+        assert client.hlen("unacked") == 0
+
+
+def test_an_error_answer_to_the_wait_leaves_the_connection_in_step(redis_url):
+    """A wait answered with an error (a demoted master's UNBLOCKED, here CLIENT UNBLOCK ... ERROR)
+    still owes the take's answer behind it: the connection is dropped, not left one answer behind
+    (every later read returned the previous command's answer, and a wake token was read as a take)."""
+    client = redis.Redis.from_url(redis_url)
+    queue = Queue("unblocked")
+    got: list = []
+    with connect(redis_url) as consuming, connect(redis_url) as producing:
+        consumer = waiting_consumer(consuming, queue, got)
+        port = consumer.channel.client.connection._sock.getsockname()[1]
+        (blocked,) = [entry for entry in client.client_list() if entry["addr"] == f"127.0.0.1:{port}"]
+        assert blocked["cmd"] == "brpop"
+        client.execute_command("CLIENT", "UNBLOCK", blocked["id"], "ERROR")
+        with pytest.raises(redis.exceptions.ResponseError):
+            consuming.drain_events(timeout=1)
+        with pytest.raises(socket.timeout):
+            consuming.drain_events(timeout=0.3)  # waiting again
+        Producer(producing.channel()).publish({"n": 2}, routing_key="unblocked", declare=[queue])
+        consuming.drain_events(timeout=2)
+        assert [message.payload for message in got] == [{"n": 2}]
+        got[0].ack()

@@ -56,8 +56,9 @@ While looks find messages, the consumer takes the next batch at once
 (:class:`Poller`: one round trip per batch); once a look finds none,
 BRPOP waits for a *wake token*: every publish through this channel (and
 every release of a parked message) pushes one onto ``tasksq.wake:<list>``.
-The next take is written behind the wait and runs as it ends (one round
-trip from a message's arrival to its delivery).
+A take of one message is written behind the wait and runs as it ends (one
+round trip from a message's arrival to its delivery). The consuming side is
+:mod:`~django_tasks_q.broker.transport.redis_takes`.
 A message that arrives without a token (sent by a Celery client, or given
 back by kombu's restore) is found within ``brpop_timeout`` (1 s), since the
 consumer looks again after every wait. Early acks are written without a
@@ -69,7 +70,6 @@ Selected automatically for ``redis://`` and ``rediss://`` broker URLs by
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import ssl
 from contextlib import contextmanager
@@ -80,21 +80,16 @@ import logging
 from queue import Empty
 
 from kombu.transport import redis as kombu_redis
-from kombu.utils.encoding import bytes_to_str
-from redis.exceptions import ConnectionError as RedisConnectionError, NoScriptError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError, ResponseError
 
-from ...core.protocol import fast_loads
 from ..delayed import REDIS_KEY, RELEASE_LEAD
 from ..topic import TopicExchange
 from .keeper import KeeperMixin, held_tags
-from .redis_scripts import POP_SCRIPT, RELEASE_SCRIPT
-from .redis_sends import WAKE_PREFIX, SendsMixin, bulk_string, resp
+from .redis_scripts import RELEASE_SCRIPT
+from .redis_sends import SendsMixin, bulk_string, resp
+from .redis_takes import TakesMixin
 
 RELEASE_BATCH = 1000
-#: Most messages one look takes (still never more than the prefetch window has room for).
-TAKE_BATCH = 16
-#: Where a list entry that is not a kombu message goes (it cannot be refused like a message).
-DEAD_LIST = "tasksq.dead.raw"
 #: Early acks go out between these two (raw_call): Redis sends no reply to what it receives in between.
 REPLY_OFF = resp("CLIENT", "REPLY", "OFF")
 REPLY_ON = resp("CLIENT", "REPLY", "ON")
@@ -136,7 +131,7 @@ class QoS(kombu_redis.QoS):
             super().append(message, delivery_tag)
 
 
-class Channel(SendsMixin, kombu_redis.Channel):
+class Channel(SendsMixin, TakesMixin, kombu_redis.Channel):
     QoS = QoS
     from_transport_options = (  # type: ignore[assignment]  # kombu infers a fixed-length tuple
         *kombu_redis.Channel.from_transport_options, "binding_cache_ttl")
@@ -166,6 +161,8 @@ class Channel(SendsMixin, kombu_redis.Channel):
         self._shas: dict[str, str] = {}
         self._found_last_time = True  # look before the first wait
         self._take_queued = False  # a take went out behind the wait in flight (_brpop_start)
+        self._take_unrecorded: frozenset[str] = frozenset()  # the no_ack queues when the last take went out
+        self._take_stamp = 0.0  # the time the last take recorded its messages with (their index score)
         self._raw_sock: Any = None  # the socket the reply mode below was set on
         self._hold_flag = 0  # MSG_MORE where the raw socket takes it (held_writes_flag)
         super().__init__(*args, **kwargs)
@@ -178,140 +175,6 @@ class Channel(SendsMixin, kombu_redis.Channel):
         if self._sync_client is None:
             self._sync_client = self._create_client()
         yield self._sync_client
-
-    # -- consuming: take and record in one step -------------------------------------------
-
-    def _brpop_start(self, timeout: float | None = None) -> None:
-        """Wait for a wake token, with a take queued behind the wait on the same connection: Redis
-        runs it the moment the wait ends (a client's commands run in order), and both answers come
-        back together -- a round trip less between a message's arrival and its run. The take is
-        sized to the prefetch room now, which only grows while the wait is out (nothing else is
-        delivered on this channel meanwhile). (While looks find messages, :class:`Poller` takes
-        without waiting.)"""
-        queues = self._queue_cycle.consume(len(self.active_queues))
-        if not queues:
-            return
-        connection = self._in_poll = self.client.connection
-        self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu types it as None
-        wakes = [WAKE_PREFIX + self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        commands = [resp("BRPOP", *wakes, timeout or self.brpop_timeout or 1)]
-        take = self._take_command()
-        self._take_queued = take is not None
-        connection.send_packed_command(commands if take is None else commands + [take])
-
-    def _brpop_read(self, **options: Any) -> bool:
-        connection = self.client.connection
-        take_queued, self._take_queued = self._take_queued, False
-        taken: list | None = None  # None: no take went out behind the wait, or Redis lacked its script
-        try:
-            try:
-                self.client.parse_response(connection, "BRPOP", **options)
-                if take_queued:
-                    taken = connection.read_response()
-            except NoScriptError:  # a new or flushed Redis: the take below loads the script
-                pass
-            except self.connection_errors:
-                connection.disconnect()
-                raise
-            if self._closing:  # kombu's close() reads the last wait's reply: take nothing more
-                self._give_back(taken or [])
-                raise Empty()
-            return self._take_one() if taken is None else self._deliver_taken(taken)
-        finally:
-            self._in_poll = None  # type: ignore[assignment]  # kombu types it as bool
-            self._flush_brpop_reauth()
-
-    def may_take_ahead(self) -> bool:
-        """Should the poller take at once, without waiting? When the last look found messages, this
-        channel consumes, has prefetch room, and no wait of its own is in flight."""
-        return (self._found_last_time and not self._in_poll and not self._closing and bool(self.active_queues)
-                and self.qos.can_consume())
-
-    def _take_command(self) -> bytes | None:
-        """The take script's call for as many messages as the prefetch window has room for (None:
-        no room): it pops them from this channel's lists in order and records each unacked."""
-        queues = list(self.active_queues)
-        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        unrecorded = ([int(queue in self._unrecorded) for pri in self.priority_steps for queue in queues]
-                      if self._unrecorded else [])  # none (a worker's task queues): every take is recorded
-        room = self.qos.can_consume_max_estimate()  # None: no prefetch limit
-        want = TAKE_BATCH if room is None else min(TAKE_BATCH, room)
-        if want < 1:
-            return None
-        keys += [self.unacked_key, self.unacked_index_key]
-        return self._evalsha(POP_SCRIPT, keys, [time(), want, *unrecorded])
-
-    def _take_one(self) -> bool:
-        """Take as many messages as the prefetch window allows (one round trip) and deliver them."""
-        command = self._take_command()
-        if command is None:
-            raise Empty()
-        return self._deliver_taken(self._eval(POP_SCRIPT, command))
-
-    def _deliver_taken(self, taken: list) -> bool:
-        """Deliver what a take returned (``(list, message, tag)`` triples); raise Empty if nothing."""
-        self._found_last_time = bool(taken)
-        delivered = False
-        for index in range(0, len(taken), 3):
-            key, raw, tag = bytes_to_str(taken[index]), taken[index + 1], taken[index + 2]
-            payload = None if tag is None else self._kombu_message(raw, bytes_to_str(tag))
-            if payload is None:
-                self._set_aside(key, raw, tag)
-                continue
-            queue = key.rsplit(self.sep, 1)[0]
-            self._queue_cycle.rotate(queue)
-            self._held_by_script = payload["properties"]["delivery_tag"]
-            try:
-                self.connection._deliver(payload, queue)
-            finally:
-                self._held_by_script = None
-            delivered = True
-        if not delivered:
-            raise Empty()
-        return True
-
-    def _give_back(self, taken: list) -> None:
-        """Put what a take returned back where it was, unchanged and next in line, and drop its
-        unacked records: taken as the channel closed, it was never delivered."""
-        if not taken:
-            return
-        with self.conn_or_acquire() as client:
-            pipe = client.pipeline()  # MULTI: back in its list and out of the unacked set together
-            for index in range(len(taken) - 3, -1, -3):  # last taken first, so the first ends up next
-                key, raw, tag = taken[index], taken[index + 1], taken[index + 2]
-                pipe.rpush(key, raw)
-                if tag is not None:
-                    pipe.zrem(self.unacked_index_key, tag).hdel(self.unacked_key, tag)
-            for key in {taken[index] for index in range(0, len(taken), 3)}:
-                pipe.lpush(WAKE_PREFIX + bytes_to_str(key), 1)
-            pipe.execute()
-
-    def _kombu_message(self, raw: bytes, tag: str) -> dict | None:
-        """The decoded message the take script recorded under ``tag``, if kombu can make a message of
-        it; else None. Lua's decoder takes what Python's may not (nesting past Python's recursion
-        limit, a ``__type__`` value kombu cannot revive), and kombu's message cannot be made of a
-        body its ``body_encoding`` cannot decode: raised from the take, each stopped the batch every
-        time the entry came back. (Headers that are not a mapping are the worker's to refuse:
-        ``worker.intake`` guards kombu's message class against them.)"""
-        try:
-            payload = fast_loads(bytes_to_str(raw))
-            properties = payload["properties"]
-            if properties["delivery_tag"] != tag:
-                return None
-            if payload.get("body"):
-                self.decode_body(payload["body"], properties.get("body_encoding"))  # as kombu's Message will
-            return payload
-        except Exception:
-            return None
-
-    def _set_aside(self, key: str, raw: bytes, tag: bytes | None) -> None:
-        """A list entry that is not a kombu message cannot be refused like one: move its bytes to
-        ``DEAD_LIST``, and drop the unacked record the take script made for it, if any."""
-        logger.error("redis:// list %r held a message that is not kombu JSON; moved to %r: %.200r",
-                     key, DEAD_LIST, raw)
-        self.raw_call(resp("LPUSH", DEAD_LIST, raw), 1)  # kept first: if Redis refuses it, the record stays
-        if tag is not None:
-            self.raw_call(resp("ZREM", self.unacked_index_key, tag) + resp("HDEL", self.unacked_key, tag), 2)
 
     # -- the consumer's hot path: raw RESP on a connection of its own ---------------------------
 
@@ -415,22 +278,6 @@ class Channel(SendsMixin, kombu_redis.Channel):
             logger.warning("redis:// an unconfirmed ack failed while the channel closed", exc_info=True)
         finally:
             connection.disconnect()
-
-    def _evalsha(self, source: str, keys: list[str], args: list) -> bytes:
-        """``EVALSHA`` of ``source`` as RESP bytes."""
-        sha = self._shas.get(source)
-        if sha is None:
-            sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
-        return resp("EVALSHA", sha, len(keys), *keys, *args)
-
-    def _eval(self, source: str, command: bytes) -> Any:
-        """Run ``command`` (:meth:`_evalsha` of ``source``) through :meth:`raw_call`, loading the
-        script first when Redis does not know it."""
-        try:
-            return self.raw_call(command, 1)[0]
-        except NoScriptError:  # a new or flushed Redis
-            pass
-        return self.raw_call(resp("SCRIPT", "LOAD", source) + command, 2)[1]
 
     def _script(self, client: Any, source: str) -> Any:
         """The registered script for ``client``, made once: registering hashes the source every time."""

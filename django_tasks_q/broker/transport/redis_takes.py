@@ -1,0 +1,248 @@
+"""The consuming side of the ``redis://`` channel: take messages and record them unacked in one step.
+
+* While looks find messages, the consumer takes the next batch at once
+  (:meth:`TakesMixin._take_one`, one round trip per batch, sized to the
+  prefetch window's room); the take is one Lua script
+  (:data:`~django_tasks_q.broker.transport.redis_scripts.POP_SCRIPT`), so a
+  message is always in its list or recorded unacked.
+* Once a look finds none, BRPOP waits for a wake token with a take of one
+  message queued behind it (:meth:`TakesMixin._brpop_start`); what that take
+  returned but can no longer be delivered when its answer is read goes back
+  to its list (:meth:`TakesMixin._give_back`).
+* A list entry that is not a kombu message is moved to :data:`DEAD_LIST`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from queue import Empty
+from time import monotonic, time
+from typing import Any, Callable
+
+from kombu.utils.encoding import bytes_to_str
+from redis.exceptions import NoScriptError
+
+from ...core.protocol import fast_loads
+from .redis_scripts import GIVE_BACK_SCRIPT, POP_SCRIPT
+from .redis_sends import WAKE_PREFIX, resp
+
+#: Most messages one look takes (still never more than the prefetch window has room for).
+TAKE_BATCH = 16
+#: Where a list entry that is not a kombu message goes (it cannot be refused like a message).
+DEAD_LIST = "tasksq.dead.raw"
+logger = logging.getLogger(__name__)
+
+
+class TakesMixin:
+    """For the ``redis://`` channel (a kombu Redis channel with ``raw_call`` and script helpers)."""
+
+    # kombu's channel
+    client: Any
+    connection: Any
+    qos: Any
+    sep: str
+    priority_steps: list[int]
+    brpop_timeout: float
+    visibility_timeout: float
+    unacked_key: str
+    unacked_index_key: str
+    active_queues: set[str]
+    _active_queues: list[str]
+    _queue_cycle: Any
+    _closing: bool
+    _in_poll: Any
+    _brpop_sent_at: Any
+    _q_for_pri: Callable[[str, int], str]
+    _flush_brpop_reauth: Callable[[], None]
+    decode_body: Callable[..., Any]
+    # ours (redis.Channel)
+    raw_call: Callable[..., list]
+    conn_or_acquire: Callable[..., Any]
+    _script: Callable[[Any, str], Any]
+    _shas: dict[str, str]
+    _unrecorded: set[str]
+    _held_by_script: str | None
+    _found_last_time: bool
+    _take_queued: bool
+    _take_unrecorded: frozenset[str]
+    _take_stamp: float
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        """Wait for a wake token, with a take of one message queued behind the wait on the same
+        connection: Redis runs it the moment the wait ends (a client's commands run in order) and
+        both answers come back together -- a round trip less between a message's arrival and its
+        run. One, because until the consumer reads the answer that message is held here, as kombu's
+        own BRPOP holds the one it pops: if this process is busy meanwhile (a ``-P solo`` worker
+        running a task), no other consumer can take it. (While looks find messages,
+        :class:`Poller` takes batches without waiting.)"""
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        connection = self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        wakes = [WAKE_PREFIX + self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        commands = [resp("BRPOP", *wakes, timeout or self.brpop_timeout or 1)]
+        take = self._take_command(most=1)
+        self._take_queued = take is not None
+        connection.send_packed_command(commands if take is None else commands + [take])
+
+    def _brpop_read(self, **options: Any) -> bool:
+        connection = self.client.connection
+        take_queued, self._take_queued = self._take_queued, False
+        taken: list | None = None  # None: no take went out behind the wait, or Redis lacked its script
+        try:
+            try:
+                self.client.parse_response(connection, "BRPOP", **options)
+                if take_queued:
+                    taken = connection.read_response()
+            except NoScriptError:  # a new or flushed Redis: the take below loads the script
+                pass
+            except BaseException:  # after an error answer to the wait, the take's is still unread
+                connection.disconnect()
+                raise
+            if taken is not None:
+                return self._deliver_taken(taken, waited_since=self._brpop_sent_at)
+            if self._closing:  # kombu's close() reads the last wait's reply: take nothing more
+                raise Empty()
+            return self._take_one()
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _poll_error(self, type: str, **options: Any) -> None:
+        """kombu reads one answer after a socket error; a wait with a take behind it owes two. Drop
+        the connection instead (what the take recorded comes back with the visibility timeout)."""
+        if type == "BRPOP" and self._take_queued:
+            self._take_queued = False
+            self.client.connection.disconnect()
+            self._in_poll = None
+            return
+        super()._poll_error(type, **options)  # type: ignore[misc]  # kombu's channel, next in the MRO
+
+    def may_take_ahead(self) -> bool:
+        """Should the poller take at once, without waiting? When the last look found messages, this
+        channel consumes, has prefetch room, and no wait of its own is in flight."""
+        return (self._found_last_time and not self._in_poll and not self._closing and bool(self.active_queues)
+                and self.qos.can_consume())
+
+    def _take_command(self, most: int = TAKE_BATCH) -> bytes | None:
+        """The take script's call for up to ``most`` messages, as many as the prefetch window has
+        room for (None: no room): it pops them from this channel's lists in order and records each
+        unacked, except from the queues consumed with no_ack (noted, for :meth:`_give_back`)."""
+        queues = list(self.active_queues)
+        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        self._take_unrecorded, self._take_stamp = frozenset(self._unrecorded), time()
+        unrecorded = ([int(queue in self._unrecorded) for pri in self.priority_steps for queue in queues]
+                      if self._unrecorded else [])  # none (a worker's task queues): every take is recorded
+        room = self.qos.can_consume_max_estimate()  # None: no prefetch limit
+        want = most if room is None else min(most, room)
+        if want < 1:
+            return None
+        keys += [self.unacked_key, self.unacked_index_key]
+        return self._evalsha(POP_SCRIPT, keys, [self._take_stamp, want, *unrecorded])
+
+    def _take_one(self) -> bool:
+        """Take as many messages as the prefetch window allows (one round trip) and deliver them."""
+        command = self._take_command()
+        if command is None:
+            raise Empty()
+        return self._deliver_taken(self._eval(POP_SCRIPT, command))
+
+    def _deliver_taken(self, taken: list, waited_since: float | None = None) -> bool:
+        """Deliver what a take returned (``(list, message, tag)`` triples); raise Empty if nothing.
+
+        ``waited_since``: the take went out behind a wait sent then, and things may have changed
+        before its answer was read. What can no longer be delivered goes back to its list
+        (:meth:`_give_back`): all of it when the channel is closing, or when the answer was read
+        more than a third of the visibility timeout after the take was sent (its unacked records,
+        stamped then, would come due before the keeper's next refresh -- or already have: another
+        consumer may hold those messages now); a message whose queue is no longer consumed; one
+        the prefetch window has no room for any more (it shrank: an eta task came due)."""
+        self._found_last_time = bool(taken)
+        stale = waited_since is not None and (
+            self._closing or monotonic() - waited_since > float(self.visibility_timeout) / 3)
+        returned: list = []
+        delivered = False
+        for index in range(0, len(taken), 3):
+            key, raw, tag = bytes_to_str(taken[index]), taken[index + 1], taken[index + 2]
+            queue = key.rsplit(self.sep, 1)[0]
+            if waited_since is not None and (stale or queue not in self._active_queues or not (
+                    queue in self._take_unrecorded or self.qos.can_consume())):
+                returned += taken[index:index + 3]
+                continue
+            payload = None if tag is None else self._kombu_message(raw, bytes_to_str(tag))
+            if payload is None:
+                self._set_aside(key, raw, tag)
+                continue
+            self._queue_cycle.rotate(queue)
+            self._held_by_script = payload["properties"]["delivery_tag"]
+            try:
+                self.connection._deliver(payload, queue)
+            finally:
+                self._held_by_script = None
+            delivered = True
+        if returned:
+            self._give_back(returned)
+        if not delivered:
+            raise Empty()
+        return True
+
+    def _give_back(self, taken: list) -> None:
+        """Put taken messages back at the head of their lists, unchanged (never delivered, so not
+        marked redelivered), and drop their unacked records -- each only while its record is still
+        there: a restore sweep that already put it back owns it (``GIVE_BACK_SCRIPT``)."""
+        args: list = [self._take_stamp]
+        for index in range(len(taken) - 3, -1, -3):  # last taken first, so the first ends up next
+            key, raw, tag = taken[index], taken[index + 1], taken[index + 2]
+            recorded = tag is not None and bytes_to_str(key).rsplit(self.sep, 1)[0] not in self._take_unrecorded
+            args += [key, raw, tag if recorded else b""]
+        with self.conn_or_acquire() as client:
+            returned = self._script(client, GIVE_BACK_SCRIPT)(keys=[self.unacked_key, self.unacked_index_key],
+                                                             args=args)
+        if returned < len(taken) // 3:  # restored by a sweep: in its list, or with another consumer
+            logger.info("redis:// %d taken message(s) had already been restored to their list by another "
+                        "consumer; not put back again", len(taken) // 3 - returned)
+
+    def _kombu_message(self, raw: bytes, tag: str) -> dict | None:
+        """The decoded message the take script recorded under ``tag``, if kombu can make a message of
+        it; else None. Lua's decoder takes what Python's may not (nesting past Python's recursion
+        limit, a ``__type__`` value kombu cannot revive), and kombu's message cannot be made of a
+        body its ``body_encoding`` cannot decode: raised from the take, each stopped the batch every
+        time the entry came back. (Headers that are not a mapping are the worker's to refuse:
+        ``worker.intake`` guards kombu's message class against them.)"""
+        try:
+            payload = fast_loads(bytes_to_str(raw))
+            properties = payload["properties"]
+            if properties["delivery_tag"] != tag:
+                return None
+            if payload.get("body"):
+                self.decode_body(payload["body"], properties.get("body_encoding"))  # as kombu's Message will
+            return payload
+        except Exception:
+            return None
+
+    def _set_aside(self, key: str, raw: bytes, tag: bytes | None) -> None:
+        """A list entry that is not a kombu message cannot be refused like one: move its bytes to
+        ``DEAD_LIST``, and drop the unacked record the take script made for it, if any."""
+        logger.error("redis:// list %r held a message that is not kombu JSON; moved to %r: %.200r",
+                     key, DEAD_LIST, raw)
+        self.raw_call(resp("LPUSH", DEAD_LIST, raw), 1)  # kept first: if Redis refuses it, the record stays
+        if tag is not None:
+            self.raw_call(resp("ZREM", self.unacked_index_key, tag) + resp("HDEL", self.unacked_key, tag), 2)
+
+    def _evalsha(self, source: str, keys: list[str], args: list) -> bytes:
+        """``EVALSHA`` of ``source`` as RESP bytes."""
+        sha = self._shas.get(source)
+        if sha is None:
+            sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
+        return resp("EVALSHA", sha, len(keys), *keys, *args)
+
+    def _eval(self, source: str, command: bytes) -> Any:
+        """Run ``command`` (:meth:`_evalsha` of ``source``) through :meth:`raw_call`, loading the
+        script first when Redis does not know it."""
+        try:
+            return self.raw_call(command, 1)[0]
+        except NoScriptError:  # a new or flushed Redis
+            pass
+        return self.raw_call(resp("SCRIPT", "LOAD", source) + command, 2)[1]
