@@ -116,13 +116,15 @@ class Drain:
 
 
 def timed_drain(commands: list[list[str]], env: dict[str, str], start: Path, end: Path,
-                database: Database | None = None, gate: Callable[[], object] | None = None) -> Drain:
+                database: Database | None = None, gate: Callable[[], object] | None = None,
+                server: int | None = None) -> Drain:
     """Start the workers together on a filled queue and time them from the start marker to the end marker.
 
     ``gate``: called once they are started, to let them all consume; it runs in a thread while the
     start marker is watched for, since the first worker told may take it before the call returns.
+    ``server``: the pid of a server whose CPU to read too (default: ``database``'s).
     """
-    server = database.server_pid if database else None
+    server = server or (database.server_pid if database else None)
     with contextlib.ExitStack() as stack:
         workers = [stack.enter_context(Worker(command, env)) for command in commands]
         opened: list[BaseException] = []
@@ -219,13 +221,17 @@ def scale(broker_url: str, window: int, behind: int, sends: int, database: Datab
             sent = client("ours", env, "enqueue-pair", sends, shallow_queue)
         else:
             sent = client("ours", env, "enqueue", sends, "quiet")
-        drain = timed_drain([worker_command("ours", broker_url)], env, start, end, database)
+        drain = timed_drain([worker_command("ours", broker_url)], env, start, end, database,
+                            server=None if database else redis_pid(broker_url))
     finally:
         if database:
             database.clear(BROKER_TABLE)
     tasks = window + 2
     pair = {"enqueue_pair_ratio": sent["seconds"] / sent["seconds_other"]} if shallow_queue else {}
-    return {**pair, "queued": behind, "ms_per_task": 1000 * drain.seconds / tasks, **drain.figures(tasks),
+    figures = drain.figures(tasks)
+    if "db_cpu_ms" in figures:  # Redis's or PostgreSQL's: named as in the scale-eta rows
+        figures["server_cpu_ms"] = figures.pop("db_cpu_ms")
+    return {**pair, "queued": behind, "ms_per_task": 1000 * drain.seconds / tasks, **figures,
             "enqueue_us": 1e6 * sent["seconds"] / sends, "fill_rate": filled["sent"] / filled["seconds"]}
 
 

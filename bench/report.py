@@ -45,9 +45,11 @@ ABSOLUTE: list[tuple[str, list[Key], str, str, float]] = [
 #: over the one of ``row``-small (1,000).
 SCALE: list[tuple[str, str, str, str]] = [
     ("scale, Redis: drain, worker CPU per task", "scale", "redis", "cpu_ms"),
+    ("scale, Redis: drain, Redis CPU per task", "scale", "redis", "server_cpu_ms"),
     ("scale, Redis: drain, wall time per task", "scale", "redis", "ms_per_task"),
     ("scale, Redis: enqueue, one delay()", "scale", "redis", "enqueue_us"),
     ("scale, django:// PostgreSQL: drain, worker CPU per task", "scale", "django-pg", "cpu_ms"),
+    ("scale, django:// PostgreSQL: drain, PostgreSQL CPU per task", "scale", "django-pg", "server_cpu_ms"),
     ("scale, django:// PostgreSQL: drain, wall time per task", "scale", "django-pg", "ms_per_task"),
     ("scale, django:// PostgreSQL: enqueue, one delay()", "scale", "django-pg", "enqueue_us"),
     ("scale, Redis: release and run of due eta tasks, worker CPU per task", "scale-eta", "redis", "cpu_ms"),
