@@ -21,11 +21,17 @@ from tests import servers
 
 # an idle consumer sweeps for overdue unacked messages on every poll
 QUICK = {"visibility_timeout": 1, "unacked_restore_throttle": 1}
+# a take goes out behind a wait (BRPOP) shorter than a sixth of the visibility timeout: 1 s of 60
+TAKE_BEHIND = {"visibility_timeout": 60}
+# ... or 0.1 s of QUICK's 1 s, where a restore sweep must come by within the test
+SHORT_WAITS = {"brpop_timeout": 0.1}
 
 
-def connect(url: str) -> Connection:
-    connection = Connection(url, transport_options=QUICK)
+def connect(url: str, brpop_timeout: float | None = None, **options) -> Connection:
+    connection = Connection(url, transport_options={**QUICK, **options})
     connection.transport_cls = Transport
+    if brpop_timeout:
+        connection.transport.brpop_timeout = brpop_timeout
     return connection
 
 
@@ -309,7 +315,7 @@ def test_the_take_runs_the_moment_the_wait_ends(redis_url):
     client = redis.Redis.from_url(redis_url)
     queue = Queue("woken")
     got: list = []
-    with connect(redis_url) as consuming, connect(redis_url) as producing:
+    with connect(redis_url, **TAKE_BEHIND) as consuming, connect(redis_url) as producing:
         waiting_consumer(consuming, queue, got)
         Producer(producing.channel()).publish({"n": 1}, routing_key="woken", declare=[queue])
         wait_for(lambda: not queued(client, "woken"), "the message stayed in its list until the consumer asked")
@@ -331,7 +337,7 @@ def test_a_take_that_finds_the_script_gone_takes_again(redis_url):
     client = redis.Redis.from_url(redis_url)
     queue = Queue("flushed")
     got: list = []
-    with connect(redis_url) as consuming, connect(redis_url) as producing:
+    with connect(redis_url, **TAKE_BEHIND) as consuming, connect(redis_url) as producing:
         waiting_consumer(consuming, queue, got)
         client.script_flush()
         Producer(producing.channel()).publish({"n": 2}, routing_key="flushed", declare=[queue])
@@ -350,7 +356,7 @@ def test_a_message_taken_as_the_consumer_closes_goes_back_first_in_line(redis_ur
     got: list = []
     with connect(redis_url) as producing:
         producer = Producer(producing.channel())
-        with connect(redis_url) as consuming:
+        with connect(redis_url, **TAKE_BEHIND) as consuming:
             waiting_consumer(consuming, queue, got)
             producer.publish({"n": 1}, routing_key="closing", declare=[queue])
             wait_for(lambda: not queued(client, "closing"), "the take behind the wait took nothing")
@@ -382,7 +388,7 @@ def test_a_take_restored_elsewhere_before_it_is_read_is_neither_delivered_nor_gi
     got_a: list = []
     got_b: list = []
     with connect(redis_url) as producing, connect(redis_url) as b:
-        a = connect(redis_url)
+        a = connect(redis_url, **TAKE_BEHIND)  # b's visibility timeout, 1 s, is the one its sweep uses
         consumer = waiting_consumer(a, queue, got_a)
         Producer(producing.channel()).publish({"n": 1}, routing_key="late-close", declare=[queue])
         wait_for(lambda: client.hlen("unacked") == 1, "the take behind the wait took nothing")
@@ -402,38 +408,30 @@ def test_a_take_restored_elsewhere_before_it_is_read_is_neither_delivered_nor_gi
 
 
 def test_a_take_read_late_goes_back_instead_of_being_delivered(redis_url):
-    """A consumer whose prefetch window filled while its wait was out reads the answer only when
-    room returns (kombu pauses the socket). Read later than a third of the visibility timeout, what
-    the take holds is not delivered: here another consumer's sweep restored it meanwhile and ran it."""
+    """A consumer busy elsewhere (a -P solo worker running a long task) reads its wait's answer
+    late. Read more than a sixth of the visibility timeout after the take went out, what it took is
+    not delivered: here another consumer's sweep restored it meanwhile and runs it. (The clock the
+    wait was sent by is moved back 100 s instead of waiting ten seconds.)"""
     client = redis.Redis.from_url(redis_url)
     client.delete("unacked", "unacked_index")
     queue = Queue("late-read")
     got_a: list = []
     got_b: list = []
-    with connect(redis_url) as producing, connect(redis_url) as a, connect(redis_url) as b:
-        producer = Producer(producing.channel())
-        producer.publish({"n": 0}, routing_key="late-read", declare=[queue])
-        consumer = Consumer(a.channel(), [queue], on_message=got_a.append, prefetch_count=2)
-        consumer.consume()
-        a.drain_events(timeout=2)  # n=0, held unacked
-        with pytest.raises(socket.timeout):
-            a.drain_events(timeout=0.2)  # the wait goes out, a take of one behind it
-        consumer.channel.basic_qos(0, 1, False)  # the window shrinks (an eta task came due): no room
-        producer.publish({"n": 1}, routing_key="late-read")
-        wait_for(lambda: client.hlen("unacked") == 2, "the take behind the wait took nothing")
+    with connect(redis_url) as producing, connect(redis_url, **TAKE_BEHIND) as a, connect(redis_url) as b:
+        consumer = waiting_consumer(a, queue, got_a)
+        Producer(producing.channel()).publish({"n": 1}, routing_key="late-read", declare=[queue])
+        wait_for(lambda: client.hlen("unacked") == 1, "the take behind the wait took nothing")
         Consumer(b.channel(), [queue], on_message=got_b.append).consume()
         deadline = time.monotonic() + 5
-        while not got_b:
+        while not got_b:  # b's sweep (visibility timeout 1 s) restores it, b takes it
             assert time.monotonic() < deadline, "the restore sweep never gave n=1 to b"
-            for connection in (a, b):
-                drain(connection, 0.3)
+            drain(b, 0.3)
+        consumer.channel._brpop_sent_at -= 100
+        with pytest.raises(socket.timeout):
+            a.drain_events(timeout=0.5)  # reads the answer now
+        assert got_a == [], "n=1 delivered a second time"
+        assert [message.payload for message in got_b] == [{"n": 1}] and client.hlen("unacked") == 1
         got_b[0].ack()
-        got_a[0].ack()  # room again: a reads its wait's answer now
-        drain(a, 1.5)
-        assert [message.payload for message in got_a] == [{"n": 0}], "n=1 delivered a second time"
-        assert [message.payload for message in got_b] == [{"n": 1}]
-        a.default_channel.close_raw_connection(settle=True)
-        b.default_channel.close_raw_connection(settle=True)
 
 
 @pytest.mark.parametrize("no_ack", [False, True])
@@ -447,7 +445,7 @@ def test_a_queue_cancelled_while_the_wait_is_out_gets_its_message_back(redis_url
     for key in client.keys("cancelled-meanwhile*"):  # the other parameter's message
         client.delete(key)
     got: list = []
-    with connect(redis_url) as connection, connect(redis_url) as producing:
+    with connect(redis_url, **TAKE_BEHIND) as connection, connect(redis_url) as producing:
         channel = connection.channel()
         Consumer(channel, [kept], on_message=got.append).consume()
         gone = Consumer(channel, [cancelled], on_message=got.append, no_ack=no_ack)
@@ -464,24 +462,45 @@ def test_a_queue_cancelled_while_the_wait_is_out_gets_its_message_back(redis_url
         assert client.hlen("unacked") == 0
 
 
-def test_an_error_answer_to_the_wait_leaves_the_connection_in_step(redis_url):
+def test_an_error_answer_to_the_wait_gives_back_what_the_take_behind_it_took(redis_url):
     """A wait answered with an error (a demoted master's UNBLOCKED, here CLIENT UNBLOCK ... ERROR)
-    still owes the take's answer behind it: the connection is dropped, not left one answer behind
-    (every later read returned the previous command's answer, and a wake token was read as a take)."""
+    still has the take behind it run: its answer is read and what it took goes back to its list --
+    not left unread (every later read was one answer behind, and a wake token was read as a take)
+    nor left recorded until the visibility timeout."""
     client = redis.Redis.from_url(redis_url)
+    client.delete("unacked", "unacked_index")
     queue = Queue("unblocked")
     got: list = []
-    with connect(redis_url) as consuming, connect(redis_url) as producing:
+    with connect(redis_url, **TAKE_BEHIND) as consuming, Connection(redis_url) as plain_kombu:
         consumer = waiting_consumer(consuming, queue, got)
         port = consumer.channel.client.connection._sock.getsockname()[1]
         (blocked,) = [entry for entry in client.client_list() if entry["addr"] == f"127.0.0.1:{port}"]
         assert blocked["cmd"] == "brpop"
+        Producer(plain_kombu.channel()).publish({"n": 1}, routing_key="unblocked", declare=[queue])  # no wake token
         client.execute_command("CLIENT", "UNBLOCK", blocked["id"], "ERROR")
         with pytest.raises(redis.exceptions.ResponseError):
             consuming.drain_events(timeout=1)
-        with pytest.raises(socket.timeout):
-            consuming.drain_events(timeout=0.3)  # waiting again
-        Producer(producing.channel()).publish({"n": 2}, routing_key="unblocked", declare=[queue])
+        assert len(queued(client, "unblocked")) == 1 and client.hlen("unacked") == 0, "the take's message stranded"
         consuming.drain_events(timeout=2)
-        assert [message.payload for message in got] == [{"n": 2}]
+        assert [message.payload for message in got] == [{"n": 1}]
         got[0].ack()
+        consumer.channel.close_raw_connection(settle=True)  # the held ack goes now
+        assert client.hlen("unacked") == 0
+
+
+def test_a_queue_consumed_again_with_no_ack_meanwhile_gets_what_the_take_recorded_back(redis_url):
+    """The take behind the wait recorded its message unacked, as the queue was consumed then; by the
+    time its answer is read the queue is consumed with no_ack (nothing will ack it): it goes back,
+    and the next take hands it over unrecorded -- delivered, its record not left to be restored."""
+    client = redis.Redis.from_url(redis_url)
+    client.delete("unacked", "unacked_index")
+    queue = Queue("flipped")
+    got: list = []
+    with connect(redis_url, **TAKE_BEHIND) as consuming, connect(redis_url) as producing:
+        consumer = waiting_consumer(consuming, queue, got)
+        consumer.cancel()
+        Consumer(consumer.channel, [queue], on_message=got.append, no_ack=True).consume()
+        Producer(producing.channel()).publish({"n": 1}, routing_key="flipped", declare=[queue])
+        drain(consuming, 1.0)
+        assert [message.payload for message in got] == [{"n": 1}]
+        assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0, "a no_ack message recorded"

@@ -87,7 +87,7 @@ from ..topic import TopicExchange
 from .keeper import KeeperMixin, held_tags
 from .redis_scripts import RELEASE_SCRIPT
 from .redis_sends import SendsMixin, bulk_string, resp
-from .redis_takes import TakesMixin
+from .redis_takes import Take, TakesMixin
 
 RELEASE_BATCH = 1000
 #: Early acks go out between these two (raw_call): Redis sends no reply to what it receives in between.
@@ -160,9 +160,7 @@ class Channel(SendsMixin, TakesMixin, kombu_redis.Channel):
         self._can_silence: bool | None = None  # does the server take CLIENT REPLY? (asked once per connection)
         self._shas: dict[str, str] = {}
         self._found_last_time = True  # look before the first wait
-        self._take_queued = False  # a take went out behind the wait in flight (_brpop_start)
-        self._take_unrecorded: frozenset[str] = frozenset()  # the no_ack queues when the last take went out
-        self._take_stamp = 0.0  # the time the last take recorded its messages with (their index score)
+        self._queued_take: Take | None = None  # the take behind the wait in flight (_brpop_start)
         self._raw_sock: Any = None  # the socket the reply mode below was set on
         self._hold_flag = 0  # MSG_MORE where the raw socket takes it (held_writes_flag)
         super().__init__(*args, **kwargs)
@@ -342,6 +340,8 @@ class Channel(SendsMixin, TakesMixin, kombu_redis.Channel):
 
     def _on_connection_disconnect(self, connection: Any) -> None:
         self._sync_client = None
+        if connection is self._in_poll:
+            self._queued_take = None  # its answer went with the connection
         self.close_raw_connection()
         super()._on_connection_disconnect(connection)
 

@@ -18,10 +18,10 @@ import hashlib
 import logging
 from queue import Empty
 from time import monotonic, time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from kombu.utils.encoding import bytes_to_str
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from ...core.protocol import fast_loads
 from .redis_scripts import GIVE_BACK_SCRIPT, POP_SCRIPT
@@ -32,6 +32,14 @@ TAKE_BATCH = 16
 #: Where a list entry that is not a kombu message goes (it cannot be refused like a message).
 DEAD_LIST = "tasksq.dead.raw"
 logger = logging.getLogger(__name__)
+
+
+class Take(NamedTuple):
+    """A take script's call, and what its answer is read against."""
+
+    command: bytes
+    stamp: float  # the time it records its messages unacked with (their index score)
+    unrecorded: frozenset[str]  # the queues consumed with no_ack when it went out
 
 
 class TakesMixin:
@@ -64,9 +72,7 @@ class TakesMixin:
     _unrecorded: set[str]
     _held_by_script: str | None
     _found_last_time: bool
-    _take_queued: bool
-    _take_unrecorded: frozenset[str]
-    _take_stamp: float
+    _queued_take: Take | None
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         """Wait for a wake token, with a take of one message queued behind the wait on the same
@@ -74,35 +80,48 @@ class TakesMixin:
         both answers come back together -- a round trip less between a message's arrival and its
         run. One, because until the consumer reads the answer that message is held here, as kombu's
         own BRPOP holds the one it pops: if this process is busy meanwhile (a ``-P solo`` worker
-        running a task), no other consumer can take it. (While looks find messages,
-        :class:`Poller` takes batches without waiting.)"""
+        running a task), no other consumer can take it. Not when a wait can outlast
+        :meth:`_stale_after` (a short visibility timeout): what it took would always go back.
+        (While looks find messages, :class:`Poller` takes batches without waiting.)"""
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
         connection = self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
+        wait = timeout or self.brpop_timeout or 1
         wakes = [WAKE_PREFIX + self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        commands = [resp("BRPOP", *wakes, timeout or self.brpop_timeout or 1)]
-        take = self._take_command(most=1)
-        self._take_queued = take is not None
-        connection.send_packed_command(commands if take is None else commands + [take])
+        commands = [resp("BRPOP", *wakes, wait)]
+        take = self._take_command(most=1) if float(wait) < self._stale_after() else None
+        self._queued_take = None
+        if take is not None:
+            commands.append(take.command)
+            self._queued_take = take
+        connection.send_packed_command(commands)
 
     def _brpop_read(self, **options: Any) -> bool:
         connection = self.client.connection
-        take_queued, self._take_queued = self._take_queued, False
+        take, self._queued_take = self._queued_take, None
         taken: list | None = None  # None: no take went out behind the wait, or Redis lacked its script
         try:
             try:
                 self.client.parse_response(connection, "BRPOP", **options)
-                if take_queued:
-                    taken = connection.read_response()
-            except NoScriptError:  # a new or flushed Redis: the take below loads the script
-                pass
-            except BaseException:  # after an error answer to the wait, the take's is still unread
+            except ResponseError:  # an error answer (UNBLOCKED, WRONGTYPE): the take behind it still ran
+                if take is not None:
+                    self._settle_take(connection, take)
+                raise
+            except BaseException:  # the take's answer may be left unread: start again on a new connection
                 connection.disconnect()
                 raise
-            if taken is not None:
-                return self._deliver_taken(taken, waited_since=self._brpop_sent_at)
+            if take is not None:
+                try:
+                    taken = connection.read_response()
+                except NoScriptError:  # a new or flushed Redis: the take below loads the script
+                    pass
+                except BaseException:
+                    connection.disconnect()
+                    raise
+            if taken is not None and take is not None:
+                return self._deliver_taken(taken, take)
             if self._closing:  # kombu's close() reads the last wait's reply: take nothing more
                 raise Empty()
             return self._take_one()
@@ -110,11 +129,23 @@ class TakesMixin:
             self._in_poll = None
             self._flush_brpop_reauth()
 
+    def _settle_take(self, connection: Any, take: Take) -> None:
+        """Read the answer of a take whose wait failed and put back what it took."""
+        try:
+            taken = connection.read_response()
+        except ResponseError:
+            return  # it took nothing (NOSCRIPT, READONLY on a demoted master)
+        except BaseException:
+            connection.disconnect()
+            raise
+        if taken:
+            self._give_back(taken, take)
+
     def _poll_error(self, type: str, **options: Any) -> None:
         """kombu reads one answer after a socket error; a wait with a take behind it owes two. Drop
         the connection instead (what the take recorded comes back with the visibility timeout)."""
-        if type == "BRPOP" and self._take_queued:
-            self._take_queued = False
+        if type == "BRPOP" and self._queued_take is not None:
+            self._queued_take = None
             self.client.connection.disconnect()
             self._in_poll = None
             return
@@ -126,13 +157,19 @@ class TakesMixin:
         return (self._found_last_time and not self._in_poll and not self._closing and bool(self.active_queues)
                 and self.qos.can_consume())
 
-    def _take_command(self, most: int = TAKE_BATCH) -> bytes | None:
+    def _stale_after(self) -> float:
+        """Seconds after which a take's answer read late is not delivered. A sixth of the visibility
+        timeout: its unacked records carry the take's stamp, and the keeper refreshes them every
+        third of it once delivered, so even with one of the keeper's rounds failing the records
+        are refreshed before a restore sweep could give them to another consumer."""
+        return float(self.visibility_timeout) / 6
+
+    def _take_command(self, most: int = TAKE_BATCH) -> Take | None:
         """The take script's call for up to ``most`` messages, as many as the prefetch window has
         room for (None: no room): it pops them from this channel's lists in order and records each
-        unacked, except from the queues consumed with no_ack (noted, for :meth:`_give_back`)."""
+        unacked with the stamp it carries, except from the queues consumed with no_ack."""
         queues = list(self.active_queues)
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        self._take_unrecorded, self._take_stamp = frozenset(self._unrecorded), time()
         unrecorded = ([int(queue in self._unrecorded) for pri in self.priority_steps for queue in queues]
                       if self._unrecorded else [])  # none (a worker's task queues): every take is recorded
         room = self.qos.can_consume_max_estimate()  # None: no prefetch limit
@@ -140,35 +177,38 @@ class TakesMixin:
         if want < 1:
             return None
         keys += [self.unacked_key, self.unacked_index_key]
-        return self._evalsha(POP_SCRIPT, keys, [self._take_stamp, want, *unrecorded])
+        stamp = time()
+        return Take(self._evalsha(POP_SCRIPT, keys, [stamp, want, *unrecorded]), stamp, frozenset(self._unrecorded))
 
     def _take_one(self) -> bool:
         """Take as many messages as the prefetch window allows (one round trip) and deliver them."""
-        command = self._take_command()
-        if command is None:
+        take = self._take_command()
+        if take is None:
             raise Empty()
-        return self._deliver_taken(self._eval(POP_SCRIPT, command))
+        return self._deliver_taken(self._eval(POP_SCRIPT, take.command))
 
-    def _deliver_taken(self, taken: list, waited_since: float | None = None) -> bool:
+    def _deliver_taken(self, taken: list, waited: Take | None = None) -> bool:
         """Deliver what a take returned (``(list, message, tag)`` triples); raise Empty if nothing.
 
-        ``waited_since``: the take went out behind a wait sent then, and things may have changed
-        before its answer was read. What can no longer be delivered goes back to its list
-        (:meth:`_give_back`): all of it when the channel is closing, or when the answer was read
-        more than a third of the visibility timeout after the take was sent (its unacked records,
-        stamped then, would come due before the keeper's next refresh -- or already have: another
-        consumer may hold those messages now); a message whose queue is no longer consumed; one
-        the prefetch window has no room for any more (it shrank: an eta task came due)."""
+        ``waited``: the take went out behind a wait, and things may have changed before its answer
+        was read. What can no longer be delivered goes back to its list (:meth:`_give_back`): all of
+        it when the channel is closing, or when the answer is read more than :meth:`_stale_after`
+        seconds after the take's stamp (another consumer may hold those messages now: a restore
+        sweep goes by the stamp); a message whose queue is no longer consumed, or consumed with or
+        without no_ack unlike when the take went out; one the prefetch window has no room for any
+        more (it shrank: an eta task came due)."""
         self._found_last_time = bool(taken)
-        stale = waited_since is not None and (
-            self._closing or monotonic() - waited_since > float(self.visibility_timeout) / 3)
+        stale = waited is not None and (self._closing or max(
+            time() - waited.stamp, monotonic() - self._brpop_sent_at) > self._stale_after())
         returned: list = []
         delivered = False
         for index in range(0, len(taken), 3):
             key, raw, tag = bytes_to_str(taken[index]), taken[index + 1], taken[index + 2]
             queue = key.rsplit(self.sep, 1)[0]
-            if waited_since is not None and (stale or queue not in self._active_queues or not (
-                    queue in self._take_unrecorded or self.qos.can_consume())):
+            if waited is not None and (
+                    stale or queue not in self._active_queues
+                    or (queue in waited.unrecorded) != (queue in self._unrecorded)
+                    or not (queue in self._unrecorded or self.qos.can_consume())):
                 returned += taken[index:index + 3]
                 continue
             payload = None if tag is None else self._kombu_message(raw, bytes_to_str(tag))
@@ -182,21 +222,22 @@ class TakesMixin:
             finally:
                 self._held_by_script = None
             delivered = True
-        if returned:
-            self._give_back(returned)
+        if returned and waited is not None:
+            self._give_back(returned, waited)
         if not delivered:
             raise Empty()
         return True
 
-    def _give_back(self, taken: list) -> None:
-        """Put taken messages back at the head of their lists, unchanged (never delivered, so not
-        marked redelivered), and drop their unacked records -- each only while its record is still
-        there: a restore sweep that already put it back owns it (``GIVE_BACK_SCRIPT``)."""
-        args: list = [self._take_stamp]
+    def _give_back(self, taken: list, take: Take) -> None:
+        """Put what ``take`` took back at the head of its lists, unchanged (never delivered, so not
+        marked redelivered), and drop its unacked records -- each only while its record is still
+        the take's own: a restore sweep may have put it back already, and another consumer taken it
+        again under the same tag (``GIVE_BACK_SCRIPT``)."""
+        args: list = [take.stamp]
         for index in range(len(taken) - 3, -1, -3):  # last taken first, so the first ends up next
             key, raw, tag = taken[index], taken[index + 1], taken[index + 2]
-            recorded = tag is not None and bytes_to_str(key).rsplit(self.sep, 1)[0] not in self._take_unrecorded
-            args += [key, raw, tag if recorded else b""]
+            recorded = tag is not None and bytes_to_str(key).rsplit(self.sep, 1)[0] not in take.unrecorded
+            args += [key, raw, tag if recorded else b"", int(recorded)]
         with self.conn_or_acquire() as client:
             returned = self._script(client, GIVE_BACK_SCRIPT)(keys=[self.unacked_key, self.unacked_index_key],
                                                              args=args)
