@@ -101,26 +101,9 @@ class TakesMixin:
     def _brpop_read(self, **options: Any) -> bool:
         connection = self.client.connection
         take, self._queued_take = self._queued_take, None
-        taken: list | None = None  # None: no take went out behind the wait, or Redis lacked its script
         try:
-            try:
-                self.client.parse_response(connection, "BRPOP", **options)
-            except ResponseError:  # an error answer (UNBLOCKED, WRONGTYPE): the take behind it still ran
-                if take is not None:
-                    self._settle_take(connection, take)
-                raise
-            except BaseException:  # the take's answer may be left unread: start again on a new connection
-                connection.disconnect()
-                raise
-            if take is not None:
-                try:
-                    taken = connection.read_response()
-                except NoScriptError:  # a new or flushed Redis: the take below loads the script
-                    pass
-                except BaseException:
-                    connection.disconnect()
-                    raise
-            if taken is not None and take is not None:
+            taken = self._read_answers(connection, take, **options)
+            if take is not None and taken is not None:
                 return self._deliver_taken(taken, take)
             if self._closing:  # kombu's close() reads the last wait's reply: take nothing more
                 raise Empty()
@@ -129,15 +112,33 @@ class TakesMixin:
             self._in_poll = None
             self._flush_brpop_reauth()
 
+    def _read_answers(self, connection: Any, take: Take | None, **options: Any) -> list | None:
+        """Read the wait's answer, then the take's behind it: what the take returned (None: no take
+        went out, or Redis lacked its script -- a new or flushed Redis). An error answer to the wait
+        (UNBLOCKED, WRONGTYPE) is raised once what the take behind it took is back in its list; any
+        other failure drops the connection, so no answer is left unread on it."""
+        try:
+            try:
+                self.client.parse_response(connection, "BRPOP", **options)
+            except ResponseError:
+                if take is not None:
+                    self._settle_take(connection, take)
+                raise
+            return None if take is None else connection.read_response()
+        except NoScriptError:  # only the take's answer can be this one
+            return None
+        except ResponseError:  # an answer, read: the connection is in step
+            raise
+        except BaseException:
+            connection.disconnect()
+            raise
+
     def _settle_take(self, connection: Any, take: Take) -> None:
         """Read the answer of a take whose wait failed and put back what it took."""
         try:
             taken = connection.read_response()
         except ResponseError:
             return  # it took nothing (NOSCRIPT, READONLY on a demoted master)
-        except BaseException:
-            connection.disconnect()
-            raise
         if taken:
             self._give_back(taken, take)
 
@@ -156,6 +157,10 @@ class TakesMixin:
         channel consumes, has prefetch room, and no wait of its own is in flight."""
         return (self._found_last_time and not self._in_poll and not self._closing and bool(self.active_queues)
                 and self.qos.can_consume())
+
+    def _queue_of(self, key: str) -> str:
+        """The queue a list key belongs to (kombu's ``<queue><sep><priority>``, or the bare name)."""
+        return key.rsplit(self.sep, 1)[0]
 
     def _stale_after(self) -> float:
         """Seconds after which a take's answer read late is not delivered. A sixth of the visibility
@@ -204,7 +209,7 @@ class TakesMixin:
         delivered = False
         for index in range(0, len(taken), 3):
             key, raw, tag = bytes_to_str(taken[index]), taken[index + 1], taken[index + 2]
-            queue = key.rsplit(self.sep, 1)[0]
+            queue = self._queue_of(key)
             if waited is not None and (
                     stale or queue not in self._active_queues
                     or (queue in waited.unrecorded) != (queue in self._unrecorded)
@@ -236,7 +241,7 @@ class TakesMixin:
         args: list = [take.stamp]
         for index in range(len(taken) - 3, -1, -3):  # last taken first, so the first ends up next
             key, raw, tag = taken[index], taken[index + 1], taken[index + 2]
-            recorded = tag is not None and bytes_to_str(key).rsplit(self.sep, 1)[0] not in take.unrecorded
+            recorded = tag is not None and self._queue_of(bytes_to_str(key)) not in take.unrecorded
             args += [key, raw, tag if recorded else b"", int(recorded)]
         with self.conn_or_acquire() as client:
             returned = self._script(client, GIVE_BACK_SCRIPT)(keys=[self.unacked_key, self.unacked_index_key],
