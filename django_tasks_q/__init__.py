@@ -5,6 +5,9 @@ Public API (DESIGN §3-5)::
     from django_tasks_q import task, Task, send_task, AsyncResult, registry
 """
 
+#: The one place the version is written: setup.cfg reads it, the worker banner and events report it.
+__version__ = "0.1.0"
+
 from .beat.crontab import crontab
 from .core.calling import send_task
 from .core.canvas import Signature, chain, signature
@@ -17,4 +20,3 @@ from .results.group_result import GroupResult
 
 __all__ = ["AsyncResult", "EagerResult", "GroupResult", "Signature", "Task", "TaskState", "chain", "chord", "crontab",
            "group", "registry", "send_task", "shared_task", "signature", "task"]
-__version__ = "0.1.0"

@@ -88,9 +88,9 @@ def utcoffset() -> int:
 
 
 def software_info() -> dict[str, str]:
-    from .worker import VERSION
+    from .. import __version__
 
-    return {"sw_ident": SW_IDENT, "sw_ver": VERSION, "sw_sys": platform.system()}
+    return {"sw_ident": SW_IDENT, "sw_ver": __version__, "sw_sys": platform.system()}
 
 
 def loadavg() -> list[float]:

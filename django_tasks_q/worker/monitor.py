@@ -305,9 +305,9 @@ class Monitor:
 
 
 def _version() -> str:
-    from .worker import VERSION
+    from .. import __version__
 
-    return VERSION
+    return __version__
 
 
 __all__ = ["ConsumerStalled", "LoopStats", "Monitor", "queue_depth"]

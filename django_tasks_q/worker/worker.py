@@ -26,7 +26,7 @@ from django.utils import timezone
 from kombu import Consumer
 from kombu.exceptions import OperationalError
 
-from .. import signals
+from .. import __version__, signals
 from ..broker import delayed
 from ..broker.connection import mask_url, new_connection
 from ..conf import settings
@@ -49,7 +49,6 @@ from .remote_control import RemoteControl
 from .revocations import RevocationWatch, send_task_revoked
 
 logger = logging.getLogger(__name__)
-VERSION = "0.1.0"
 #: Most task ids remembered as started with an unconfirmed ack (each outage adds at most the prefetch window).
 MAX_STARTED_UNACKED = 10_000
 
@@ -135,7 +134,7 @@ class Worker(ParkingMixin):
     def banner(self) -> str:
         tasks = "\n".join(f"    . {name}" for name in registry.names()) or "    (none)"
         return (
-            f"\n -------------- {self.hostname} v{VERSION}\n"
+            f"\n -------------- {self.hostname} v{__version__}\n"
             f" broker:      {mask_url(settings.BROKER_URL)}\n"
             f" results:     {mask_url(str(settings.RESULT_BACKEND))}\n"
             f" queues:      {', '.join(self.queue_names)}\n"
