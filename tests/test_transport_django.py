@@ -816,7 +816,7 @@ def test_consumer_processes_share_a_queue_on_postgres(postgres_agents, claims, p
 def test_a_claim_reads_only_the_rows_it_claims_whatever_the_statistics(postgres_agents, parked, ready,
                                                                        statistics):
     """Before autovacuum analyzes a large fill, the planner guesses a handful of ready rows and would sort
-    them all on every claim; the claim function forbids the sort (migration 0009), and looks the claimed rows
+    them all on every claim; the claim function forbids the sort (migration 0001_initial), and looks the claimed rows
     up by key (joined to the subquery, they were found by reading the whole table)."""
     agents = postgres_agents()
     result = json.loads(agents.run("explain_claim", str(parked), str(ready), statistics).strip().splitlines()[-1])

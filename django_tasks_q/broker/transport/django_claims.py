@@ -11,7 +11,7 @@ a claim takes as many rows as the consumer's prefetch window has room for
   RETURNING ...``. On PostgreSQL the row locks skip rows other consumers are
   claiming; SQLite has one writer at a time, so the statement is atomic there
   without them. On PostgreSQL the statement is the body of the function
-  ``django_tasks_q_claim`` (migration 0009), planned with sorting disabled: a
+  ``django_tasks_q_claim`` (migration 0001_initial), planned with sorting disabled: a
   table without fresh statistics (a large fill or release before autovacuum
   analyzed it) otherwise gets a plan that sorts every ready row on each claim.
 * Other databases with ``SELECT ... FOR UPDATE SKIP LOCKED`` (MySQL 8,
@@ -136,7 +136,7 @@ class ClaimsMixin:
         """The claim statement, with named parameters: queue, now, deadline, size."""
         if connections[self.database].vendor == "postgresql":
             # the same UPDATE ... FOR UPDATE SKIP LOCKED ... RETURNING, in a function planned without sorts
-            # (migration 0009): without fresh statistics the planner would sort every ready row per claim
+            # (migration 0001_initial): without fresh statistics the planner would sort every ready row per claim
             return ("SELECT id, priority, payload, delivery_count, delivery_tag"
                     " FROM django_tasks_q_claim(%(queue)s, %(now)s, %(deadline)s, %(size)s)")
         return (f"UPDATE {self._table} SET reserved_until = %(deadline)s, delivery_count = delivery_count + 1"
