@@ -7,16 +7,18 @@ with a typo in its settings refuses to start with a clear message.
 from __future__ import annotations
 
 import difflib
+from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.core.checks import Error, Tags, Warning, register
 from kombu.serialization import registry as serializers
 
+from . import extras
 from .broker.queues import build_queue
 from .conf import DEFAULTS, settings
 from .exceptions import ImproperlyConfigured
-from .results.backend import SUPPORTED, backend_problem
+from .results.backend import REDIS_SCHEMES, SUPPORTED, backend_problem
 
 BROKER_SCHEMES = {"django", "redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "memory"}
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -58,13 +60,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             errors.append(_error(key, f"must be {expected}, got {values[key]!r}", number=2))
     if errors:
         return errors
-    scheme = urlsplit(values["BROKER_URL"]).scheme
-    if scheme not in BROKER_SCHEMES:
-        errors.append(_error("BROKER_URL", f"scheme {scheme!r} is not supported",
-                             f"use one of {', '.join(sorted(s + '://' for s in BROKER_SCHEMES))}", 3))
+    errors += _broker_url_errors(values["BROKER_URL"])
     backend = values["RESULT_BACKEND"]
-    problem = backend_problem(backend)
-    if problem is not None:
+    missing = _missing_extra("RESULT_BACKEND", backend, "redis") if isinstance(backend, str) and backend.startswith(
+        REDIS_SCHEMES) else None
+    problem = None if missing else backend_problem(backend)
+    if missing:
+        errors.append(missing)
+    elif problem is not None:
         errors.append(_error("RESULT_BACKEND", f"{backend!r}: {problem}",
                              SUPPORTED, 4))
     if values["PREFETCH_MULTIPLIER"] < 1:
@@ -91,6 +94,52 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         except (TypeError, ValueError, AttributeError):  # dict("videos") is a ValueError
             errors.append(_error("QUEUES", f"entry {name!r} must be a dict of queue options, got {spec!r}", number=7))
     return errors
+
+
+def _broker_url_errors(url: str) -> list[Error]:
+    """A scheme we do not serve (with the closest one when it looks like a typo), or a transport whose packages
+    are not installed."""
+    for part in url.split(";"):  # a kombu failover list: "sentinel://h1;sentinel://h2"
+        scheme = urlsplit(part).scheme
+        if scheme not in BROKER_SCHEMES:
+            close = difflib.get_close_matches(scheme, BROKER_SCHEMES, n=1)
+            known = f"use one of {', '.join(sorted(s + '://' for s in BROKER_SCHEMES))}"
+            return [_error("BROKER_URL", f"scheme {scheme!r} is not supported",
+                           f"did you mean {close[0] + '://'!r}? {known}" if close else known, 3)]
+    extra = extras.broker_extra(url)
+    missing = _missing_extra("BROKER_URL", url, extra) if extra else None
+    return [missing] if missing else []
+
+
+def _missing_extra(key: str, value: str, extra: str) -> Error | None:
+    package = extras.missing(extra)
+    if package is None:
+        return None
+    scheme = urlsplit(value.split(";", 1)[0]).scheme
+    return _error(key, f"{scheme}:// needs the Python package {package!r}, which is not installed",
+                  f"install it with: {extras.install_command(extra)}", 11)
+
+
+@register(Tags.compatibility)
+def check_framework_backend(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """``settings.TASKS`` names our backend for Django's task framework, which Django 5.2 gets from the
+    ``django-tasks`` package (Django 6 has ``django.tasks`` built in)."""
+    from django.conf import settings as django_settings
+
+    backends = getattr(django_settings, "TASKS", None)
+    ours = [alias for alias, spec in backends.items() if isinstance(spec, dict)
+            and str(spec.get("BACKEND", "")).startswith("django_tasks_q.")] if isinstance(backends, dict) else []
+    if not ours:
+        return []
+    try:
+        import_module("django.tasks")
+        return []
+    except ImportError:
+        if extras.missing("tasks") is None:
+            return []
+    return [Error(f"settings.TASKS[{ours[0]!r}] uses django_tasks_q.backends.TaskQBackend, which needs Django's "
+                  f"task framework: Django 6, or the Python package 'django-tasks' on Django 5.2",
+                  hint=f"install it with: {extras.install_command('tasks')}", id="django_tasks_q.E012")]
 
 
 @register(Tags.security)

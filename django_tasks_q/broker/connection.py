@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 from kombu import Connection, Producer
 
 from ..conf import settings
+from ..extras import broker_extra, require
 
 _local = threading.local()
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
@@ -40,6 +41,9 @@ def new_connection(url: str | None = None) -> Connection:
 
     register()  # the django:// scheme
     url = url or settings.BROKER_URL
+    extra = broker_extra(url)
+    if extra is not None:  # a web process never ran the system checks: name the missing package here too
+        require(extra, mask_url(url.split(";", 1)[0]))
     options = dict(settings.BROKER_TRANSPORT_OPTIONS or {})
     if url.split("://", 1)[0] in AMQP_SCHEMES:
         # A publish returns once RabbitMQ has the message on disk: without confirms a

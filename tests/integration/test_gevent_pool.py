@@ -62,4 +62,5 @@ def test_without_gevent_the_command_says_what_to_install(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "manage.py"), "taskworker", "--pool=gevent"], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
-    assert "-P gevent needs the gevent package: pip install django-tasks-q[gevent]" in done.stderr
+    assert ("-P gevent needs the Python package 'gevent', which is not installed: "
+            'pip install "django-tasks-q[gevent]"') in done.stderr

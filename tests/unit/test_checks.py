@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
@@ -174,3 +177,88 @@ def test_an_imports_module_that_cannot_be_imported_is_named():
     with override_settings(TASKS_Q={"IMPORTS": ["testproject.no_such_module"]}):
         with pytest.raises(ImproperlyConfigured, match="IMPORTS.*'testproject.no_such_module'.*cannot be imported"):
             import_listed_modules()
+
+
+def not_installed(monkeypatch, *modules: str) -> None:
+    """Make ``modules`` unimportable the way a missing package is (Python's None-in-sys.modules marker), and
+    forget kombu's transports so that the check imports them again and meets the gap."""
+    for name in [m for m in sys.modules if m.startswith(("kombu.transport.redis", "kombu.transport.pyamqp"))]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in modules:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+@pytest.mark.parametrize(("url", "module", "extra"), [
+    ("redis://localhost:6379/0", "redis", "redis"),
+    ("rediss://localhost:6380/0", "redis", "redis"),
+    ("sentinel://localhost:26379;sentinel://other:26379", "redis", "redis"),
+    ("amqp://guest:guest@localhost//", "amqp", "amqp"),
+])
+def test_a_broker_whose_packages_are_missing_is_named_with_the_pip_command(monkeypatch, url, module, extra):
+    not_installed(monkeypatch, module)
+    errors = errors_for({"BROKER_URL": url})
+    assert [e.id for e in errors] == ["django_tasks_q.E011"]
+    assert "TASKS_Q['BROKER_URL']" in errors[0].msg and f"{module!r}" in errors[0].msg
+    assert errors[0].hint == f'install it with: pip install "django-tasks-q[{extra}]"'
+
+
+@pytest.mark.skipif("packaging" not in open(importlib.util.find_spec("kombu.transport.redis").origin).read(),
+                    reason="this kombu's Redis transport does not import packaging")
+def test_kombus_redis_transport_without_packaging_is_named(monkeypatch):
+    """The failure users met (issue 20): kombu's Redis transport imports ``packaging``, which kombu
+    declares only in its own ``redis`` extra."""
+    not_installed(monkeypatch, "packaging", "packaging.version")
+    errors = errors_for({"BROKER_URL": "redis://localhost:6379/0"})
+    assert [e.id for e in errors] == ["django_tasks_q.E011"]
+    assert "'packaging'" in errors[0].msg and 'django-tasks-q[redis]' in errors[0].hint
+
+
+def test_the_embedded_broker_needs_no_extra(monkeypatch):
+    not_installed(monkeypatch, "redis", "amqp")
+    assert errors_for({"BROKER_URL": "django://"}) == []
+
+
+def test_a_redis_result_backend_whose_package_is_missing_is_named(monkeypatch):
+    not_installed(monkeypatch, "redis")
+    errors = errors_for({"RESULT_BACKEND": "redis://localhost:6379/1"})
+    assert [e.id for e in errors] == ["django_tasks_q.E011"]
+    assert "TASKS_Q['RESULT_BACKEND']" in errors[0].msg and "'redis'" in errors[0].msg
+
+
+def test_check_command_stops_on_a_missing_package(monkeypatch):
+    not_installed(monkeypatch, "redis")
+    with override_settings(TASKS_Q={"BROKER_URL": "redis://localhost:6379/0"}):
+        with pytest.raises(SystemCheckError, match=r'pip install "django-tasks-q\[redis\]"'):
+            call_command("check")
+
+
+def test_a_web_process_that_skipped_the_checks_gets_the_same_message(monkeypatch):
+    from django_tasks_q.broker.connection import new_connection
+    from django_tasks_q.exceptions import ImproperlyConfigured
+
+    not_installed(monkeypatch, "redis")
+    with pytest.raises(ImproperlyConfigured, match=r"redis://:\*\*@h:6379/0 needs the Python package 'redis'.*"
+                                                   r'pip install "django-tasks-q\[redis\]"'):
+        new_connection("redis://:secret@h:6379/0")
+
+
+@pytest.mark.parametrize(("url", "suggestion"), [("reddis://h:6379/0", "'redis://'"), ("amqpp://h//", "'amqp://'"),
+                                                 ("djagno://", "'django://'")])
+def test_a_misspelt_broker_scheme_gets_the_closest_one(url, suggestion):
+    errors = errors_for({"BROKER_URL": url})
+    assert [e.id for e in errors] == ["django_tasks_q.E003"]
+    assert "BROKER_URL" in errors[0].msg and errors[0].hint.startswith(f"did you mean {suggestion}?")
+
+
+def test_the_framework_backend_without_django_tasks_is_named(monkeypatch):
+    from django_tasks_q.checks import check_framework_backend
+
+    assert check_framework_backend() == []  # testproject.settings.TASKS uses our backend; django-tasks installed
+    with override_settings(TASKS={"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend"}}):
+        with pytest.MonkeyPatch.context() as hidden:
+            not_installed(hidden, "django.tasks", "django_tasks")
+            assert check_framework_backend() == []  # not our backend: not our business
+    not_installed(monkeypatch, "django.tasks", "django_tasks")
+    errors = check_framework_backend()
+    assert [e.id for e in errors] == ["django_tasks_q.E012"]
+    assert "TaskQBackend" in errors[0].msg and 'pip install "django-tasks-q[tasks]"' in errors[0].hint

@@ -89,7 +89,10 @@ def _reexec_patched() -> None:
     try:
         from gevent import monkey
     except ImportError as exc:
-        raise CommandError("-P gevent needs the gevent package: pip install django-tasks-q[gevent]") from exc
+        from ...extras import install_command
+
+        raise CommandError(f"-P gevent needs the Python package 'gevent', which is not installed: "
+                           f"{install_command('gevent')}") from exc
     if monkey.is_module_patched("socket"):
         return
     entry = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "worker", "gevent_main.py")
