@@ -45,6 +45,22 @@ def pytest_collection_modifyitems(items):
                 item.add_marker(marker)
 
 
+#: the dependencies whose supported range `make test` (newest) and `make test-lowest` (lowest) run at both ends
+_RANGE = ("Django", "kombu", "redis", "hiredis", "amqp", "croniter", "django-redis", "django-tasks", "celery")
+
+
+def pytest_report_header(config):
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return "dependencies: " + ", ".join(f"{name} {installed(name)}" for name in _RANGE)
+
+
 def pytest_terminal_summary(terminalreporter):
     if servers.STARTUP_TIMES:
         started = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in servers.STARTUP_TIMES)
