@@ -153,3 +153,31 @@ def check_accepted_content(app_configs: Any = None, **kwargs: Any) -> list[Warni
                     f"can run code in your workers",
                     hint="accept only 'json' unless every producer is trusted, and set SIGNING_KEY so workers "
                          "refuse messages nobody signed", id="django_tasks_q.W001")]
+
+
+@register(Tags.database)
+def check_sqlite_transaction_mode(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    """Warn when our tables live in SQLite with deferred transactions (the default of ``startproject``).
+
+    A worker writes from several threads (heartbeat, claims, results) while the web process sends: a
+    deferred transaction that reads and then writes cannot wait for the lock, SQLite refuses it at once
+    with "database is locked". ``transaction_mode: IMMEDIATE`` takes the write lock up front, so writers
+    queue for up to ``timeout`` seconds instead."""
+    from django.apps import apps
+    from django.conf import settings as django_settings
+    from django.db import router
+
+    aliases = {router.db_for_write(model) for model in apps.get_app_config("django_tasks_q").get_models()}
+    warnings = []
+    for alias in sorted(a for a in aliases if a in django_settings.DATABASES):
+        database = django_settings.DATABASES[alias]
+        options = database.get("OPTIONS") or {}
+        if database.get("ENGINE") == "django.db.backends.sqlite3" and options.get("transaction_mode") != "IMMEDIATE":
+            warnings.append(Warning(
+                f"DATABASES[{alias!r}] is SQLite with deferred transactions: a worker's writes and the web "
+                f"process's can fail with 'database is locked'",
+                hint='set DATABASES[...]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20, '
+                     '"init_command": "PRAGMA journal_mode=WAL;"} (docs/installation.md), or use PostgreSQL',
+                id="django_tasks_q.W002"))
+    return warnings
+

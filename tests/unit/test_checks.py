@@ -262,3 +262,19 @@ def test_the_framework_backend_without_django_tasks_is_named(monkeypatch):
     errors = check_framework_backend()
     assert [e.id for e in errors] == ["django_tasks_q.E012"]
     assert "TaskQBackend" in errors[0].msg and 'pip install "django-tasks-q[tasks]"' in errors[0].hint
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_sqlite_without_immediate_transactions_is_warned_about(settings):
+    from django_tasks_q.checks import check_sqlite_transaction_mode
+
+    assert check_sqlite_transaction_mode() == []  # testproject: IMMEDIATE
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] != "django.db.backends.sqlite3":
+        database = {"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3", "OPTIONS": {}}
+    startproject = {**database, "OPTIONS": {}}  # what django-admin startproject writes
+    settings.DATABASES = {**settings.DATABASES, "default": startproject}
+    warnings = check_sqlite_transaction_mode()
+    assert [w.id for w in warnings] == ["django_tasks_q.W002"]
+    assert "DATABASES['default']" in warnings[0].msg and "database is locked" in warnings[0].msg
+    assert '"transaction_mode": "IMMEDIATE"' in warnings[0].hint
