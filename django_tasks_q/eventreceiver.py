@@ -163,11 +163,11 @@ class EventReceiver:
                 if embedded and time.monotonic() - bound_at >= REBIND_EVERY:
                     bound_at = time.monotonic()
                     # a publisher may have taken us for dead: bind again
-                    consumer.queues[0].declare()  # type: ignore[index]  # kombu types queues as None
+                    consumer.queues[0].declare()  # type: ignore[index, unused-ignore]  # kombu types queues as None (5.7+)
             try:
                 consumer.cancel()
                 if embedded:  # nothing deletes it there: do it now
-                    consumer.queues[0].delete()  # type: ignore[index]  # kombu types queues as None
+                    consumer.queues[0].delete()  # type: ignore[index, unused-ignore]  # kombu types queues as None (5.7+)
             except Exception:  # the queue goes with the connection anyway
                 logger.debug("could not remove the event queue", exc_info=True)
 

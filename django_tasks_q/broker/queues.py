@@ -47,7 +47,7 @@ def get_queue(name: str) -> Queue:
 def describe_queue(queue: Queue) -> str:
     """The declaration in words, for errors about it."""
     return (f"exchange {queue.exchange.name!r} ({queue.exchange.type}), routing key {queue.routing_key!r}, "
-            f"arguments {queue.queue_arguments or {}}")  # type: ignore[attr-defined]  # kombu sets it from attrs
+            f"arguments {queue.queue_arguments or {}}")  # type: ignore[attr-defined, unused-ignore]  # kombu sets it from attrs
 
 
 def consumer_queue(name: str, hostname: str) -> Queue:

@@ -93,7 +93,11 @@ class StartedConnection:
         while self.owed:
             self.owed -= 1
             try:  # long since arrived, normally; a half-open connection gives up, as a pooled write would
-                self.connection.read_response(timeout=CONNECTION_WAIT)
+                if not self.connection.can_read(timeout=CONNECTION_WAIT):
+                    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+                    raise RedisTimeoutError(f"no answer to a STARTED write within {CONNECTION_WAIT} s")
+                self.connection.read_response()
             except Exception as exc:
                 from redis.exceptions import ResponseError  # here, not per task: redis is imported lazily
 

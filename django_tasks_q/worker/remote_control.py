@@ -48,6 +48,7 @@ from kombu.utils.json import dumps
 
 from ..broker.connection import mask_url, new_connection
 from ..broker.queues import consumer_queue
+from ..compat import accepts_argument
 from ..conf import settings
 from ..core.options import parse_rate_limit
 from ..core.registry import registry
@@ -89,11 +90,16 @@ def command(*names: str) -> Callable[[Handler], Handler]:
     return register
 
 
+#: The node queue exclusive and not durable, where kombu takes these options (5.6 and later); kombu 5.5's
+#: node queue is auto-deleted, as the Celery 5.5 workers that run on it declare theirs.
+NODE_QUEUE_OPTIONS = ({"queue_exclusive": True, "queue_durable": False}
+                      if accepts_argument(Mailbox.__init__, "queue_exclusive") else {})
+
+
 def mailbox() -> Mailbox:
     """The ``celery`` mailbox with the queue options of Celery 5's workers and clients."""
     return Mailbox("celery", type="fanout", accept=["json"], serializer="json", queue_ttl=300.0,
-                   reply_queue_ttl=300.0, queue_expires=10.0, reply_queue_expires=10.0,
-                   queue_exclusive=True, queue_durable=False)
+                   reply_queue_ttl=300.0, queue_expires=10.0, reply_queue_expires=10.0, **NODE_QUEUE_OPTIONS)
 
 
 def _copy(make: Callable[[], list]) -> list:

@@ -125,10 +125,10 @@ def _parked_until(message: dict[str, Any]) -> datetime | None:
     return when if when > timezone.now() + timedelta(seconds=RELEASE_LEAD) else None
 
 
-class Channel(ClaimsMixin, BindingsMixin, virtual.Channel):  # type: ignore[misc]  # kombu types deadletter_queue as None
+class Channel(ClaimsMixin, BindingsMixin, virtual.Channel):  # type: ignore[misc, unused-ignore]  # kombu types deadletter_queue as None
     """A virtual channel whose queues are rows of ``BrokerMessage``, bound by rows of ``BrokerBinding``."""
 
-    from_transport_options = (  # type: ignore[assignment]  # kombu infers a fixed-length tuple
+    from_transport_options = (  # type: ignore[assignment, unused-ignore]  # kombu infers a fixed-length tuple
         *virtual.Channel.from_transport_options, "database", "visibility_timeout", "binding_cache_ttl"
     )
     database: str = "default"
@@ -313,7 +313,7 @@ class Channel(ClaimsMixin, BindingsMixin, virtual.Channel):  # type: ignore[misc
             self.connection.wake()
 
 
-class Transport(KeeperMixin, virtual.Transport):  # type: ignore[misc]  # kombu types channels as None
+class Transport(KeeperMixin, virtual.Transport):  # type: ignore[misc, unused-ignore]  # kombu types channels as None
     """The ``django://`` transport: polls with backoff and keeps claims alive."""
 
     Channel = Channel
@@ -321,9 +321,9 @@ class Transport(KeeperMixin, virtual.Transport):  # type: ignore[misc]  # kombu 
     keeper_name = "django-transport-keeper"
     #: First sleep of an idle poller; it doubles up to ``polling_interval``.
     min_polling_interval = 0.005
-    connection_errors = (  # type: ignore[assignment]  # kombu infers a one-item tuple
+    connection_errors = (  # type: ignore[assignment, unused-ignore]  # kombu infers a one-item tuple
         *virtual.Transport.connection_errors, InterfaceError, OperationalError)
-    channel_errors = (  # type: ignore[assignment]  # kombu infers a one-item tuple
+    channel_errors = (  # type: ignore[assignment, unused-ignore]  # kombu infers a one-item tuple
         *virtual.Transport.channel_errors, DatabaseError)
     # kombu's ensure() (publish with retry) reconnects and retries on these only; an
     # Unroutable or ExchangeTypeMismatch is raised at once, as py-amqp's channel errors are.
@@ -344,7 +344,7 @@ class Transport(KeeperMixin, virtual.Transport):  # type: ignore[misc]  # kombu 
         """Cut the current idle sleep short (an ack freed prefetch capacity)."""
         self._wakeup.set()
 
-    def drain_events(  # type: ignore[override]  # as kombu's virtual.Transport does
+    def drain_events(  # type: ignore[override, unused-ignore]  # as kombu's virtual.Transport does
             self, connection: Any, timeout: float | None = None) -> None:
         """Deliver one message; while every queue is empty sleep, backing off.
 
@@ -353,7 +353,7 @@ class Transport(KeeperMixin, virtual.Transport):  # type: ignore[misc]  # kombu 
         start = monotonic()
         while True:
             try:
-                self.cycle.get(  # type: ignore[attr-defined]  # kombu types cycle as None
+                self.cycle.get(  # type: ignore[attr-defined, unused-ignore]  # kombu types cycle as None
                     self._deliver, timeout=timeout)
             except Empty:
                 pass

@@ -133,15 +133,22 @@ class QoS(kombu_redis.QoS):
 
 class Channel(SendsMixin, TakesMixin, kombu_redis.Channel):
     QoS = QoS
-    from_transport_options = (  # type: ignore[assignment]  # kombu infers a fixed-length tuple
+    from_transport_options = (  # type: ignore[assignment, unused-ignore]  # kombu infers a fixed-length tuple
         *kombu_redis.Channel.from_transport_options, "binding_cache_ttl")
     binding_cache_ttl: float = 1.0
     # kept fresh by the keeper while the consumer lives
-    visibility_timeout: float = 60.0  # type: ignore[assignment]  # kombu infers int
+    visibility_timeout: float = 60.0  # type: ignore[assignment, unused-ignore]  # kombu infers int
     # kombu's 300 s: a worker killed during its restore sweep would stop every sweep for five minutes
     unacked_mutex_expire: int = 30
     priority_steps = list(range(10))
     exchange_types = {**kombu_redis.Channel.exchange_types, "topic": TopicExchange}  # AMQP's # and *
+    # kombu 5.6 made a wait's length configurable (and sets it per channel); kombu 5.5 always waited 1 s
+    brpop_timeout: float = 1.0
+
+    if not hasattr(kombu_redis.Channel, "_flush_brpop_reauth"):
+        def _flush_brpop_reauth(self) -> None:
+            """kombu 5.7 re-authenticates the BRPOP connection here (streaming credentials); older kombu
+            has no such credentials."""
 
     def _get_message_priority(self, message: dict, reverse: bool = False) -> int:
         # kombu asks for the plain value when it files a message; we file it inverted
@@ -371,11 +378,11 @@ class Poller(kombu_redis.MultiChannelPoller):
         return super().get(callback, timeout)
 
 
-class Transport(KeeperMixin, kombu_redis.Transport):  # type: ignore[misc]  # kombu types channels as None
+class Transport(KeeperMixin, kombu_redis.Transport):  # type: ignore[misc, unused-ignore]  # kombu types channels as None
     Channel = Channel
     keeper_name = "redis-transport-keeper"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.cycle = Poller()  # type: ignore[assignment]  # kombu types it as None
+        self.cycle = Poller()  # type: ignore[assignment, unused-ignore]  # kombu types it as None
 

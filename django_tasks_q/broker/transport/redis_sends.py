@@ -21,7 +21,9 @@ from time import time
 from typing import Any, Callable
 
 from kombu.utils.json import dumps
+from redis import ConnectionPool
 
+from ...compat import requires_argument
 from ...core.protocol import fast_json
 from ...exceptions import ImproperlyConfigured
 from ..delayed import PARK_HEADER, REDIS_KEY, RELEASE_LEAD
@@ -31,6 +33,9 @@ PIPELINE_COMMANDS = 1000
 #: Wake tokens kept per list: enough to wake every consumer of a busy queue.
 WAKE_CAP = 64
 WAKE_PREFIX = "tasksq.wake:"
+#: redis-py before 5.3 wants a command name (which it ignores) to hand out a pooled connection; later
+#: versions warn when given one.
+POOL_ARGS = ("_",) if requires_argument(ConnectionPool.get_connection, "command_name") else ()
 
 
 def pipelined(client: Any, *commands: tuple) -> list:
@@ -43,7 +48,7 @@ def pipelined(client: Any, *commands: tuple) -> list:
     so no reply is left unread on it, and is raised.
     """
     pool = client.connection_pool
-    connection = pool.get_connection()
+    connection = pool.get_connection(*POOL_ARGS)
     try:
         connection.send_packed_command(connection.pack_commands(commands))
         return [connection.read_response() for _ in commands]
