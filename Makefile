@@ -1,5 +1,7 @@
 # django-tasks-q -- developer and CI entry points.
 #   make test [PYTEST_ARGS="..."]   whole suite against real servers (CI=true: missing servers fail)
+#   make test-lowest                unit, spine, transport and interop tests on the lowest supported
+#                                   dependencies (constraints/lowest.txt); `make test` runs the newest
 #   make demo                       the testproject demo on the embedded default broker
 #   make venv | servers | clean
 
@@ -12,8 +14,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # two test processes (one per core); each file stays in one, so its module-scoped workers start once
 PYTEST_ARGS ?= -n 2 --dist loadfile
+LOWEST_VENV := .venv-lowest
+# what runs against both ends of the supported range (docs/installation.md#supported-versions)
+RANGE_TESTS := tests/unit tests/test_transport_redis.py tests/test_transport_django.py \
+               tests/integration/test_spine.py tests/interop
 
-.PHONY: venv servers test demo bench clean
+.PHONY: venv servers test test-lowest demo bench clean
 
 venv: $(VENV)/.installed
 
@@ -48,6 +54,14 @@ servers:
 test: venv servers
 	CI=$${CI:-} $(PY) -m pytest $(PYTEST_ARGS)
 
+$(LOWEST_VENV)/.installed: setup.cfg pyproject.toml constraints/lowest.txt
+	[ -x $(LOWEST_VENV)/bin/python ] || $(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install -q -c constraints/lowest.txt -e '.[test]'
+	touch $@
+
+test-lowest: $(LOWEST_VENV)/.installed servers
+	CI=$${CI:-} $(LOWEST_VENV)/bin/python -m pytest $(RANGE_TESTS) $(PYTEST_ARGS)
+
 demo: venv
 	$(PY) testproject/demo.py
 
@@ -57,4 +71,4 @@ bench: venv servers
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) db.sqlite3 db.sqlite3-*
+	rm -rf $(VENV) $(LOWEST_VENV) db.sqlite3 db.sqlite3-*
