@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 #: seconds for one ``pip install`` (from the pip cache it takes a few)
@@ -220,11 +221,12 @@ class Site:
 
     # -- the steps a user takes
 
-    def install(self, wheel: Path, extra: str | None) -> None:
-        """A new virtualenv with ``<wheel>[extra]`` and what it requires: nothing else."""
+    def install(self, wheel: Path, extra: str | None, beside: tuple[str, ...] = ()) -> None:
+        """A new virtualenv with ``<wheel>[extra]`` and what it requires, and the requirements ``beside``
+        (e.g. the Celery a site migrating from it keeps) resolved together with it: nothing else."""
         self.run("venv", [sys.executable, "-m", "venv", str(self.venv)], cwd=self.root)
         requirement = f"{wheel}[{extra}]" if extra else str(wheel)
-        self.run("pip install", [str(self.python), "-m", "pip", "install", "--quiet", requirement],
+        self.run("pip install", [str(self.python), "-m", "pip", "install", "--quiet", requirement, *beside],
                  timeout=PIP_TIMEOUT, cwd=self.root)
 
     def create(self, tasks_q: dict) -> None:
@@ -262,14 +264,20 @@ def _text(value: str | bytes | None) -> str:
     return value or ""
 
 
-def check_round_trip(root: Path, wheel: Path, extra: str | None, broker_url: str, result_backend: str) -> Site:
-    """The whole user path for one extra; returns the site (with its timings) when every step passed."""
+def check_round_trip(root: Path, wheel: Path, extra: str | None, broker_url: str, result_backend: str,
+                     beside: tuple[str, ...] = (), also: Callable[[Site], None] | None = None) -> Site:
+    """The whole user path for one extra; returns the site (with its timings) when every step passed.
+
+    ``beside``: more requirements for the same ``pip install``; ``also``: more checks while the worker runs.
+    """
     site = Site(root)
-    site.install(wheel, extra)
+    site.install(wheel, extra, beside)
     site.create({"BROKER_URL": broker_url, "RESULT_BACKEND": result_backend, "DEFAULT_QUEUE": QUEUE})
-    hostname = f"install-{extra or 'default'}@%h"
+    hostname = f"{root.name}@%h"  # install-redis0@host
     worker = site.start_worker(hostname)
     try:
+        if also is not None:
+            also(site)
         sent = site.shell("send add.delay(2, 3)", SEND.format(answer=ANSWER, timeout=RESULT_TIMEOUT))
         if sent["value"] != 5:
             raise site.failure(f"add.delay(2, 3).get() returned {sent['value']!r}, not 5")
