@@ -9,6 +9,12 @@ goes out on the very channel the message came in on, so it needs no second
 connection and works the same on every broker -- RabbitMQ needs no policy,
 Redis and ``django://`` have no dead-lettering of their own.
 
+A copy never carries a signature: the signature header is removed (and
+``x-tasks-q-signature-removed`` says it was there), so the dead-letter queue
+is not a store of signed messages ready to replay. Re-sending a copy means
+checking it and signing it anew
+(:func:`~django_tasks_q.core.protocol.sign_headers`).
+
 Nobody consumes the dead-letter queue: it is for people (and scripts) to
 inspect, fix and re-send, or purge. A failed copy is logged and the message
 is still rejected: a broken dead-letter queue must never stop a worker.
@@ -23,6 +29,7 @@ from typing import Any
 from kombu import Queue
 
 from ..broker.queues import get_queue
+from ..core.protocol import SIGNATURE_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +40,8 @@ REFUSED_AT = "x-tasks-q-refused-at"
 REFUSED_HEADERS = "x-tasks-q-refused-headers"
 #: a compressed body is copied as it was read, decompressed; this names the compression it had
 DECOMPRESSED = "x-tasks-q-decompressed"
+#: the original carried a signature, which the copy does not (it must not be replayable)
+SIGNATURE_REMOVED = "x-tasks-q-signature-removed"
 MAX_HEADER = 1000
 
 
@@ -79,6 +88,8 @@ def _headers(kombu_message: Any, queue: str, reason: str) -> dict[str, Any]:
         headers = dict(original)
     else:
         headers = {REFUSED_HEADERS: _short(repr(original))}
+    if headers.pop(SIGNATURE_HEADER, None) is not None:
+        headers[SIGNATURE_REMOVED] = True
     if headers.get("compression") and not getattr(kombu_message, "errors", None):
         headers[DECOMPRESSED] = headers.pop("compression")  # kombu already decompressed the body we hold
     headers.update({

@@ -1,17 +1,25 @@
 """From a raw broker message to a ``Job``, or a clear refusal.
 
-Every refusal -- undecodable body, refused content type, bad compression,
-headers or body that are not task protocol v2, NaN/Infinity in a JSON body,
-a priority out of range, an ``eta`` more than ten years ahead, missing or bad
-signature, unknown task name -- is logged with the task id (``<no id>`` when
-it has none) and the reason, sent as the ``task_rejected`` signal, copied to
+Every refusal -- a body over ``MAX_MESSAGE_BYTES`` or more headers than
+``MAX_HEADER_COUNT``, undecodable body, refused content type, bad
+compression, headers or body that are not task protocol v2, NaN/Infinity in
+a JSON body, a priority out of range, an ``eta`` more than ten years ahead,
+missing, bad or stale signature, unknown task name -- is logged with the
+task id as received (``<no id>`` when it has none) and the reason, copied to
 the dead-letter queue (:mod:`.deadletter`) and rejected without requeue.
 Nothing is executed and the worker goes on: :func:`read` never raises, since
 an exception escaping into the consumer loop would leave the message unacked
-to be delivered again, and again. When the message names a usable task id it
-is recorded as FAILURE with the reason, so a caller waiting on ``get()``
-hears why instead of hanging -- except for signature failures: an unsigned or
-forged message must not be able to write results.
+to be delivered again, and again.
+
+A refusal writes only what it can prove. With ``SIGNING_KEY`` set, the
+signature is checked first (after the size limits, before anything is
+decoded), and a message refused before its signature verified -- unsigned,
+forged, stale, too big, undecodable before it could be checked -- is a log
+line and a dead letter only: no result, no signal. A verified message (or
+any message when signing is off) that is refused later is also sent as the
+``task_rejected`` signal and, when it names a usable task id, recorded as
+FAILURE with the reason, so a caller waiting on ``get()`` hears why instead
+of hanging.
 """
 
 from __future__ import annotations
@@ -29,9 +37,9 @@ from .. import signals
 from ..conf import settings
 from ..core.protocol import (MAX_NAME_LENGTH, SIGNATURE_HEADER, TaskMessage, fast_loads, signing_keys, usable_id,
                              verify)
+from ..exceptions import InvalidMessage, InvalidSignature, NotRegistered
 from ..core.registry import registry
 from ..core.states import TaskState
-from ..exceptions import InvalidMessage, InvalidSignature, NotRegistered
 from ..results.backend import describe_exception, get_backend
 from . import deadletter
 from .pools.base import Job
@@ -43,6 +51,10 @@ EXPECTED = (InvalidMessage, NotRegistered, ContentDisallowed, DecodeError)
 _unverified_warned = False
 
 
+class MessageTooLarge(InvalidMessage):
+    """A message over ``MAX_MESSAGE_BYTES`` or ``MAX_HEADER_COUNT``: refused before anything reads it."""
+
+
 @dataclass(frozen=True)
 class Policy:
     """The settings intake needs, read once by the worker instead of once per message."""
@@ -50,34 +62,64 @@ class Policy:
     signing_keys: tuple[str, ...]  # the first signs; a message signed with any of them is accepted
     acks_late: bool
     dead_letter_queue: str | None = None
+    signing_max_age: float | None = 7 * 86400  # seconds; None: signed messages never go stale
+    signing_accept_legacy: bool = False  # also take the old signature (id and body only), for a rolling upgrade
+    max_message_bytes: int | None = 32 * 1024 * 1024
+    max_header_count: int | None = 1000
 
     @classmethod
     def from_settings(cls) -> "Policy":
         return cls(signing_keys=signing_keys(settings.SIGNING_KEY), acks_late=settings.ACKS_LATE,
-                   dead_letter_queue=settings.DEAD_LETTER_QUEUE)
+                   dead_letter_queue=settings.DEAD_LETTER_QUEUE, signing_max_age=settings.SIGNING_MAX_AGE,
+                   signing_accept_legacy=settings.SIGNING_ACCEPT_LEGACY,
+                   max_message_bytes=settings.MAX_MESSAGE_BYTES, max_header_count=settings.MAX_HEADER_COUNT)
 
 
 def read(kombu_message: Any, queue: str, policy: Policy | None = None) -> Job | None:
     """Decode and check one message; ``None`` means it was refused (and already rejected)."""
     policy = policy or Policy.from_settings()
+    verified = not policy.signing_keys
     try:
+        _check_limits(kombu_message, policy)
+        headers = kombu_message.headers
+        if policy.signing_keys:
+            verify(policy.signing_keys, headers if isinstance(headers, dict) else {}, kombu_message.body,
+                   kombu_message.content_type, kombu_message.content_encoding, max_age=policy.signing_max_age,
+                   accept_legacy=policy.signing_accept_legacy)
+            verified = True
+        elif isinstance(headers, dict) and SIGNATURE_HEADER in headers:
+            _warn_unverified(headers)
         return _read(kombu_message, queue, policy)
     except Exception as exc:  # whatever is wrong with it, the message is refused, never raised into the loop
-        refuse(kombu_message, exc, queue, policy)
+        refuse(kombu_message, exc, queue, policy, verified=verified)
         return None
 
 
 def undecodable(queue: str, policy: Policy, kombu_message: Any, exc: BaseException) -> None:
-    """kombu's ``on_decode_error``: the message could not even be built (bad compression, headers)."""
-    refuse(kombu_message, exc, queue, policy)
+    """kombu's ``on_decode_error``: the message could not even be built (bad compression, headers).
+
+    Its signature covers the body as sent (uncompressed), which is not at
+    hand: with signing on, such a message is unverified and writes nothing.
+    """
+    refuse(kombu_message, exc, queue, policy, verified=not policy.signing_keys)
+
+
+def _check_limits(kombu_message: Any, policy: Policy) -> None:
+    """Refuse a body over ``MAX_MESSAGE_BYTES`` or more headers than ``MAX_HEADER_COUNT``, before reading them.
+
+    The size is of the body as the client hands it over (decompressed; for a
+    client that hands over text, in characters).
+    """
+    body, headers = kombu_message.body, kombu_message.headers
+    size = len(body) if isinstance(body, (bytes, bytearray, memoryview, str)) else 0
+    if policy.max_message_bytes is not None and size > policy.max_message_bytes:
+        raise MessageTooLarge(f"body of {size} bytes is over MAX_MESSAGE_BYTES ({policy.max_message_bytes})")
+    if policy.max_header_count is not None and isinstance(headers, dict) and len(headers) > policy.max_header_count:
+        raise MessageTooLarge(f"{len(headers)} headers are over MAX_HEADER_COUNT ({policy.max_header_count})")
 
 
 def _read(kombu_message: Any, queue: str, policy: Policy) -> Job:
     headers = kombu_message.headers
-    if policy.signing_keys:
-        verify(policy.signing_keys, headers if isinstance(headers, dict) else {}, kombu_message.body)
-    elif isinstance(headers, dict) and SIGNATURE_HEADER in headers:
-        _warn_unverified(headers)
     body = _decode(kombu_message)
     if kombu_message.content_type == "application/json":
         _refuse_non_finite(kombu_message.body, body)
@@ -145,33 +187,38 @@ def _warn_unverified(headers: dict) -> None:
                        "checked (logged once)", _label(headers.get("id"), "<no id>"))
 
 
-def refuse(kombu_message: Any, exc: BaseException, queue: str | None = None, policy: Policy | None = None) -> None:
-    """Log, signal, copy to the dead-letter queue, record FAILURE (when it has an id) and reject. Never raises."""
+def refuse(kombu_message: Any, exc: BaseException, queue: str | None = None, policy: Policy | None = None,
+           verified: bool | None = None) -> None:
+    """Log, copy to the dead-letter queue and reject; if ``verified`` (by default: when signing is off), also
+    signal and record FAILURE (when it has an id). Never raises."""
     try:
-        _refuse(kombu_message, exc, queue, policy or Policy.from_settings())
+        policy = policy or Policy.from_settings()
+        _refuse(kombu_message, exc, queue, policy, not policy.signing_keys if verified is None else verified)
     except Exception:  # the last line of defence: a refusal must not take the worker down
         logger.exception("error while refusing a message")
         _reject(kombu_message, None)
 
 
-def _refuse(kombu_message: Any, exc: BaseException, queue: str | None, policy: Policy) -> None:
+def _refuse(kombu_message: Any, exc: BaseException, queue: str | None, policy: Policy, verified: bool) -> None:
     headers = getattr(kombu_message, "headers", None)
     headers = headers if isinstance(headers, dict) else {}
     name, task_id = headers.get("task"), headers.get("id")
     reason = f"{type(exc).__name__}: {exc}"
-    logger.error("refused message %s[%s] from queue %s (content type %s): %s",
+    logger.error("refused message %s[%s] from queue %s (content type %s)%s: %s",
                  _label(name, "<no task name>"), _label(task_id, "<no id>"), queue,
-                 _label(getattr(kombu_message, "content_type", None), "none"), deadletter._short(reason),
+                 _label(getattr(kombu_message, "content_type", None), "none"),
+                 "" if verified else " before its signature was verified", deadletter._short(reason),
                  exc_info=None if isinstance(exc, EXPECTED) else exc)
-    if isinstance(exc, NotRegistered):
-        signals.send(signals.task_unknown, sender=None, name=name, id=task_id, message=kombu_message, exc=exc)
-    signals.send(signals.task_rejected, sender=name if isinstance(name, str) else None, message=kombu_message,
-                 reason=exc)
+    if verified:  # nothing of an unverified message reaches receivers
+        if isinstance(exc, NotRegistered):
+            signals.send(signals.task_unknown, sender=None, name=name, id=task_id, message=kombu_message, exc=exc)
+        signals.send(signals.task_rejected, sender=name if isinstance(name, str) else None, message=kombu_message,
+                     reason=exc)
     dead = policy.dead_letter_queue
     channel = getattr(kombu_message, "channel", None)
     if dead and queue != dead and channel is not None:
         deadletter.publish(channel, dead, kombu_message, queue or "", reason)
-    if usable_id(task_id) and not isinstance(exc, InvalidSignature):
+    if verified and usable_id(task_id) and not isinstance(exc, InvalidSignature):
         try:
             get_backend().mark(task_id, TaskState.FAILURE, result=describe_exception(exc),
                                task_name=name[:MAX_NAME_LENGTH] if isinstance(name, str) else "")

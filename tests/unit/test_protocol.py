@@ -14,9 +14,10 @@ from django_tasks_q.core.protocol import (
     TaskMessage,
     absolute_time,
     parse_datetime,
-    sign,
+    signed_data,
     verify,
 )
+from django_tasks_q.core.signing import sign
 from django_tasks_q.exceptions import EncodeError, InvalidMessage
 
 ETA = datetime(2030, 5, 17, 12, 30, 15, 250000, tzinfo=UTC)
@@ -237,8 +238,8 @@ def test_encode_produces_json():
 
 def test_signed_message_verifies():
     headers, _, encoded = wire(TaskMessage(id="a", task="t", args=(1,)), signing_key="k3y")
-    assert headers[SIGNATURE_HEADER] == sign("k3y", "a", encoded.payload)
-    verify("k3y", headers, encoded.payload)  # does not raise
+    assert headers[SIGNATURE_HEADER] == sign(b"k3y", signed_data(headers, encoded.payload, "application/json", "utf-8"))
+    verify("k3y", headers, encoded.payload)  # does not raise (after a JSON round trip of the headers)
 
 
 def test_unsigned_message_is_refused():
