@@ -236,6 +236,9 @@ PRIVATE_NAMES: tuple[Private, ...] = (
     _kombu("kombu.pidbox.Mailbox", "_broadcast", "call", "taskinspect and taskcontrol gather replies "
            "(inspection.py), as Celery's inspect does", "command", "arguments", "destination", "reply",
            "timeout", "limit"),
+    _kombu("kombu.pidbox.Mailbox", "_publish", "override", "signs a control message where its reply ticket is "
+           "known (worker/control_signing.py SigningMailbox), with SIGNING_KEY set", "type", "arguments",
+           "destination", "reply_ticket", "channel", "timeout", "serializer", "producer", "pattern", "matcher"),
     _kombu("kombu.pidbox.Mailbox", "__init__", "call", "the node queue exclusive and not durable, as Celery "
            "5.6's workers declare it (worker/remote_control.py passes them only where kombu takes them)",
            "namespace", "queue_exclusive", "queue_durable", since="5.6.0"),

@@ -12,15 +12,24 @@ you. Instead, call ``set_trace()`` inside the task::
         rdb.set_trace()
         return x + 1
 
-The worker logs a WARNING with the address, e.g. ``Remote debugger waiting on
-127.0.0.1:6900 for task <id> (telnet 127.0.0.1 6900)``, and blocks that worker
-slot until someone connects; ``continue`` (``c``) detaches, closes the socket
-and lets the task finish. Settings come from the environment, read at each
-call so a running site can be pointed elsewhere without code changes:
+The worker logs a WARNING with the address and a one-time token, e.g.
+``Remote debugger waiting on 127.0.0.1:6900 for task <id> (telnet 127.0.0.1
+6900), token: Xq3...``, and blocks that worker slot until someone connects
+and types the token at the ``token:`` prompt; ``continue`` (``c``) detaches,
+closes the socket and lets the task finish.
 
-* ``TASKS_Q_RDB_HOST`` -- address to listen on, default ``127.0.0.1``. The
-  socket has no authentication: whoever connects runs code in the worker,
-  hence loopback by default.
+Why a token: whoever gets the prompt runs code as the worker's user, and a
+port on 127.0.0.1 is open to every local user (and the ports are
+predictable). The token is random (128 bits), made for this one session and
+shown only in the worker's log, so only who can read that log gets a shell.
+A client that sends a wrong token, or none within :data:`TOKEN_TIMEOUT`
+seconds, is disconnected (and logged) and the debugger waits for the next.
+
+Settings come from the environment, read at each call so a running site can
+be pointed elsewhere without code changes:
+
+* ``TASKS_Q_RDB_HOST`` -- address to listen on, default ``127.0.0.1``; keep
+  it on loopback: the session itself is not encrypted.
 * ``TASKS_Q_RDB_PORT`` -- first port to try, default ``6899``; the next
   ``PORT_RANGE - 1`` are tried in order when it is busy, so several tasks can
   wait at once.
@@ -32,10 +41,12 @@ call so a running site can be pointed elsewhere without code changes:
 from __future__ import annotations
 
 import errno
+import hmac
 import io
 import logging
 import os
 import pdb
+import secrets
 import socket
 import sys
 import threading
@@ -44,7 +55,7 @@ from typing import BinaryIO, TextIO, cast
 
 from django_tasks_q.core import context
 
-__all__ = ["Rdb", "debugger", "set_trace", "DEFAULT_HOST", "DEFAULT_PORT", "PORT_RANGE"]
+__all__ = ["Rdb", "debugger", "set_trace", "DEFAULT_HOST", "DEFAULT_PORT", "PORT_RANGE", "TOKEN_TIMEOUT"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +63,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6899
 #: how many consecutive ports are tried, starting at TASKS_Q_RDB_PORT
 PORT_RANGE = 100
+#: seconds a client has to type the token before it is disconnected
+TOKEN_TIMEOUT = 60.0
 
 _local = threading.local()  # .current: this thread's attached Rdb, reused by nested set_trace() calls
 
@@ -71,10 +84,11 @@ class Rdb(pdb.Pdb):
         self.host = host
         task_id = context.current().id
         where = f"task {task_id}" if task_id else "a process outside any task"
-        logger.warning("Remote debugger waiting on %s:%s for %s (telnet %s %s)",
-                       host, self.port, where, host, self.port)
+        token = secrets.token_urlsafe(16)
+        logger.warning("Remote debugger waiting on %s:%s for %s (telnet %s %s), token: %s",
+                       host, self.port, where, host, self.port, token)
         with listener:
-            self._conn, peer = listener.accept()
+            self._conn, peer = _accept(listener, token)
         logger.info("Remote debugger on %s:%s: client %s:%s connected", host, self.port, *peer[:2])
         # line buffering: pdb prints without flushing, and the client must see each line as it is written
         stream = cast(BinaryIO, self._conn.makefile("rwb"))  # a BufferedRWPair, which typeshed will not wrap
@@ -120,6 +134,37 @@ class Rdb(pdb.Pdb):
         """``quit`` detaches too; the task then fails with ``bdb.BdbQuit``, as under plain pdb."""
         self.detach()
         super().set_quit()
+
+
+def _accept(listener: socket.socket, token: str) -> tuple[socket.socket, tuple]:
+    """The first connection that types ``token``; the others are told so, closed and logged."""
+    expected = token.encode()
+    while True:
+        conn, peer = listener.accept()
+        try:
+            conn.settimeout(TOKEN_TIMEOUT)
+            conn.sendall(b"token: ")
+            given = _read_line(conn)
+            if hmac.compare_digest(given, expected):
+                conn.settimeout(None)
+                return conn, peer
+            conn.sendall(b"wrong token\n")
+            why = "a wrong token"
+        except (OSError, socket.timeout) as exc:
+            why = f"no token ({type(exc).__name__})"
+        conn.close()
+        logger.warning("Remote debugger refused a client from %s:%s: %s", *peer[:2], why)
+
+
+def _read_line(conn: socket.socket, limit: int = 256) -> bytes:
+    """One line from ``conn`` (without CR/LF), at most ``limit`` bytes."""
+    data = b""
+    while not data.endswith(b"\n") and len(data) < limit:
+        chunk = conn.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data.strip(b"\r\n \t")
 
 
 def _listen(host: str, first: int, count: int) -> tuple[socket.socket, int]:

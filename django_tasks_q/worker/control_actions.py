@@ -16,7 +16,9 @@ pool_shrink        ``n`` (default 1)                           ``{"ok": "pool wi
 =================  ==========================================  ===============================================
 
 A refusal is ``{"error": "..."}`` saying why: a queue already consumed or not
-consumed, an unknown task, a solo pool, a shrink below one slot.
+consumed, an unknown task, a solo pool, a shrink below one slot, a grow past
+``TASKS_Q["MAX_CONCURRENCY"]`` (by default four times the concurrency the
+worker started with: a broadcast must not be able to fork a host to death).
 
 Queue and pool changes touch what only the main loop owns (its channel, its
 pool), so they are handed to it (worker/handoff.py) and the reply waits for
@@ -36,6 +38,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..conf import settings
 from .handoff import Pending, Refused
 from .remote_control import RemoteControl, command, nok, ok
 
@@ -119,6 +122,11 @@ def time_limit(control: RemoteControl, task_name: str = "", hard: Any = None, so
     return ok("time limits set successfully")
 
 
+def max_concurrency(control: RemoteControl) -> int:
+    """How far ``pool_grow`` may go: ``MAX_CONCURRENCY``, else four times the concurrency at start."""
+    return int(settings.MAX_CONCURRENCY or 4 * control.start_concurrency)
+
+
 def _resize(control: RemoteControl, n: Any, grow: bool) -> dict[str, Any]:
     verb = "grow" if grow else "shrink"
     try:
@@ -128,6 +136,11 @@ def _resize(control: RemoteControl, n: Any, grow: bool) -> dict[str, Any]:
     if count < 1:
         return nok(f"pool_{verb} needs a positive number of slots, got {count}")
     pool = control.worker.pool
+    if grow and pool.name != "solo":
+        cap = max_concurrency(control)
+        if pool.concurrency + count > cap:
+            return nok(f"pool_grow {count} refused: concurrency {pool.concurrency} + {count} is past the cap of "
+                       f"{cap} (TASKS_Q['MAX_CONCURRENCY'])")
     if pool.name == "solo":  # refused here: its main loop may be running a task for long
         try:
             pool.grow(count) if grow else pool.shrink(count)
@@ -148,4 +161,4 @@ def pool_shrink(control: RemoteControl, n: Any = 1, **kwargs: Any) -> dict[str, 
     return _resize(control, n, grow=False)
 
 
-__all__ = ["add_consumer", "cancel_consumer", "pool_grow", "pool_shrink", "time_limit"]
+__all__ = ["add_consumer", "cancel_consumer", "max_concurrency", "pool_grow", "pool_shrink", "time_limit"]

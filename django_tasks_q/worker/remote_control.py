@@ -53,6 +53,7 @@ from ..conf import settings
 from ..core.options import parse_rate_limit
 from ..core.registry import registry
 from ..exceptions import InvalidTaskOptions
+from . import control_signing
 from . import events as events_module
 from .pools.base import Job
 from .revocations import parse_signal, revoke
@@ -80,12 +81,18 @@ class _Handlers(dict):
 
 
 HANDLERS: dict[str, Handler] = _Handlers()
+#: the commands that only read (``celery inspect``): all a worker answers with ``REMOTE_CONTROL = "read-only"``
+INSPECT_COMMANDS: set[str] = set()
+#: the value of ``REMOTE_CONTROL`` that answers inspect commands and refuses the others
+READ_ONLY = "read-only"
 
 
-def command(*names: str) -> Callable[[Handler], Handler]:
+def command(*names: str, inspect: bool = False) -> Callable[[Handler], Handler]:
     def register(function: Handler) -> Handler:
         for name in names or (function.__name__,):
             HANDLERS[name] = function
+            if inspect:
+                INSPECT_COMMANDS.add(name)
         return function
     return register
 
@@ -96,9 +103,12 @@ NODE_QUEUE_OPTIONS = ({"queue_exclusive": True, "queue_durable": False}
                       if accepts_argument(Mailbox.__init__, "queue_exclusive") else {})
 
 
-def mailbox() -> Mailbox:
-    """The ``celery`` mailbox with the queue options of Celery 5's workers and clients."""
-    return Mailbox("celery", type="fanout", accept=["json"], serializer="json", queue_ttl=300.0,
+def mailbox() -> control_signing.SigningMailbox:
+    """The ``celery`` mailbox with the queue options of Celery 5's workers and clients.
+
+    It signs what it sends once its ``signing_key`` is set (control_signing.py); a worker's node only replies.
+    """
+    return control_signing.SigningMailbox("celery", type="fanout", accept=["json"], serializer="json", queue_ttl=300.0,
                    reply_queue_ttl=300.0, queue_expires=10.0, reply_queue_expires=10.0, **NODE_QUEUE_OPTIONS)
 
 
@@ -121,13 +131,19 @@ def _jsonable(value: Any) -> Any:
 
 
 def request_info(job: Job, hostname: str, *, time_start: float | None = None, worker_pid: int | None = None,
-                 safe: bool = False) -> dict[str, Any]:
-    """One task as Celery's ``Request.info()``: what ``active``, ``reserved`` and ``scheduled`` list."""
+                 safe: bool | None = None) -> dict[str, Any]:
+    """One task as Celery's ``Request.info()``: what ``active``, ``reserved`` and ``scheduled`` list.
+
+    Arguments can hold secrets, so they are left out (``None``) unless asked for with Celery's ``safe``
+    flag: ``safe=False`` gives them as sent, ``safe=True`` their reprs (shortened; what Flower asks for).
+    """
     message, kombu_message = job.message, job.kombu_message
-    if safe:
+    if safe is False:
+        args, kwargs = _jsonable(list(message.args)), _jsonable(dict(message.kwargs))
+    elif safe:
         args, kwargs = events_module.ARGS_REPR.repr(tuple(message.args)), events_module.ARGS_REPR.repr(message.kwargs)
     else:
-        args, kwargs = _jsonable(list(message.args)), _jsonable(dict(message.kwargs))
+        args = kwargs = None
     return {
         "id": message.id, "name": message.task, "args": args, "kwargs": kwargs, "type": message.task,
         "hostname": hostname, "time_start": time_start,
@@ -153,6 +169,12 @@ class RemoteControl:
         self._failing = False
         self.node: Any = None
         self._idle_db = False
+        #: ``REMOTE_CONTROL = "read-only"``: answer inspect commands only
+        self.read_only = worker.remote_control == READ_ONLY
+        #: what ``pool_grow`` is capped against (``MAX_CONCURRENCY``, else 4 x this)
+        self.start_concurrency: int = worker.pool.concurrency
+        self._keys = control_signing.keys()
+        self._replays = control_signing.ReplayGuard()
 
     def start(self) -> "RemoteControl":
         self._thread = threading.Thread(target=self._run, name="remote-control", daemon=True)
@@ -213,13 +235,52 @@ class RemoteControl:
         if isinstance(expires, (int, float)) and expires and expires < time.time():
             logger.debug("ignored an expired control command: %r", body)
             return
+        if not isinstance(body, dict) or not self._for_me(body):
+            return
         try:
-            self.node.handle_message(body, message)
+            body = self._admitted(body)
+            if body is not None:
+                self.node.handle_message(body, message)
         except Exception:  # a bad command, or its reply could not be sent: log it, keep listening
             logger.exception("control command %r failed", body.get("method") if isinstance(body, dict) else body)
         finally:
             if self._idle_db:  # commands are rare: keep no idle database connection a server may drop
                 connections.close_all()
+
+    def _for_me(self, body: dict[str, Any]) -> bool:
+        """Is this worker among the command's destinations (as ``Node.handle_message`` decides)?"""
+        destination, pattern, matcher = body.get("destination"), body.get("pattern"), body.get("matcher")
+        if destination:
+            return self.hostname in destination
+        if pattern and matcher:
+            from kombu.utils.functional import match
+            return bool(match(self.hostname, pattern, matcher))
+        return True
+
+    def _admitted(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The command to run (its signature removed), or None when it is refused (logged, and answered)."""
+        method = body.get("method")
+        if self._keys:
+            why, arguments = control_signing.verify_request(self._keys, body, self._replays)
+            if why is not None:
+                return self._refuse(body, f"refused control command {method!r}: {why} (SIGNING_KEY is set)")
+            body = {**body, "arguments": arguments}
+            self.node.handlers = _SealedReplies(self, body.get("ticket"))
+        if self.read_only and method not in INSPECT_COMMANDS:
+            return self._refuse(body, f"refused control command {method!r}: remote control is read-only "
+                                      f"(REMOTE_CONTROL = {READ_ONLY!r}); inspect commands only")
+        return body
+
+    def _refuse(self, body: dict[str, Any], why: str) -> None:
+        logger.warning("%s: %s", self.hostname, why)
+        reply_to = body.get("reply_to")
+        if isinstance(reply_to, dict):
+            answer = nok(why)
+            if self._keys and isinstance(self.node.handlers, _SealedReplies):
+                answer = control_signing.seal_reply(self._keys[0], self.hostname, body.get("ticket"), answer)
+            self.node.reply({self.hostname: answer}, exchange=reply_to.get("exchange"),
+                            routing_key=reply_to.get("routing_key"), ticket=body.get("ticket"))
+        return None
 
     # -- what handlers read --------------------------------------------
     def worker_pid(self, job: Job) -> int:
@@ -240,42 +301,62 @@ class RemoteControl:
                       key=lambda pair: pair[0])
 
 
+class _SealedReplies:
+    """The handlers of one signed command, each reply sealed for its ticket (control_signing.py)."""
+
+    def __init__(self, control: RemoteControl, ticket: Any):
+        self.control, self.ticket = control, ticket
+
+    def __getitem__(self, method: str) -> Handler:
+        handler = HANDLERS[method]
+        control = self.control
+
+        def sealed(state: Any, **arguments: Any) -> dict[str, str]:
+            try:
+                value = handler(state, **arguments)
+            except Exception as exc:
+                logger.exception("control command %r failed", method)
+                value = nok(repr(exc))
+            return control_signing.seal_reply(control._keys[0], control.hostname, self.ticket, value)
+        return sealed
+
+
 # -- inspect commands ----------------------------------------------------
-@command()
+@command(inspect=True)
 def ping(control: RemoteControl, **kwargs: Any) -> dict[str, Any]:
     return ok("pong")
 
 
-@command()
+@command(inspect=True)
 def clock(control: RemoteControl, **kwargs: Any) -> dict[str, Any]:
     return {"clock": control.events.clock.value}
 
 
-@command("active", "dump_active")
-def active(control: RemoteControl, safe: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
+@command("active", "dump_active", inspect=True)
+def active(control: RemoteControl, safe: bool | None = None, **kwargs: Any) -> list[dict[str, Any]]:
     return [request_info(job, control.hostname, time_start=started, worker_pid=control.worker_pid(job), safe=safe)
             for job, started in control.active()]
 
 
-@command("reserved", "dump_reserved")
-def reserved(control: RemoteControl, safe: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
+@command("reserved", "dump_reserved", inspect=True)
+def reserved(control: RemoteControl, safe: bool | None = None, **kwargs: Any) -> list[dict[str, Any]]:
     return [request_info(job, control.hostname, safe=safe) for job in control.reserved()]
 
 
-@command("scheduled", "dump_schedule")
-def scheduled(control: RemoteControl, safe: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
+@command("scheduled", "dump_schedule", inspect=True)
+def scheduled(control: RemoteControl, safe: bool | None = None, **kwargs: Any) -> list[dict[str, Any]]:
     return [{"eta": job.message.eta.isoformat() if job.message.eta else None,
              "priority": job.delivery_info.get("priority") or 0,
              "request": request_info(job, control.hostname, safe=safe)}
             for _eta, job in control.scheduled()]
 
 
-@command("revoked", "dump_revoked")
+@command("revoked", "dump_revoked", inspect=True)
 def revoked(control: RemoteControl, **kwargs: Any) -> list[str]:
     return control.worker.revocations.revoked_ids()
 
 
-@command("registered", "dump_tasks")
+@command("registered", "dump_tasks", inspect=True)
 def registered(control: RemoteControl, taskinfoitems: Iterable[str] | None = None, **kwargs: Any) -> list[str]:
     names = []
     for name in sorted(registry.names()):
@@ -284,14 +365,14 @@ def registered(control: RemoteControl, taskinfoitems: Iterable[str] | None = Non
     return names
 
 
-@command()
+@command(inspect=True)
 def active_queues(control: RemoteControl, **kwargs: Any) -> list[dict[str, Any]]:
     worker = control.worker
     return [_jsonable(dict(consumer_queue(name, worker.hostname).as_dict(recurse=True)))
             for name in worker.queue_names]
 
 
-@command()
+@command(inspect=True)
 def stats(control: RemoteControl, **kwargs: Any) -> dict[str, Any]:
     worker, pool = control.worker, control.worker.pool
     processes = pool.pids() if hasattr(pool, "pids") else [os.getpid()]
@@ -311,13 +392,13 @@ def stats(control: RemoteControl, **kwargs: Any) -> dict[str, Any]:
     }
 
 
-@command()
+@command(inspect=True)
 def conf(control: RemoteControl, with_defaults: bool = False, **kwargs: Any) -> dict[str, Any]:
     """A few settings under Celery's names; never a password, a signing key or transport options."""
     worker = control.worker
     return {
         "broker_url": mask_url(str(settings.BROKER_URL)),
-        "result_backend": settings.RESULT_BACKEND,
+        "result_backend": mask_url(str(settings.RESULT_BACKEND)) if settings.RESULT_BACKEND else None,
         "task_default_queue": settings.DEFAULT_QUEUE,
         "task_serializer": settings.TASK_SERIALIZER,
         "accept_content": list(settings.ACCEPT_CONTENT),

@@ -16,7 +16,8 @@ from tests.workers import WorkerProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ANNOUNCED = re.compile(r"Remote debugger waiting on 127\.0\.0\.1:(\d+) for task (\S+) \(telnet 127\.0\.0\.1 (\d+)\)")
+ANNOUNCED = re.compile(r"Remote debugger waiting on 127\.0\.0\.1:(\d+) for task (\S+) \(telnet 127\.0\.0\.1 (\d+)\), "
+                       r"token: (\S+)")
 
 
 def free_ports(count: int = 2) -> int:
@@ -38,12 +39,13 @@ def _free(port: int) -> bool:
     return True
 
 
-def announced_port(worker: WorkerProcess, task_id: str) -> int:
+def announced_port(worker: WorkerProcess, task_id: str) -> tuple[int, str]:
+    """The port and the one-time token the worker logged."""
     worker.wait_for("Remote debugger waiting on", timeout=20)
     match = ANNOUNCED.search(worker.output())
     assert match, worker.output()
     assert match.group(2) == task_id and match.group(1) == match.group(3)
-    return int(match.group(1))
+    return int(match.group(1)), match.group(4)
 
 
 def read_until(conn: socket.socket, marker: bytes = b"(Pdb) ") -> str:
@@ -55,9 +57,11 @@ def read_until(conn: socket.socket, marker: bytes = b"(Pdb) ") -> str:
     return data.decode()
 
 
-def debug_session(port: int) -> None:
-    """What a user does over telnet: look at ``x``, then continue."""
+def debug_session(port: int, token: str) -> None:
+    """What a user does over telnet: type the token, look at ``x``, then continue."""
     with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
+        assert read_until(conn, b"token: ") == "token: "
+        conn.sendall(token.encode() + b"\r\n")
         assert "return x + 1" in read_until(conn)  # stopped on the line after set_trace()
         conn.sendall(b"p x\r\n")  # telnet sends CRLF
         assert read_until(conn).splitlines()[0] == "1"
@@ -71,10 +75,10 @@ def test_set_trace_serves_pdb_over_a_socket_then_the_task_completes(pool):
     with WorkerProcess("django://", "-P", pool, "-c", "1", "-n", f"rdb-{pool}@%h",
                        env={"TASKS_Q_RDB_PORT": str(first)}) as worker:
         result = debugged.delay()
-        port = announced_port(worker, result.id)
+        port, token = announced_port(worker, result.id)
         assert port == first
         assert not result.ready()  # the task waits on the debugger
-        debug_session(port)
+        debug_session(port, token)
         assert result.get(timeout=20) == 2
         worker.wait_for(f"Remote debugger on 127.0.0.1:{port} closed")
 
@@ -87,7 +91,27 @@ def test_a_busy_port_is_skipped():
         with WorkerProcess("django://", "-P", "solo", "-c", "1", "-n", "rdb@%h",
                            env={"TASKS_Q_RDB_HOST": "127.0.0.1", "TASKS_Q_RDB_PORT": str(first)}) as worker:
             result = debugged.delay()
-            port = announced_port(worker, result.id)
+            port, token = announced_port(worker, result.id)
             assert port == first + 1
-            debug_session(port)
+            debug_session(port, token)
             assert result.get(timeout=20) == 2
+
+
+def test_a_client_without_the_token_gets_no_prompt():
+    """Any local user can reach 127.0.0.1: without the token logged by the worker, no shell."""
+    first = free_ports()
+    with WorkerProcess("django://", "-P", "solo", "-c", "1", "-n", "rdb-token@%h",
+                       env={"TASKS_Q_RDB_PORT": str(first)}) as worker:
+        result = debugged.delay()
+        port, token = announced_port(worker, result.id)
+        for attempt in (b"p __import__('os').getpid()\n", b"not-the-token\n"):
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
+                conn.sendall(attempt)
+                received = b""
+                while chunk := conn.recv(4096):
+                    received += chunk
+            assert received == b"token: wrong token\n"  # then the worker hung up: no (Pdb) prompt
+        worker.wait_for("Remote debugger refused a client from 127.0.0.1")
+        assert not result.ready()  # still waiting for the one who has the token
+        debug_session(port, token)
+        assert result.get(timeout=20) == 2

@@ -132,3 +132,15 @@ def test_commands_refused_before_reaching_the_main_loop(threads_worker):
     solo = RemoteControl(Worker(queues=["default"], pool="solo", hostname="s@host", heartbeat=0))
     assert "the solo pool runs one task at a time" in call(solo, "pool_grow", n=1)["error"]
     assert "the solo pool runs one task at a time" in call(solo, "pool_shrink")["error"]
+
+
+def test_pool_grow_is_capped(threads_worker, settings):
+    """A broadcast must not fork a host to death: past MAX_CONCURRENCY (default 4 x the start) is refused."""
+    control = RemoteControl(threads_worker)  # started with concurrency 1: the default cap is 4
+    refused = call(control, "pool_grow", n=4)
+    assert refused == {"error": "pool_grow 4 refused: concurrency 1 + 4 is past the cap of 4 "
+                                "(TASKS_Q['MAX_CONCURRENCY'])"}
+    assert call(control, "pool_grow", n=10**9)["error"].startswith("pool_grow 1000000000 refused")
+    assert threads_worker.pool.concurrency == 1
+    settings.TASKS_Q = {**settings.TASKS_Q, "MAX_CONCURRENCY": 2}
+    assert "past the cap of 2" in call(control, "pool_grow", n=2)["error"]

@@ -7,7 +7,8 @@ library code. ``revoke`` is stored (it reaches workers that start later);
 broadcasts answered by running workers (``inspection.broadcast``), Celery's
 as well as ours, with Celery's command names and arguments. Exit status 1
 when no worker answered, a worker named with ``-d`` stayed silent, or any
-worker refused.
+worker refused. With ``SIGNING_KEY`` set the broadcasts are signed and a
+reply not signed with the key counts as a refusal.
 """
 
 import argparse
@@ -111,6 +112,10 @@ class Command(BaseCommand):
         replies = broadcast(method, arguments, names or None, options["timeout"])
         refused = [hostname for hostname, answer in sorted(replies.answers.items())
                    if not (isinstance(answer, dict) and "ok" in answer)]
+        for hostname in sorted(replies.unverified):
+            self.stderr.write(f"-> {hostname}: reply not signed with SIGNING_KEY, ignored: "
+                              f"{json.dumps(replies.unverified[hostname], default=str)}")
+            refused.append(hostname)
         if options.get("json"):
             self.stdout.write(json.dumps(replies.answers, indent=2, sort_keys=True, default=str))
         else:
@@ -119,7 +124,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"-> {hostname}: {status} {json.dumps(replies.answers[hostname], default=str)}")
         for hostname in replies.silent:
             self.stderr.write(f"-> {hostname}: no reply within {options['timeout']:g}s")
-        if not replies.answers:
+        if not replies.answers and not replies.unverified:
             raise CommandError(f"no worker replied within {options['timeout']:g}s", returncode=1)
         if replies.silent or refused:
             raise CommandError(f"not done by: {', '.join(replies.silent + refused)}", returncode=1)
