@@ -33,6 +33,7 @@ import logging
 import sys
 from collections.abc import Iterable
 from traceback import format_exception
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
@@ -256,16 +257,21 @@ def _record_ready(result: TaskResult, name: str, queue: str) -> None:
 
 
 def _framework_task(name: str) -> FrameworkTask | None:
+    """The framework task a stored row names, or None; a task name is data and never imported.
+
+    Rows are also written from messages a worker refused, so the name may be anyone's choice. It is
+    looked up in our registry (where :func:`register_framework_tasks` put every module-level framework
+    task of an installed app's ``tasks`` module at start-up, and :func:`adapter_for` each one enqueued
+    here), then in a module this process has already imported, read from its ``__dict__`` so that not
+    even a module ``__getattr__`` runs.
+    """
     adapter = registry.get(name)
     if isinstance(adapter, Adapter):
         return adapter.framework_task
-    try:
-        from django.utils.module_loading import import_string
-
-        value = import_string(name)  # a name from our own result row, not from a message
-    except ImportError:
-        return None
-    return value if isinstance(value, FrameworkTask) else None
+    module_name, _, attribute = name.rpartition(".")
+    module = sys.modules.get(module_name)
+    value = vars(module).get(attribute) if isinstance(module, ModuleType) else None
+    return value if isinstance(value, FrameworkTask) and value.module_path == name else None
 
 
 __all__ = ["Adapter", "STATUS", "TaskQBackend", "adapter_for", "our_priority", "register_framework_tasks"]

@@ -8,6 +8,9 @@ failures without reloading. The JSON API (``web/api.py``) is mounted under
 the page's own URL, so the dashboard works whether or not the project
 includes ``django_tasks_q.urls``; it is guarded as everywhere else (staff
 with the view permission to read; CSRF and the model permission to act).
+The page sends ``X-Frame-Options: DENY`` itself, whether or not the project
+runs ``XFrameOptionsMiddleware``: its buttons revoke, retry and purge, so no
+other page may frame it and steer a click.
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ class DashboardAdmin(admin.ModelAdmin):
             "can_purge": request.user.has_perm(api.ACT_ON_QUEUES),
             **(extra_context or {}),
         }
-        return TemplateResponse(request, "admin/django_tasks_q/dashboard.html", context)
+        response = TemplateResponse(request, "admin/django_tasks_q/dashboard.html", context)
+        response["X-Frame-Options"] = "DENY"
+        return response
 
 
 __all__ = ["DashboardAdmin"]

@@ -9,30 +9,15 @@ from __future__ import annotations
 
 import os
 import threading
-from urllib.parse import urlsplit, urlunsplit
 
 from kombu import Connection, Producer
 
 from ..conf import settings
 from ..extras import broker_extra, require
+from ..masking import mask_url  # re-exported: callers import it from here
 
 _local = threading.local()
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
-
-
-def mask_url(url: str) -> str:
-    """``redis://:secret@h:6379/0`` -> ``redis://:**@h:6379/0``; passwords never reach logs."""
-    if ";" in url:  # a kombu failover list: "sentinel://:pw@h1;sentinel://:pw@h2"
-        return ";".join(mask_url(part) for part in url.split(";"))
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable broker url>"
-    if not parts.password:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:**@{netloc}"))
 
 
 def new_connection(url: str | None = None) -> Connection:

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..conf import settings
 from ..exceptions import ChordError, ImproperlyConfigured
+from ..masking import mask_url
 from ..results.async_result import AsyncResult, EagerResult
 from ..results.backend import describe_exception, get_backend
 from ..results.redis import RedisBackend
@@ -234,7 +235,7 @@ class chord(Signature):  # noqa: N801 - Celery's name
         else:
             raise ImproperlyConfigured(
                 f"chord needs a result backend that counts its members ('django' or 'redis://...'), "
-                f"got RESULT_BACKEND = {settings.RESULT_BACKEND!r}")
+                f"got RESULT_BACKEND = {mask_url(str(settings.RESULT_BACKEND))!r}")
         results = []
         for index, (member, task_id) in enumerate(zip(members, ids)):
             _with_member_options(member, group_id=group_id, group_index=index, chord=body_dict, task_id=task_id)

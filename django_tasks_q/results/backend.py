@@ -19,6 +19,7 @@ from typing import Any
 from ..conf import settings
 from ..core.states import EXCEPTION_STATES, READY_STATES, TaskState
 from ..exceptions import ImproperlyConfigured, TaskError, TimeoutError
+from ..masking import mask_url
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ def _make(value: Any) -> ResultBackend:
         from .redis import RedisBackend
 
         return RedisBackend(value)
-    raise ImproperlyConfigured(f"TASKS_Q['RESULT_BACKEND'] = {value!r}: {problem}; {SUPPORTED}")
+    raise ImproperlyConfigured(f"TASKS_Q['RESULT_BACKEND'] = {mask_url(str(value))!r}: {problem}; {SUPPORTED}")
 
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -224,6 +225,9 @@ def backend_problem(value: Any) -> str | None:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a port out of range
     except ValueError as exc:
+        if "port" in str(exc).lower():  # urllib's message quotes the text it took for a port: a password's tail
+            return ("malformed Redis URL: the port is not a number from 0 to 65535 "
+                    "(percent-encode '/', '?', '#' and '@' in a password)")
         return f"malformed Redis URL: {exc}"
     db = parts.path.strip("/")
     if value.startswith(("redis://", "rediss://")):

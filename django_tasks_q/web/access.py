@@ -1,12 +1,16 @@
 """Who may read the monitoring API and who may act through it.
 
 Reading (GET) takes a logged-in, active staff user with the view permission
-on task results -- or, for scrapers and scripts, ``Authorization: Bearer
-<TASKS_Q["API_TOKEN"]>`` when that setting is set. Acting (POST: retry,
+on task results. ``Authorization: Bearer <TASKS_Q["API_TOKEN"]>``, the
+credential of scrapers and scripts, reads the fleet only -- metrics,
+workers, queues (:func:`can_read`); task data (arguments, results,
+tracebacks: :func:`can_read_tasks`) takes the staff session, since a
+token sits in a Prometheus config and a CI secret. Acting (POST: retry,
 revoke, purge) takes a staff session, Django's CSRF check and the model
 permission the action names; a token never acts. Anonymous requests are
 answered 401, everyone else who may not 403, both as JSON naming what is
-missing -- never the data.
+missing -- never the data. Every answer is ``Cache-Control: private,
+no-store``: no shared cache or browser disk keeps what a task was given.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import hmac
 from functools import wraps
 from typing import Any, Callable
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.cache import patch_cache_control
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_GET, require_POST
 
@@ -52,15 +57,39 @@ def _staff_problem(request: HttpRequest, permission: str) -> JsonResponse | None
     return None
 
 
+def private(response: HttpResponse) -> HttpResponse:
+    """``Cache-Control: private, no-store`` on ``response``."""
+    patch_cache_control(response, private=True, no_store=True)
+    return response
+
+
 def can_read(view: Callable[..., Any]) -> Callable[..., Any]:
-    """GET only; a staff user with the view permission on task results, or the API token."""
+    """GET only; a staff user with the view permission on task results, or the API token (fleet data only)."""
 
     @require_GET
     @wraps(view)
     def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
         if has_token(request):
-            return view(request, *args, **kwargs)
-        return _staff_problem(request, VIEW_PERMISSION) or view(request, *args, **kwargs)
+            return private(view(request, *args, **kwargs))
+        return private(_staff_problem(request, VIEW_PERMISSION) or view(request, *args, **kwargs))
+
+    return guarded
+
+
+def can_read_tasks(view: Callable[..., Any]) -> Callable[..., Any]:
+    """GET only; task data (arguments, results, tracebacks): a staff session with the view permission.
+
+    The API token is refused here with a 403 saying what it may read.
+    """
+
+    @require_GET
+    @wraps(view)
+    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        user = getattr(request, "user", None)
+        if (user is None or not user.is_authenticated) and has_token(request):
+            return private(refusal(403, "API_TOKEN reads metrics, workers and queues only; task data needs a "
+                                        f"staff session with the permission {VIEW_PERMISSION}"))
+        return private(_staff_problem(request, VIEW_PERMISSION) or view(request, *args, **kwargs))
 
     return guarded
 
@@ -73,7 +102,7 @@ def can_act(permission: str) -> Callable[[Callable[..., Any]], Callable[..., Any
         @csrf_protect
         @wraps(view)
         def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-            return _staff_problem(request, permission) or view(request, *args, **kwargs)
+            return private(_staff_problem(request, permission) or view(request, *args, **kwargs))
 
         return guarded
 

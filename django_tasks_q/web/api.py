@@ -2,9 +2,10 @@
 
 Mounted by ``path("tasks/", include("django_tasks_q.urls"))`` and, for the
 dashboard, under the admin (``admin/dashboard.py``). Every view is guarded
-by :mod:`.access`: reading needs staff (or the API token), acting needs a
-staff session, CSRF and the model permission. Bad parameters are answered
-400 with what was wrong; nothing is guessed.
+by :mod:`.access`: reading needs staff (or the API token, for workers and
+queues only: task data needs the staff session), acting needs a staff
+session, CSRF and the model permission. Bad parameters are answered 400
+with what was wrong; nothing is guessed. Only known queues are purged.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from django.http import HttpRequest, JsonResponse
 
 from ..models import TaskResult
 from . import actions, snapshot
-from .access import can_act, can_read, refusal
+from .access import can_act, can_read, can_read_tasks, refusal
 
 ACT_ON_TASKS = "django_tasks_q.change_taskresult"
 ACT_ON_QUEUES = "django_tasks_q.change_queue"
@@ -32,7 +33,7 @@ def queues(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"queues": snapshot.queues()})
 
 
-@can_read
+@can_read_tasks
 def tasks(request: HttpRequest) -> JsonResponse:
     """``?state=FAILURE&name=videos&limit=50&offset=0``: stored results, newest first."""
     state = request.GET.get("state") or None
@@ -50,7 +51,7 @@ def tasks(request: HttpRequest) -> JsonResponse:
                          "tasks": [snapshot.task_dict(row) for row in rows[offset:offset + limit]]})
 
 
-@can_read
+@can_read_tasks
 def task(request: HttpRequest, task_id: str) -> JsonResponse:
     found = snapshot.task_detail(task_id)
     if found is None:
@@ -58,7 +59,7 @@ def task(request: HttpRequest, task_id: str) -> JsonResponse:
     return JsonResponse(found)
 
 
-@can_read
+@can_read_tasks
 def dashboard(request: HttpRequest) -> JsonResponse:
     """Everything the dashboard page draws, in one request per refresh."""
     return JsonResponse(snapshot.dashboard())
@@ -86,7 +87,15 @@ def revoke(request: HttpRequest, task_id: str) -> JsonResponse:
 
 @can_act(ACT_ON_QUEUES)
 def purge(request: HttpRequest, name: str) -> JsonResponse:
-    """Empty a queue; the request must repeat the queue's name as ``confirm`` (the page asks for it)."""
+    """Empty a known queue; the request must repeat the queue's name as ``confirm`` (the page asks for it).
+
+    Known: DEFAULT_QUEUE, ``TASKS_Q["QUEUES"]``, ``Queue`` rows and what an online worker consumes -- the
+    queues the dashboard lists. Any other name (another application's queue on a shared broker, the
+    dead-letter queue) is refused, and nothing is declared.
+    """
+    if name not in snapshot.queue_names():
+        return refusal(404, f"{name!r} is not a queue of this site (DEFAULT_QUEUE, QUEUES, Queue rows or one an "
+                            f"online worker consumes): nothing purged")
     if request.POST.get("confirm") != name:
         return refusal(400, f"purging deletes every waiting message: send confirm={name!r} to purge {name!r}")
     try:

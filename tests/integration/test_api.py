@@ -88,12 +88,53 @@ def test_every_endpoint_refuses_who_may_not_see_it(recorded):
     assert not Revocation.objects.exists()
 
 
-def test_a_token_reads_everything(recorded):
+def test_a_token_reads_the_fleet_but_no_task_data(recorded):
+    """API_TOKEN is a scraper's credential: metrics, workers and queues; never arguments, results, tracebacks."""
     client = client_for(None)
     workers = client.get("/tasks/workers/", HTTP_AUTHORIZATION="Bearer s3cret-token").json()["workers"]
     assert [(w["hostname"], w["online"]) for w in workers] == [("alive@host", True), ("gone@host", False)]
     assert client.get("/tasks/metrics", HTTP_AUTHORIZATION="Bearer s3cret-token").status_code == 200
+    assert client.get("/tasks/queues/", HTTP_AUTHORIZATION="Bearer s3cret-token").status_code == 200
     assert client.post("/tasks/workers/", HTTP_AUTHORIZATION="Bearer s3cret-token").status_code == 405
+    for url in ("/tasks/tasks/", "/tasks/tasks/t-failed/", "/tasks/dashboard/",
+                "/admin/django_tasks_q/dashboard/api/tasks/t-failed/",
+                "/admin/django_tasks_q/dashboard/api/dashboard/"):
+        refused = client.get(url, HTTP_AUTHORIZATION="Bearer s3cret-token")
+        assert refused.status_code == 403, url
+        assert "task data needs a staff session" in refused.json()["error"], url
+        assert "bad frame 7" not in refused.content.decode() and "[2, 2]" not in refused.content.decode()
+
+
+def test_responses_with_task_data_are_not_cached(recorded):
+    client = client_for(user("viewer", perms=("view_taskresult",)))
+    for url in ("/tasks/tasks/", "/tasks/tasks/t-failed/", "/tasks/dashboard/", "/tasks/workers/", "/tasks/queues/",
+                "/admin/django_tasks_q/dashboard/api/dashboard/", "/tasks/tasks/no-such-task/"):
+        response = client.get(url)
+        directives = {d.strip() for d in response["Cache-Control"].split(",")}
+        assert {"private", "no-store"} <= directives, url
+    operator = client_for(user("operator", perms=("view_taskresult", "change_taskresult")))
+    sent = operator.post("/tasks/tasks/t-failed/retry/")
+    assert sent.status_code == 202 and "no-store" in sent["Cache-Control"]
+
+
+def test_purge_refuses_a_queue_this_site_does_not_know_and_declares_nothing(recorded, monkeypatch):
+    """A holder of change_queue must not empty another application's queue, the dead-letter queue, or create one."""
+    from kombu import Queue
+    from kombu.transport import virtual
+
+    declared = []
+    monkeypatch.setattr(Queue, "declare", lambda self, *a, **k: declared.append(self.name))
+    monkeypatch.setattr(virtual.Channel, "queue_declare",
+                        lambda self, queue=None, *a, **k: declared.append(queue))
+    operator = client_for(user("operator", perms=("view_taskresult", "change_queue")))
+    for name in ("other-app-queue", "tasksq.dead"):
+        refused = operator.post(f"/tasks/queues/{name}/purge/", {"confirm": name})
+        assert refused.status_code == 404 and "not a queue of this site" in refused.json()["error"], name
+    assert declared == []
+    known = {q["name"] for q in operator.get("/tasks/queues/").json()["queues"]}
+    assert "other-app-queue" not in known  # and asking for its depth did not create it either
+    assert operator.post(f"/tasks/queues/{QUEUE}/purge/", {"confirm": QUEUE}).json() == {"queue": QUEUE, "purged": 2}
+    assert declared == []  # purging a known queue declares nothing either
 
 
 def test_workers_queues_and_tasks_as_staff_see_them(recorded):
@@ -188,3 +229,13 @@ def test_the_dashboard_page_is_in_the_admin_for_staff_who_may_view_results(recor
     assert 'data-can-act="0"' in viewer.get("/admin/django_tasks_q/dashboard/").content.decode()
     assert client_for(user("bare-staff")).get("/admin/django_tasks_q/dashboard/").status_code == 403
     assert client_for(None).get("/admin/django_tasks_q/dashboard/").status_code == 302  # to the login page
+
+
+@pytest.mark.parametrize("middleware", [True, False])
+def test_the_dashboard_page_may_not_be_framed(settings, middleware):
+    """Its buttons revoke, retry and purge: DENY comes from the view, not from the project's middleware."""
+    if not middleware:
+        settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if "XFrameOptions" not in m]
+    page = client_for(User.objects.create_superuser("boss", email=None, password=None)).get(
+        "/admin/django_tasks_q/dashboard/")
+    assert page.status_code == 200 and page["X-Frame-Options"] == "DENY"

@@ -4,7 +4,8 @@ Debian's ``chromium`` and ``chromium-driver`` (``make servers`` installs
 them) driven by Selenium with the system chromedriver -- no browser
 download. The test logs in through the admin's login form, watches a
 worker appear and a real task's progress bar advance without reloading the
-page, then presses *Retry* on a failed task and sees the new task succeed.
+page, then presses *Retry* on a failed task, declines the confirmation (nothing is sent), presses it
+again, confirms, and sees the new task succeed.
 Screenshots go to ``test-artifacts/`` (``TASKS_Q_TEST_ARTIFACTS``).
 """
 
@@ -115,7 +116,14 @@ def test_dashboard_shows_a_worker_a_moving_progress_bar_and_retries_a_failure(br
         assert running.get(timeout=30)["compressed"] is True
 
         missing.write_text("fixed")
-        browser.find_element(By.CSS_SELECTOR, f"{failure_row} button.tq-retry").click()
+        retry = f"{failure_row} button.tq-retry"
+        browser.find_element(By.CSS_SELECTOR, retry).click()
+        eventually(lambda: browser.switch_to.alert).dismiss()  # the page asks first; "no" sends nothing
+        assert "not sent again" in eventually(lambda: browser.find_element(By.ID, "tq-message").text)
+        browser.find_element(By.CSS_SELECTOR, retry).click()
+        question = eventually(lambda: browser.switch_to.alert)
+        assert "again with the same arguments" in question.text and needs_file.name in question.text
+        question.accept()
         message = eventually(lambda: re.search(r"again as ([0-9a-f-]{36})",
                                                browser.find_element(By.ID, "tq-message").text))
         assert AsyncResult(message.group(1)).get(timeout=30) == "fixed"

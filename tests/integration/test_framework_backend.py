@@ -8,6 +8,7 @@ Only the framework's public API is used to send and read (``task.enqueue``,
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from datetime import timedelta
 
@@ -118,6 +119,19 @@ def test_bad_tasks_and_ids_are_refused_clearly(broker_url):
     other = with_context.enqueue("x")
     with pytest.raises(TaskResultMismatch):
         summarise.get_result(other.id)
+
+
+def test_a_stored_task_name_is_never_imported(monkeypatch):
+    """Rows are also written from refused messages, so their task name is anyone's choice: reading the result
+    must not import the module it names (``this`` prints the Zen of Python on import; any module may do worse)."""
+    monkeypatch.delitem(sys.modules, "this", raising=False)
+    Row.objects.create(task_id="forged-1", task_name="this.s", state="SUCCESS", result=1)
+    with pytest.raises(TaskResultDoesNotExist, match="not a framework task"):
+        task_backends["default"].get_result("forged-1")
+    assert "this" not in sys.modules
+    # what the backend registered is still found: the framework tasks of the apps' tasks modules
+    registered = Row.objects.create(task_id="real-1", task_name=summarise.module_path, state="SUCCESS", result=6)
+    assert task_backends["default"].get_result(registered.task_id).return_value == 6
 
 
 @override_settings(TASKS={"default": {"BACKEND": "django_tasks_q.backends.TaskQBackend",

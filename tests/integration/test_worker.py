@@ -4,6 +4,7 @@ Redis; RabbitMQ runs the same code paths in test_spine."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import tempfile
@@ -103,8 +104,8 @@ def test_expired_results_are_cleaned_by_the_worker(broker):
 
 
 def test_signed_messages(broker, settings):
-    with WorkerProcess(broker, "-P", "solo", env={"TASKS_Q_SIGNING_KEY": "s3cret"}) as worker:
-        settings.TASKS_Q = {**settings.TASKS_Q, "SIGNING_KEY": "s3cret"}
+    with WorkerProcess(broker, "-P", "solo", env={"TASKS_Q_SIGNING_KEY": "s3cret" * 8}) as worker:
+        settings.TASKS_Q = {**settings.TASKS_Q, "SIGNING_KEY": "s3cret" * 8}
         assert add.delay(3, 4).get(timeout=20) == 7
         settings.TASKS_Q = {**settings.TASKS_Q, "SIGNING_KEY": None}
         unsigned = add.delay(5, 5)
@@ -112,21 +113,24 @@ def test_signed_messages(broker, settings):
         assert "unsigned message refused" in worker.output()
         time.sleep(0.3)
         assert unsigned.state == "PENDING"  # refused, not run
-        settings.TASKS_Q = {**settings.TASKS_Q, "SIGNING_KEY": "wrong"}
+        settings.TASKS_Q = {**settings.TASKS_Q, "SIGNING_KEY": "wrong" * 8}
         forged = add.delay(6, 6)
         worker.wait_for(forged.id)
         assert "bad signature" in worker.output()
         assert forged.state == "PENDING"
 
 
+NEW_KEY, OLD_KEY, RETIRED_KEY = "2026-new-" + "n" * 32, "2025-old-" + "o" * 32, "2024-retired-" + "r" * 32
+
+
 def test_signing_keys_rotate(broker, settings):
     """``SIGNING_KEY = [new, old]``: the worker accepts both while senders move to the new key; a key
     taken out of the list is refused from then on, its message never runs."""
-    with WorkerProcess(broker, "-P", "solo", env={"TASKS_Q_SIGNING_KEY": '["2026-new", "2025-old"]'}) as worker:
-        for key in ("2026-new", "2025-old"):
+    with WorkerProcess(broker, "-P", "solo", env={"TASKS_Q_SIGNING_KEY": json.dumps([NEW_KEY, OLD_KEY])}) as worker:
+        for key in (NEW_KEY, OLD_KEY):
             settings.TASKS_Q = {**settings.TASKS_Q, "SIGNING_KEY": key}
             assert add.delay(1, 2).get(timeout=20) == 3
-        settings.TASKS_Q = {**settings.TASKS_Q, "SIGNING_KEY": ["2024-retired", "2026-new"]}  # signs with the first
+        settings.TASKS_Q = {**settings.TASKS_Q, "SIGNING_KEY": [RETIRED_KEY, NEW_KEY]}  # signs with the first
         retired = add.delay(2, 2)
         worker.wait_for(retired.id)
         assert "matches none of the 2 accepted SIGNING_KEY key(s)" in worker.output()

@@ -2,7 +2,7 @@
  *
  * Everything shown is built with DOM calls and textContent (never innerHTML), so task names, arguments and
  * tracebacks are shown as text, whatever they contain. Charts are plain SVG: no library, no CDN.
- * Actions POST with the page's CSRF token; the server checks the permission again.
+ * Actions ask first (window.confirm), then POST with the page's CSRF token; the server checks the permission again.
  */
 (function () {
   "use strict";
@@ -57,6 +57,11 @@
       });
   }
 
+  /* Ask before acting: every button changes what the workers do. A "no" leaves the button as it was. */
+  function confirmed(question, what) {
+    return window.confirm(question) ? null : Promise.reject(new Error("not " + what));
+  }
+
   function button(label, cls, onClick) {
     var node = el("button", {type: "button", "class": "button " + cls, text: label});
     node.addEventListener("click", function () {
@@ -91,10 +96,8 @@
       var actions = el("td");
       if (canPurge && q.messages) {
         actions.appendChild(button("Purge", "tq-purge", function () {
-          if (!window.confirm("Delete all " + q.messages + " waiting messages in " + q.name + "?")) {
-            return Promise.reject(new Error("not purged"));
-          }
-          return post("queues/" + encodeURIComponent(q.name) + "/purge/", {confirm: q.name})
+          return confirmed("Delete all " + q.messages + " waiting messages in " + q.name + "?", "purged") ||
+            post("queues/" + encodeURIComponent(q.name) + "/purge/", {confirm: q.name})
             .then(function (d) { return "purged " + d.purged + " message(s) from " + d.queue; });
         }));
       }
@@ -121,7 +124,9 @@
       var actions = el("td");
       if (canAct) {
         actions.appendChild(button("Revoke", "tq-revoke", function () {
-          return post("tasks/" + encodeURIComponent(t.task_id) + "/revoke/", {terminate: "1"})
+          return confirmed("Revoke " + (t.name || t.task_id) + " (" + t.task_id + ") and stop it if it is running?",
+                           "revoked") ||
+            post("tasks/" + encodeURIComponent(t.task_id) + "/revoke/", {terminate: "1"})
             .then(function () { return "revoked " + t.task_id; });
         }));
       }
@@ -143,7 +148,9 @@
       var actions = el("td");
       if (canAct) {
         actions.appendChild(button("Retry", "tq-retry", function () {
-          return post("tasks/" + encodeURIComponent(t.task_id) + "/retry/")
+          return confirmed("Send " + (t.name || t.task_id) + " again with the same arguments, as a new task?",
+                           "sent again") ||
+            post("tasks/" + encodeURIComponent(t.task_id) + "/retry/")
             .then(function (d) { return "sent " + d.name + " again as " + d.task_id; });
         }));
       }
