@@ -7,6 +7,7 @@ with a typo in its settings refuses to start with a clear message.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ from . import extras
 from .broker.queues import build_queue
 from .conf import DEFAULTS, settings
 from .exceptions import ImproperlyConfigured
+from .masking import mask_url
 from .results.backend import REDIS_SCHEMES, SUPPORTED, backend_problem
 
 BROKER_SCHEMES = {"django", "redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "memory"}
@@ -28,19 +30,44 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "TASK_SERIALIZER": (str,), "ACCEPT_CONTENT": (list, tuple), "ALWAYS_EAGER": (bool,),
     "EAGER_PROPAGATES": (bool,), "ACKS_LATE": (bool,), "PREFETCH_MULTIPLIER": (int,), "TRACK_STARTED": (bool,),
     "SIGNING_KEY": (str, list, tuple, type(None)), "RESULT_BACKEND": (str, type(None)),
+    "SIGNING_MAX_AGE": (int, float, type(None)),
+    "SIGNING_ACCEPT_LEGACY": (bool,),
+    "MAX_MESSAGE_BYTES": (int, type(None)),
+    "MAX_HEADER_COUNT": (int, type(None)),
     "ETA_HOLD_MAX": (int, float), "REVOKE_EXPIRES": (int, float), "WORKER_HEARTBEAT": (int, float),
     "WORKER_STUCK_AFTER": (int, float), "DEAD_LETTER_QUEUE": (str, type(None)),
-    "EVENTS": (bool,), "REMOTE_CONTROL": (bool,),
+    "EVENTS": (bool,), "REMOTE_CONTROL": (bool, str),
+    "MAX_CONCURRENCY": (int, type(None)),
     "EVENTS_KEEP_SECONDS": (int, float), "EVENTS_KEEP_ROWS": (int,), "ACTIVITY_KEEP_DAYS": (int, float),
     "API_TOKEN": (str, type(None)), "IMPORTS": (list, tuple),
     "WORKER_HIJACK_ROOT_LOGGER": (bool,),
 }
+#: settings whose values are secrets: a check message names their type, never their value
+SECRET_SETTINGS = frozenset({"SIGNING_KEY", "API_TOKEN", "BROKER_TRANSPORT_OPTIONS"})
+#: settings holding URLs: a check message shows them through ``mask_url``
+URL_SETTINGS = frozenset({"BROKER_URL", "RESULT_BACKEND"})
+#: the shortest signing key accepted, in bytes (an HMAC-SHA256 key should be as long as its output)
+MIN_SIGNING_KEY_BYTES = 32
 #: content types that let whoever can write to the broker run code in the worker
 UNSAFE_CONTENT = {"pickle", "application/x-python-serialize", "yaml", "application/x-yaml"}
 
 
 def _error(key: str, message: str, hint: str | None = None, number: int = 1) -> Error:
     return Error(f"TASKS_Q[{key!r}]: {message}", hint=hint, id=f"django_tasks_q.E{number:03d}")
+
+
+def _shown(key: str, value: Any) -> str:
+    """``value`` as a check message may print it: a secret by its type only, a URL masked.
+
+    Check messages are printed before every management command, so into CI and deploy logs.
+    """
+    if key in URL_SETTINGS and isinstance(value, str):
+        return repr(mask_url(value))
+    if key in URL_SETTINGS and isinstance(value, (int, float)):  # a port alone: nothing to hide
+        return repr(value)
+    if key in SECRET_SETTINGS or key in URL_SETTINGS:
+        return f"a value of type {type(value).__name__}"
+    return repr(value)
 
 
 @register(Tags.compatibility)
@@ -57,7 +84,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     for key, types in _TYPES.items():
         if not isinstance(values[key], types) or (isinstance(values[key], bool) and bool not in types and int in types):
             expected = " or ".join(t.__name__ for t in types)
-            errors.append(_error(key, f"must be {expected}, got {values[key]!r}", number=2))
+            errors.append(_error(key, f"must be {expected}, got {_shown(key, values[key])}", number=2))
     if errors:
         return errors
     errors += _broker_url_errors(values["BROKER_URL"])
@@ -68,7 +95,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     if missing:
         errors.append(missing)
     elif problem is not None:
-        errors.append(_error("RESULT_BACKEND", f"{backend!r}: {problem}",
+        errors.append(_error("RESULT_BACKEND", f"{_shown('RESULT_BACKEND', backend)}: {problem}",
                              SUPPORTED, 4))
     if values["PREFETCH_MULTIPLIER"] < 1:
         errors.append(_error("PREFETCH_MULTIPLIER", "must be at least 1", number=5))
@@ -80,10 +107,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         if name not in serializers.name_to_type and name not in serializers.type_to_name:
             errors.append(_error("TASK_SERIALIZER" if name == values["TASK_SERIALIZER"] else "ACCEPT_CONTENT",
                                  f"serializer {name!r} is not known to kombu", number=6))
-    keys = values["SIGNING_KEY"]
-    if isinstance(keys, (list, tuple)) and (not keys or not all(isinstance(k, str) and k for k in keys)):
-        errors.append(_error("SIGNING_KEY", f"a list of keys must hold non-empty strings (the first signs), "
-                                            f"got {keys!r}", number=9))
+    errors += _signing_key_errors(values["SIGNING_KEY"])
+    if values["REMOTE_CONTROL"] not in (True, False, "read-only"):
+        errors.append(_error("REMOTE_CONTROL", f'must be True, False or "read-only", got {values["REMOTE_CONTROL"]!r}',
+                             number=2))
+    if values["MAX_CONCURRENCY"] is not None and values["MAX_CONCURRENCY"] < 1:
+        errors.append(_error("MAX_CONCURRENCY", "must be at least 1 (or None: 4 x the starting concurrency)", number=5))
+    for key in ("SIGNING_MAX_AGE", "MAX_MESSAGE_BYTES", "MAX_HEADER_COUNT"):
+        if values[key] is not None and values[key] <= 0:  # 0 would refuse every message: None turns it off
+            errors.append(_error(key, f"must be positive (or None: no limit), got {values[key]!r}", number=8))
     if not all(isinstance(module, str) for module in values["IMPORTS"]):
         errors.append(_error("IMPORTS", f"must list module paths as strings, got {values['IMPORTS']!r}", number=10))
     for name, spec in values["QUEUES"].items():
@@ -93,6 +125,37 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             errors.append(_error("QUEUES", str(exc), number=7))
         except (TypeError, ValueError, AttributeError):  # dict("videos") is a ValueError
             errors.append(_error("QUEUES", f"entry {name!r} must be a dict of queue options, got {spec!r}", number=7))
+    return errors
+
+
+def _signing_key_errors(keys: str | list | tuple | None) -> list[Error]:
+    """An empty or short key (of a list: which one, by position), never its value.
+
+    An empty key would turn verification off without a word (``TASKS_Q_SIGNING_KEY=`` from an unset secret).
+    """
+    if keys is None:
+        return []
+    hint = (f"use a random key of at least {MIN_SIGNING_KEY_BYTES} bytes, e.g. "
+            "python -c 'import secrets; print(secrets.token_urlsafe(48))'")
+    if isinstance(keys, str):
+        if not keys:
+            return [_error("SIGNING_KEY", "is empty, which would turn signing off; set None to mean no signing",
+                           hint, 9)]
+        if len(keys.encode()) < MIN_SIGNING_KEY_BYTES:
+            return [_error("SIGNING_KEY", f"the key is shorter than {MIN_SIGNING_KEY_BYTES} bytes", hint, 9)]
+        return []
+    if not keys:
+        return [_error("SIGNING_KEY", "is an empty list: list at least one key (the first signs), or set None",
+                       number=9)]
+    errors = []
+    for position, key in enumerate(keys, 1):
+        if not isinstance(key, str) or not key:
+            problem = "is empty" if isinstance(key, str) else f"is a {type(key).__name__}, not a string"
+            errors.append(_error("SIGNING_KEY", f"key #{position} of the list {problem} (a list of keys must hold "
+                                                f"non-empty strings; the first signs)", hint, 9))
+        elif len(key.encode()) < MIN_SIGNING_KEY_BYTES:
+            errors.append(_error("SIGNING_KEY", f"key #{position} of the list is shorter than "
+                                                f"{MIN_SIGNING_KEY_BYTES} bytes", hint, 9))
     return errors
 
 
@@ -153,6 +216,69 @@ def check_accepted_content(app_configs: Any = None, **kwargs: Any) -> list[Warni
                     f"can run code in your workers",
                     hint="accept only 'json' unless every producer is trusted, and set SIGNING_KEY so workers "
                          "refuse messages nobody signed", id="django_tasks_q.W001")]
+
+
+#: brokers reached over the network, whose URL may carry a password
+NETWORK_BROKERS = frozenset({"redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp"})
+
+
+def _remote_hosts(url: str) -> list[tuple[str, bool]]:
+    """Each non-loopback host of a (failover) broker URL and whether a password comes with it."""
+    options = settings.as_dict()["BROKER_TRANSPORT_OPTIONS"]
+    options = options if isinstance(options, dict) else {}
+    sentinel = options.get("sentinel_kwargs")
+    in_options = any("password" in str(name).lower() for name in options) or (
+        isinstance(sentinel, dict) and "password" in sentinel)
+    found = []
+    for part in url.split(";"):
+        try:
+            parts = urlsplit(part)
+            host = parts.hostname
+        except ValueError:
+            continue
+        if parts.scheme not in NETWORK_BROKERS or not host or _is_loopback(host):
+            continue
+        has_password = bool(parts.password) or "password=" in parts.query.lower() or in_options
+        found.append((host, has_password))
+    return found
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@register(Tags.security, deploy=True)
+def check_broker_exposure(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    """``manage.py check --deploy``: whoever can write to the broker chooses what the workers run.
+
+    W003: a broker on another host that takes no password. W004: such a broker with signing off, so a worker
+    runs any message that reaches its queues."""
+    values = settings.as_dict()
+    url = values["BROKER_URL"]
+    if not isinstance(url, str):
+        return []
+    remote = _remote_hosts(url)
+    warnings = []
+    open_hosts = sorted({host for host, has_password in remote if not has_password})
+    if open_hosts:
+        warnings.append(Warning(
+            f"TASKS_Q['BROKER_URL'] reaches {', '.join(open_hosts)} without a password: anyone who can reach "
+            f"the broker can send tasks to your workers and read their arguments",
+            hint="require a password on the broker (Redis requirepass or ACL users, RabbitMQ users) and put it "
+                 "in the URL; see docs/security.md", id="django_tasks_q.W003"))
+    if remote and not values["SIGNING_KEY"]:
+        warnings.append(Warning(
+            f"TASKS_Q['SIGNING_KEY'] is not set and the broker is on another host "
+            f"({', '.join(sorted({host for host, _ in remote}))}): workers run any message that reaches "
+            f"their queues, whoever sent it",
+            hint="set SIGNING_KEY (the same random key of 32 bytes or more on every web process and worker) so "
+                 "workers refuse messages nobody signed; see docs/security.md", id="django_tasks_q.W004"))
+    return warnings
 
 
 @register(Tags.database)

@@ -13,6 +13,9 @@ from django.test import override_settings
 from django_tasks_q.checks import check_settings
 
 
+KEY, OLD_KEY = "k" * 32, "o" * 32  # a signing key must be at least 32 bytes
+
+
 def errors_for(tasks_q) -> list:
     with override_settings(TASKS_Q=tasks_q):
         return check_settings()
@@ -27,7 +30,7 @@ def test_clean_config_has_no_errors():
         "ROUTES": {"videos.*": "videos"},
         "PREFETCH_MULTIPLIER": 1,
         "ACKS_LATE": True,
-        "SIGNING_KEY": "s3cret",
+        "SIGNING_KEY": KEY,
         "RESULT_EXPIRES": None,
     }) == []
 
@@ -146,11 +149,97 @@ def test_check_command_passes_on_the_testproject():
 
 
 def test_signing_key_may_be_a_list_of_keys_for_rotation():
-    assert errors_for({"SIGNING_KEY": ["new", "old"]}) == []
-    for bad in ([], ["new", ""], ["new", 3]):
+    assert errors_for({"SIGNING_KEY": [KEY, OLD_KEY]}) == []
+    for bad, where in (([], "empty list"), ([KEY, ""], "key #2 of the list is empty"),
+                       ([KEY, 3], "key #2 of the list is a int")):
         errors = errors_for({"SIGNING_KEY": bad})
         assert [e.id for e in errors] == ["django_tasks_q.E009"], bad
-        assert "SIGNING_KEY" in errors[0].msg and repr(bad) in errors[0].msg
+        assert "SIGNING_KEY" in errors[0].msg and where in errors[0].msg and KEY not in errors[0].msg
+
+
+@pytest.mark.parametrize("keys", ["", "short-but-not-empty", [KEY, "x" * 31], ["", OLD_KEY]])
+def test_an_empty_or_short_signing_key_is_an_error_naming_its_position_not_its_value(keys):
+    """``TASKS_Q_SIGNING_KEY=`` from an unset secret must not turn verification off without a word."""
+    errors = errors_for({"SIGNING_KEY": keys})
+    assert [e.id for e in errors] == ["django_tasks_q.E009"]
+    assert "32 bytes" in errors[0].msg + errors[0].hint
+    if isinstance(keys, list):
+        assert f"key #{keys.index(min(keys, key=len)) + 1} of the list" in errors[0].msg
+    for key in [keys] if isinstance(keys, str) else keys:
+        assert not key or key not in errors[0].msg + errors[0].hint
+
+
+def test_an_empty_signing_key_from_the_environment_is_an_error(monkeypatch):
+    monkeypatch.setenv("TASKS_Q_SIGNING_KEY", "")
+    errors = errors_for({})
+    assert [e.id for e in errors] == ["django_tasks_q.E009"] and "is empty" in errors[0].msg
+
+
+@pytest.mark.parametrize(("tasks_q", "secret"), [
+    ({"SIGNING_KEY": {"key": "hunter2-hunter2"}}, "hunter2"),
+    ({"SIGNING_KEY": ["hunter2-hunter2-hunter2", "short-hunter2"]}, "hunter2"),
+    ({"SIGNING_KEY": "hunter2"}, "hunter2"),
+    ({"API_TOKEN": ["hunter2-token"]}, "hunter2"),
+    ({"API_TOKEN": 12345678}, "12345678"),
+    ({"BROKER_TRANSPORT_OPTIONS": [("password", "hunter2")]}, "hunter2"),
+    ({"BROKER_URL": ["redis://:hunter2@cache/0"]}, "hunter2"),
+    ({"RESULT_BACKEND": "redis://:hunter2@cache:6379/zero"}, "hunter2"),
+    ({"RESULT_BACKEND": "redis://:hunter2@cache:6379/zero?password=hunter2"}, "hunter2"),
+    ({"RESULT_BACKEND": "redis://:hunter/2@cache:6379/0"}, "2@cache"),  # urllib quotes a password's tail as the port
+    ({"RESULT_BACKEND": "mongodb://u:hunter2@db/results"}, "hunter2"),
+])
+def test_check_messages_never_echo_a_secret(tasks_q, secret):
+    errors = errors_for(tasks_q)
+    assert errors, tasks_q
+    for error in errors:
+        assert secret not in f"{error.msg} {error.hint}", error
+
+
+def test_a_bad_result_backend_url_is_shown_masked():
+    from django_tasks_q.exceptions import ImproperlyConfigured
+    from django_tasks_q.results.backend import _make
+
+    errors = errors_for({"RESULT_BACKEND": "redis://:hunter2@cache:6379/zero"})
+    assert [e.id for e in errors] == ["django_tasks_q.E004"] and "redis://:**@cache:6379/zero" in errors[0].msg
+    with pytest.raises(ImproperlyConfigured) as raised:
+        _make("redis://:hunter2@cache:6379/zero")
+    assert "hunter2" not in str(raised.value) and "redis://:**@cache:6379/zero" in str(raised.value)
+
+
+def deploy_warnings(tasks_q, **more) -> list:
+    from django_tasks_q.checks import check_broker_exposure
+
+    with override_settings(TASKS_Q=tasks_q, **more):
+        return check_broker_exposure()
+
+
+@pytest.mark.parametrize(("tasks_q", "ids"), [
+    ({"BROKER_URL": "redis://cache.internal:6379/0"}, ["W003", "W004"]),
+    ({"BROKER_URL": "amqp://guest@rabbit.internal//", "SIGNING_KEY": KEY}, ["W003"]),
+    ({"BROKER_URL": "redis://:pw@cache.internal:6379/0"}, ["W004"]),
+    ({"BROKER_URL": "redis://cache.internal:6379/0?password=pw"}, ["W004"]),
+    ({"BROKER_URL": "sentinel://h1:26379;sentinel://:pw@h2:26379", "SIGNING_KEY": KEY}, ["W003"]),
+    ({"BROKER_URL": "redis://:pw@cache.internal:6379/0", "SIGNING_KEY": [KEY, OLD_KEY]}, []),
+    ({"BROKER_URL": "redis://localhost:6379/0"}, []),
+    ({"BROKER_URL": "redis://127.0.0.1:6379/0"}, []),
+    ({"BROKER_URL": "amqp://guest:guest@[::1]:5672//"}, []),
+    ({"BROKER_URL": "django://"}, []),
+    ({"BROKER_URL": "memory://"}, []),
+])
+def test_deploy_warnings_about_an_open_or_unsigned_remote_broker(tasks_q, ids):
+    warnings = deploy_warnings(tasks_q)
+    assert [w.id for w in warnings] == [f"django_tasks_q.{i}" for i in ids]
+    for warning in warnings:
+        assert "pw" not in warning.msg.replace("password", "") and "docs/security.md" in warning.hint
+
+
+def test_deploy_warnings_show_only_under_check_deploy():
+    from django.core.checks import run_checks
+
+    ours = {"django_tasks_q.W003", "django_tasks_q.W004"}
+    with override_settings(TASKS_Q={"BROKER_URL": "redis://cache.internal:6379/0"}):
+        assert not ours & {m.id for m in run_checks()}
+        assert ours <= {m.id for m in run_checks(include_deployment_checks=True)}
 
 
 def test_imports_must_list_module_paths():
@@ -278,3 +367,12 @@ def test_sqlite_without_immediate_transactions_is_warned_about(settings):
     assert [w.id for w in warnings] == ["django_tasks_q.W002"]
     assert "DATABASES['default']" in warnings[0].msg and "database is locked" in warnings[0].msg
     assert '"transaction_mode": "IMMEDIATE"' in warnings[0].hint
+
+
+@pytest.mark.parametrize("key", ["SIGNING_MAX_AGE", "MAX_MESSAGE_BYTES", "MAX_HEADER_COUNT"])
+def test_message_limits_must_be_positive_or_none(key):
+    for bad in (0, -1):
+        errors = errors_for({key: bad})
+        assert [e.id for e in errors] == ["django_tasks_q.E008"], bad
+        assert key in errors[0].msg and "positive" in errors[0].msg
+    assert errors_for({key: None}) == []
