@@ -1,6 +1,6 @@
 """django-tasks-q: background tasks for Django, speaking Celery's protocol.
 
-Public API (DESIGN §3-5)::
+Public API (docs/tasks.md, calling.md, results.md)::
 
     from django_tasks_q import task, Task, send_task, AsyncResult, registry
 """

@@ -151,7 +151,7 @@ class Signature(dict):
         return self.apply_async(partial_args, partial_kwargs)
 
     def apply_async(self, args: Iterable | None = None, kwargs: dict | None = None, **options: Any) -> AsyncResult:
-        """Send the task with ``args`` prepended, ``kwargs`` and ``options`` merged (DESIGN §4 options)."""
+        """Send the task with ``args`` prepended, ``kwargs`` and ``options`` merged (options in docs/calling.md)."""
         from .calling import send
         from .registry import registry
 

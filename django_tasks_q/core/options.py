@@ -54,7 +54,7 @@ def _check_priority(value: Any) -> None:
 
 @dataclass(frozen=True)
 class TaskOptions:
-    """What ``@task(...)`` accepts (DESIGN §3), with Celery's defaults."""
+    """What ``@task(...)`` accepts (docs/tasks.md), with Celery's defaults."""
 
     name: str | None = None
     bind: bool = False
@@ -105,7 +105,7 @@ class TaskOptions:
 
 @dataclass(frozen=True)
 class CallOptions:
-    """What ``apply_async(...)`` / ``send_task(...)`` accept (DESIGN §4)."""
+    """What ``apply_async(...)`` / ``send_task(...)`` accept (docs/calling.md)."""
 
     countdown: float | None = None
     eta: datetime | None = None

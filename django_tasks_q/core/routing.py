@@ -1,6 +1,6 @@
 """Where a task goes: queue, routing key, exchange and priority for one call.
 
-Resolution order (DESIGN §9), field by field:
+Resolution order (docs/routing.md), field by field:
 
 1. explicit ``apply_async(queue=..., routing_key=..., priority=...)``
 2. the task's own options (``@task(queue="videos")``)

@@ -95,7 +95,7 @@ class Task(Generic[P, R]):
 
     def apply_async(self, args: tuple | list | None = None, kwargs: dict | None = None,
                     **options: Any) -> AsyncResult[R]:
-        """Send the task; see DESIGN §4 for the options."""
+        """Send the task; see docs/calling.md for the options."""
         return send(self.name, args, kwargs, options, task=self)
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:

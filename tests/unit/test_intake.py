@@ -1,4 +1,4 @@
-"""``worker.intake.read``: a raw broker message becomes a Job, or a clear refusal (DESIGN §14)."""
+"""``worker.intake.read``: a raw broker message becomes a Job, or a clear refusal (docs/reliability.md)."""
 
 from __future__ import annotations
 

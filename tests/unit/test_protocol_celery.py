@@ -1,4 +1,4 @@
-"""Wire compatibility with the real ``celery`` package (DESIGN §7).
+"""Wire compatibility with the real ``celery`` package (docs/protocol.md).
 
 Celery builds a message with ``app.amqp.as_task_v2`` and we read it with
 ``TaskMessage.from_wire``; we build one and Celery's worker-side ``Request``

@@ -1,4 +1,4 @@
-"""``TaskMessage.from_wire`` refuses hostile headers and bodies with a reason (DESIGN §14)."""
+"""``TaskMessage.from_wire`` refuses hostile headers and bodies with a reason (docs/reliability.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ORM result backend and ``AsyncResult`` (DESIGN §5)."""
+"""The ORM result backend and ``AsyncResult`` (docs/results.md)."""
 
 from __future__ import annotations
 

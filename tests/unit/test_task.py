@@ -1,4 +1,4 @@
-"""Declaring and calling tasks in this process (DESIGN §3)."""
+"""Declaring and calling tasks in this process (docs/tasks.md)."""
 
 from __future__ import annotations
 
