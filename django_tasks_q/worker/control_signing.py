@@ -115,7 +115,7 @@ def verify_request(keys_: tuple[bytes, ...], body: dict[str, Any], guard: Replay
     now = time.time() if now is None else now
     if abs(now - at) > MAX_AGE:
         return f"it was signed {now - at:.0f}s ago (more than {MAX_AGE:g}s either way)", {}
-    if guard is not None and not guard.first_time(given, now):
+    if guard is not None and not guard.first_time(str(given), now):
         return "it was received before (a replay)", {}
     return None, plain
 
@@ -150,8 +150,8 @@ class SigningMailbox(Mailbox):
     signing_key: bytes | None = None
     last_ticket: Any = None
 
-    def _publish(self, type: str, arguments: Any, destination: Any = None, reply_ticket: Any = None,
-                 **options: Any) -> Any:
+    def _publish(self, type: str, arguments: Any, destination: Any = None,  # type: ignore[override, unused-ignore]
+                 reply_ticket: Any = None, **options: Any) -> Any:  # kombu 5.7 types **options one by one
         if self.signing_key is not None:
             arguments = sign_arguments(self.signing_key, type, arguments, destination, ticket=reply_ticket,
                                        reply_key=self.oid if reply_ticket else None,

@@ -253,8 +253,8 @@ class RemoteControl:
         if destination:
             return self.hostname in destination
         if pattern and matcher:
-            from kombu.utils.functional import match
-            return bool(match(self.hostname, pattern, matcher))
+            from kombu.matcher import match
+            return bool(match(self.hostname, pattern, matcher))  # type: ignore[arg-type, unused-ignore]  # typed bytes
         return True
 
     def _admitted(self, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -263,12 +263,14 @@ class RemoteControl:
         if self._keys:
             why, arguments = control_signing.verify_request(self._keys, body, self._replays)
             if why is not None:
-                return self._refuse(body, f"refused control command {method!r}: {why} (SIGNING_KEY is set)")
+                self._refuse(body, f"refused control command {method!r}: {why} (SIGNING_KEY is set)")
+                return None
             body = {**body, "arguments": arguments}
             self.node.handlers = _SealedReplies(self, body.get("ticket"))
         if self.read_only and method not in INSPECT_COMMANDS:
-            return self._refuse(body, f"refused control command {method!r}: remote control is read-only "
-                                      f"(REMOTE_CONTROL = {READ_ONLY!r}); inspect commands only")
+            self._refuse(body, f"refused control command {method!r}: remote control is read-only "
+                               f"(REMOTE_CONTROL = {READ_ONLY!r}); inspect commands only")
+            return None
         return body
 
     def _refuse(self, body: dict[str, Any], why: str) -> None:
@@ -280,7 +282,6 @@ class RemoteControl:
                 answer = control_signing.seal_reply(self._keys[0], self.hostname, body.get("ticket"), answer)
             self.node.reply({self.hostname: answer}, exchange=reply_to.get("exchange"),
                             routing_key=reply_to.get("routing_key"), ticket=body.get("ticket"))
-        return None
 
     # -- what handlers read --------------------------------------------
     def worker_pid(self, job: Job) -> int:

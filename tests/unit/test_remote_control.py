@@ -126,3 +126,13 @@ def test_an_expired_command_is_ignored(control):
     control.node = mailbox().Node("w@host", state=control, handlers=HANDLERS)
     control._on_message({"method": "shutdown", "arguments": {}}, Message())
     assert control.worker.stopping is False
+
+
+def test_a_pattern_destination_is_matched_as_kombus_node_does(control):
+    """``_for_me`` decides before any handler runs (signing, read-only): a glob or regex destination must
+    select this worker as kombu's ``Node.handle_message`` would (it raised ImportError once)."""
+    assert control._for_me({"method": "ping", "pattern": "w@*", "matcher": "glob"})
+    assert control._for_me({"method": "ping", "pattern": r"w@h.st", "matcher": "pcre"})
+    assert not control._for_me({"method": "ping", "pattern": "other@*", "matcher": "glob"})
+    assert control._for_me({"method": "ping", "destination": ["w@host"]})
+    assert not control._for_me({"method": "ping", "destination": ["other@host"]})

@@ -445,7 +445,7 @@ def test_a_member_of_a_chord_without_a_size_key_is_reported_not_dropped(backend,
 # -- settings ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("value", "problem"), [
-    ("redis://localhost:notaport/1", "Port could not be cast"),
+    ("redis://localhost:notaport/1", "the port is not a number"),
     ("redis://localhost:6379/results", "the database after the host must be a number, got 'results'"),
     ("redis://", "no host"),
     ("cache", "not a supported result backend"),
