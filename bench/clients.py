@@ -145,9 +145,8 @@ def park_backlog(n: int) -> int:
     the Redis sorted set or the ``django://`` table in seconds with messages
     that look the same to the release path. Returns how many are parked.
     """
-    from testproject.videos.tasks import noop
-
     from django_tasks_q.conf import settings
+    from testproject.videos.tasks import noop
 
     noop.apply_async(countdown=BACKLOG_AHEAD, ignore_result=True)
     if n <= 1:

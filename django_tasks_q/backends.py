@@ -177,7 +177,8 @@ class TaskQBackend(BaseTaskBackend):
         if task.run_after is not None:
             options["eta"] = task.run_after
         now = timezone.now()
-        result: TaskResult[Any] = TaskResult(task=task, id=options["task_id"], status=TaskResultStatus.READY, enqueued_at=now,
+        result: TaskResult[Any] = TaskResult(task=task, id=options["task_id"], status=TaskResultStatus.READY,
+                                             enqueued_at=now,
                             started_at=None, last_attempted_at=None, finished_at=None, args=args, kwargs=kwargs,
                             backend=self.alias, errors=[], worker_ids=[])
         _record_ready(result, adapter.name, options.get("queue", ""))
@@ -225,7 +226,8 @@ class TaskQBackend(BaseTaskBackend):
         if meta is None or framework is None:
             raise TaskResultDoesNotExist(f"no result is recorded for {result_id!r}")
         status = STATUS.get(meta.state, TaskResultStatus.RUNNING)
-        result: TaskResult[Any] = TaskResult(task=framework, id=result_id, status=status, enqueued_at=None, started_at=None,
+        result: TaskResult[Any] = TaskResult(task=framework, id=result_id, status=status, enqueued_at=None,
+                                             started_at=None,
                             last_attempted_at=None, finished_at=meta.date_done, args=[], kwargs={},
                             backend=self.alias, errors=[], worker_ids=[])
         if status == TaskResultStatus.SUCCESSFUL:

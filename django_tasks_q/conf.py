@@ -5,8 +5,9 @@ filled in here and nowhere else; a key missing from ``settings.TASKS_Q`` is
 taken from the environment variable ``TASKS_Q_<KEY>`` when set (parsed as
 JSON when it looks like JSON, so ``TASKS_Q_ACKS_LATE=true`` is a bool), then
 from the defaults. String settings (URLs, names, keys) are never parsed, so
-``TASKS_Q_SIGNING_KEY=20240517`` stays a string (a JSON list, ``["new", "old"]``, gives several keys). The cache is dropped on Django's ``setting_changed`` so
-``override_settings(TASKS_Q=...)`` works in tests. Validation lives in
+``TASKS_Q_SIGNING_KEY=20240517`` stays a string (a JSON list, ``["new", "old"]``, gives
+several keys). The cache is dropped on Django's ``setting_changed`` so ``override_settings(TASKS_Q=...)``
+works in tests. Validation lives in
 ``checks.py`` so a bad value is reported by ``manage.py check`` with the key.
 """
 

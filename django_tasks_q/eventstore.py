@@ -244,7 +244,8 @@ class EventRecorder:
             rows.append(TaskEvent(
                 event=p.type[:40], task_id=p.task_id, task_name=p.task_name, hostname=p.hostname, timestamp=p.at,
                 state=STATES.get(p.type, ""), runtime=_number(runtime),
-                exception=_text(event.get("exception"), TEXT_LIMIT), traceback=_text(event.get("traceback"), TEXT_LIMIT),
+                exception=_text(event.get("exception"), TEXT_LIMIT),
+                traceback=_text(event.get("traceback"), TEXT_LIMIT),
                 data=event))
         TaskEvent.objects.using(self.using).bulk_create(rows, batch_size=500)
 

@@ -397,7 +397,8 @@ def _postgres_bindir() -> str:
         candidates += [os.path.dirname(found), os.path.dirname(os.path.realpath(found))]
     candidates += ["/usr/lib/postgresql/15/bin"]
     versions = glob.glob("/usr/lib/postgresql/*/bin")
-    candidates += sorted(versions, key=lambda d: int(Path(d).parent.name) if Path(d).parent.name.isdigit() else 0, reverse=True)
+    candidates += sorted(versions, key=lambda d: int(Path(d).parent.name) if Path(d).parent.name.isdigit() else 0,
+                         reverse=True)
     for directory in candidates:
         if directory and all(os.access(os.path.join(directory, b), os.X_OK) for b in ("initdb", "pg_ctl", "postgres")):
             return directory
@@ -415,7 +416,8 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
                 return pwd.getpwnam(name)
     useradd = shutil.which("useradd") or "/usr/sbin/useradd"
     result = subprocess.run(
-        [useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", "tasks-q-pg"],
+        [useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
+         "tasks-q-pg"],
         capture_output=True,
         text=True,
     )

@@ -26,10 +26,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.db import transaction
-from django.utils import timezone
 from django.db import connection as db_connection
+from django.db import transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from kombu import Connection, Exchange, Queue
 
 from django_tasks_q.broker.delayed import PARK_HEADER

@@ -17,7 +17,6 @@ from kombu import Connection, Consumer, Producer, Queue
 from django_tasks_q.broker.delayed import PARK_HEADER, REDIS_KEY
 from django_tasks_q.broker.transport.redis import Transport
 from django_tasks_q.broker.transport.redis_sends import resp
-from tests import servers
 
 # an idle consumer sweeps for overdue unacked messages on every poll
 QUICK = {"visibility_timeout": 1, "unacked_restore_throttle": 1}

@@ -78,7 +78,8 @@ def _row_fields(name: str, entry: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ImproperlyConfigured(f"BEAT_SCHEDULE[{name!r}]: unknown keys {sorted(unknown)}")
     priority = options.get("priority")
-    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 255):
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
+                                 or not 0 <= priority <= 255):
         raise ImproperlyConfigured(f"BEAT_SCHEDULE[{name!r}]['options']['priority']: 0-255, got {priority!r}")
     catch_up = entry.get("catch_up", PeriodicTask.CatchUp.ONCE)
     if catch_up not in PeriodicTask.CatchUp.values:

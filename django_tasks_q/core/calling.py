@@ -15,8 +15,7 @@ from ..conf import settings
 from ..exceptions import InvalidTaskOptions
 from ..results.async_result import AsyncResult
 from .options import NO_CALL_OPTIONS, CallOptions, TaskOptions
-from .protocol import (SIGNATURE_HEADER, EncodedMessage, TaskMessage, absolute_time, new_id, new_ids,
-                       signing_keys)
+from .protocol import SIGNATURE_HEADER, EncodedMessage, TaskMessage, absolute_time, new_id, new_ids, signing_keys
 from .registry import registry
 from .routing import Route, resolve
 

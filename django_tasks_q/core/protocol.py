@@ -283,7 +283,8 @@ class TaskMessage:
         if not isinstance(body, (list, tuple)) or len(body) != 3:
             raise InvalidMessage(f"task {name} [{task_id}]: body must be [args, kwargs, embed], got {_repr.repr(body)}")
         args, kwargs, embed = body
-        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict) or not isinstance(embed, (dict, type(None))):
+        if (not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict)
+                or not isinstance(embed, (dict, type(None)))):
             raise InvalidMessage(f"task {name} [{task_id}]: body must be [list, dict, dict], got {_repr.repr(body)}")
         embed = embed or {}
         for key, kind in (("callbacks", list), ("errbacks", list), ("chain", list), ("chord", dict)):
@@ -293,14 +294,14 @@ class TaskMessage:
         limits = headers.get("timelimit") or (None, None)
         if not isinstance(limits, (list, tuple)) or len(limits) != 2:
             raise InvalidMessage(f"task {name} [{task_id}]: header 'timelimit' must be [hard, soft], got {limits!r}")
-        if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0)
-                   for v in limits):
-            raise InvalidMessage(
-                f"task {name} [{task_id}]: header 'timelimit' must hold numbers or null (finite, not negative), got {limits!r}")
+        if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                 and v >= 0) for v in limits):
+            raise InvalidMessage(f"task {name} [{task_id}]: header 'timelimit' must hold numbers or null (finite, "
+                                 f"not negative), got {limits!r}")
         retries = headers.get("retries") or 0
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise InvalidMessage(
-                f"task {name} [{task_id}]: header 'retries' must be an integer (not negative), got {_repr.repr(retries)}")
+            raise InvalidMessage(f"task {name} [{task_id}]: header 'retries' must be an integer (not negative), "
+                                 f"got {_repr.repr(retries)}")
         eta = parse_datetime(headers.get("eta"), "eta")
         if eta is not None and eta - datetime.now(timezone.utc) > MAX_ETA_AHEAD:
             raise InvalidMessage(f"task {name} [{task_id}]: header 'eta' {eta.isoformat()} is more than "

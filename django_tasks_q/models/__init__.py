@@ -11,6 +11,6 @@ from .schedules import ClockedSchedule, CrontabSchedule, IntervalSchedule, Perio
 from .transport import BrokerBinding, BrokerMessage
 from .workers import Worker
 
-__all__ = ["BeatLease", "BrokerBinding", "BrokerMessage", "ChordCounter", "ClockedSchedule", "CrontabSchedule", "Dashboard",
-           "GroupResultMeta", "IntervalSchedule", "PeriodicTask", "Queue", "RateLimitBucket", "Revocation", "SolarSchedule", "TaskActivity", "TaskEvent",
-           "TaskResult", "TaskRoute", "Worker"]
+__all__ = ["BeatLease", "BrokerBinding", "BrokerMessage", "ChordCounter", "ClockedSchedule", "CrontabSchedule",
+           "Dashboard", "GroupResultMeta", "IntervalSchedule", "PeriodicTask", "Queue", "RateLimitBucket", "Revocation",
+           "SolarSchedule", "TaskActivity", "TaskEvent", "TaskResult", "TaskRoute", "Worker"]

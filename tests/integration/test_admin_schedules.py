@@ -7,15 +7,13 @@ import uuid
 from datetime import timedelta
 from decimal import Decimal
 
-import pytest
 from django.contrib.messages import get_messages
 from django.urls import reverse
 from django.utils import timezone
 
-from tests.conftest import take
 from django_tasks_q.core.protocol import TaskMessage
-from django_tasks_q.models import (ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask,
-                                   SolarSchedule)
+from django_tasks_q.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
+from tests.conftest import take
 
 ADD = reverse("admin:django_tasks_q_periodictask_add")
 CHANGELIST = reverse("admin:django_tasks_q_periodictask_changelist")

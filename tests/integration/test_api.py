@@ -31,7 +31,8 @@ ACT_URLS = ["/tasks/tasks/t-failed/retry/", "/tasks/tasks/t-failed/revoke/", f"/
 def user(name: str, *, staff: bool = True, perms: tuple[str, ...] = ()) -> User:
     account = User.objects.create_user(name, is_staff=staff)
     for codename in perms:
-        account.user_permissions.add(Permission.objects.get(codename=codename, content_type__app_label="django_tasks_q"))
+        permission = Permission.objects.get(codename=codename, content_type__app_label="django_tasks_q")
+        account.user_permissions.add(permission)
     return account
 
 
@@ -220,7 +221,8 @@ def test_the_dashboard_page_is_in_the_admin_for_staff_who_may_view_results(recor
     assert "django_tasks_q/dashboard.js" in html and 'data-can-act="1"' in html
     data = client.get("/admin/django_tasks_q/dashboard/api/dashboard/").json()
     assert [w["hostname"] for w in data["workers"]] == ["alive@host", "gone@host"]
-    assert [t["task_id"] for t in data["running"]] == ["t-progress"] and data["running"][0]["progress"]["percent"] == 25.0
+    assert [t["task_id"] for t in data["running"]] == ["t-progress"]
+    assert data["running"][0]["progress"]["percent"] == 25.0
     assert [t["task_id"] for t in data["failures"]] == ["t-failed"]
     assert len(data["hour"]) == 60 and len(data["day"]) == 96
     assert sum(bucket["succeeded"] for bucket in data["hour"]) == 2 and sum(b["failed"] for b in data["hour"]) == 1

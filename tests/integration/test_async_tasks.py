@@ -14,9 +14,9 @@ import time
 import pytest
 
 from django_tasks_q.exceptions import SoftTimeLimitExceeded
+from testproject.videos.tasks import async_flaky, async_nap, async_overrun
 from tests.integration.test_spine import wait_until
 from tests.workers import WorkerProcess
-from testproject.videos.tasks import async_flaky, async_nap, async_overrun
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

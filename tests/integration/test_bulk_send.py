@@ -21,9 +21,9 @@ from django_tasks_q.core.protocol import new_id
 from django_tasks_q.core.states import TaskState
 from django_tasks_q.exceptions import ImproperlyConfigured, InvalidTaskOptions
 from django_tasks_q.models import TaskResult
+from testproject.videos.tasks import add
 from tests.integration.broker_tools import purge, queue_size
 from tests.workers import WorkerProcess
-from testproject.videos.tasks import add
 
 pytestmark = pytest.mark.django_db(transaction=True)
 QUEUE = "bulk"
@@ -171,7 +171,8 @@ def test_delay_many_with_an_eta_parks_the_batch_on_the_embedded_broker(broker, d
 def test_bad_calls_are_refused_before_anything_is_sent(redis_url, broker):
     broker(redis_url)
     purge(redis_url, QUEUE)
-    with pytest.raises(TypeError, match=r"call 1 must be a tuple of arguments, got 2 \(for one argument write \(2,\)\)"):
+    with pytest.raises(TypeError,
+                       match=r"call 1 must be a tuple of arguments, got 2 \(for one argument write \(2,\)\)"):
         add.delay_many([(1, 1), 2])
     with pytest.raises(TypeError, match=r"call 0 must be an \(args, kwargs\) pair"):
         add.apply_async_many([((1, 2),)], queue=QUEUE)

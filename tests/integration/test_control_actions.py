@@ -113,7 +113,7 @@ def test_pool_grow_shrink_and_time_limit(pool, redis_url, broker, transactional_
         wait_until(lambda: len(inspect("active", name)) == 3, timeout=10)  # three slots run at once
         assert [r.get(timeout=15) for r in sleeping] == [1.5] * 3
 
-        assert f'"ok": "pool will shrink to concurrency 1"' in control("pool_shrink", "2", "-d", name)
+        assert '"ok": "pool will shrink to concurrency 1"' in control("pool_shrink", "2", "-d", name)
         assert inspect("stats", name)["pool"]["max-concurrency"] == 1
         if pool == "prefork":
             wait_until(lambda: len(inspect("stats", name)["pool"]["processes"]) == 1, timeout=10)

@@ -22,8 +22,8 @@ import pytest
 from django.contrib.auth.models import User
 
 from django_tasks_q.results.async_result import AsyncResult
-from tests.workers import ROOT, WorkerProcess
 from testproject.videos.tasks import compress, needs_file
+from tests.workers import ROOT, WorkerProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
 QUEUE = "dashboard-browser"

@@ -11,7 +11,6 @@ means, and its result stays STARTED.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 

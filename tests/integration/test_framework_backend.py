@@ -22,10 +22,10 @@ from django_tasks.signals import task_enqueued
 
 from django_tasks_q.backends import TaskQBackend, our_priority
 from django_tasks_q.models import TaskResult as Row
-from tests.integration.broker_tools import purge, queue_size
-from tests.workers import WorkerProcess
 from testproject.reports.tasks import framework_fail, nap_async, on_videos, summarise, with_context
 from testproject.videos.tasks import add
+from tests.integration.broker_tools import purge, queue_size
+from tests.workers import WorkerProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

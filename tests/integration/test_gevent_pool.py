@@ -11,9 +11,9 @@ import pytest
 
 from django_tasks_q import TaskState
 from django_tasks_q.exceptions import TaskRevokedError
+from testproject.videos.tasks import gevent_nap, naps
 from tests.integration.test_spine import wait_until
 from tests.workers import ROOT, WorkerProcess, worker_env
-from testproject.videos.tasks import gevent_nap, naps
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

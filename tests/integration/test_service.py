@@ -13,14 +13,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from django_tasks_q.worker.daemon import pid_alive, read_pid
+from testproject.videos.tasks import add
 from tests.integration.test_spine import wait_until
 from tests.workers import ROOT, worker_env
-from testproject.videos.tasks import add
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

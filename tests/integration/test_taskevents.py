@@ -69,7 +69,7 @@ def test_taskevents_records_and_shows_a_workers_events(events_broker, broker):
     name = f"ev-{events_broker.split(':')[0]}@tests"
     with EventsProcess(events_broker, "--freq", "0.2") as recorder:
         with WorkerProcess(events_broker, "-E", "-P", "threads", "-c", "2", "-Q", QUEUE, "-n", name,
-                           env=FAST) as worker:
+                           env=FAST):
             ok, bad = add.apply_async((2, 3), queue=QUEUE), fail.apply_async(("nope",), queue=QUEUE)
             assert ok.get(timeout=20) == 5
             wait_until(lambda: bad.state == "FAILURE", timeout=20)

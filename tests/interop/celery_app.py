@@ -14,7 +14,6 @@ import os
 import time
 
 from celery import Celery
-
 from kombu import Queue
 
 app = Celery("interop", set_as_current=False)

@@ -12,7 +12,6 @@ from django.test import override_settings
 
 from django_tasks_q.checks import check_settings
 
-
 KEY, OLD_KEY = "k" * 32, "o" * 32  # a signing key must be at least 32 bytes
 
 

@@ -10,7 +10,6 @@ from django_tasks_q import task
 from django_tasks_q.core.options import CallOptions, TaskOptions, parse_rate_limit
 from django_tasks_q.exceptions import ImproperlyConfigured, InvalidTaskOptions
 
-
 # -- @task(...) -------------------------------------------------------------
 
 def test_misspelled_task_option_fails_at_declaration_with_hint(clean_registry):

@@ -8,10 +8,10 @@ import uuid
 import pytest
 
 from django_tasks_q.broker import connection
-from tests.conftest import take
 from django_tasks_q.core.protocol import TaskMessage
 from django_tasks_q.exceptions import BrokerUnavailable
 from testproject.videos.tasks import add
+from tests.conftest import take
 
 
 def test_publish_to_memory_broker(broker):

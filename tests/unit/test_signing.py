@@ -14,8 +14,14 @@ from kombu import Connection, Consumer
 
 from django_tasks_q import signals
 from django_tasks_q.broker.queues import get_queue
-from django_tasks_q.core.protocol import (SIGNATURE_HEADER, SIGNED_AT_HEADER, TaskMessage, legacy_signature,
-                                          sign_headers, verify)
+from django_tasks_q.core.protocol import (
+    SIGNATURE_HEADER,
+    SIGNED_AT_HEADER,
+    TaskMessage,
+    legacy_signature,
+    sign_headers,
+    verify,
+)
 from django_tasks_q.core.states import TaskState
 from django_tasks_q.exceptions import InvalidSignature
 from django_tasks_q.results.backend import get_backend

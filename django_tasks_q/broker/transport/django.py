@@ -63,7 +63,8 @@ copied. A message whose claim expired (its consumer died) is delivered again
 with ``delivery_info["redelivered"]`` set, as is any message claimed before.
 Deadlines are extended by a thread, so a consumer blocked in a long task
 keeps its claims; only a process that stops running (killed, or frozen for
-longer than ``visibility_timeout``) loses them. Deadlines use the hosts' clocks, which must agree to well within the timeout.
+longer than ``visibility_timeout``) loses them. Deadlines use the hosts' clocks, which must agree to well
+within the timeout.
 """
 
 from __future__ import annotations

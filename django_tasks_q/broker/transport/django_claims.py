@@ -142,7 +142,8 @@ class ClaimsMixin:
         return (f"UPDATE {self._table} SET reserved_until = %(deadline)s, delivery_count = delivery_count + 1"
                 f" WHERE id IN (SELECT id FROM {self._table} WHERE queue = %(queue)s AND visible_at IS NULL"
                 f" AND (reserved_until IS NULL OR reserved_until < %(now)s) ORDER BY priority DESC, id"
-                f" LIMIT %(size)s) RETURNING id, priority, payload, delivery_count - 1, delivery_tag")  # the updated rows
+                # the updated rows
+                f" LIMIT %(size)s) RETURNING id, priority, payload, delivery_count - 1, delivery_tag")
 
     def _claim_returning(self, queue: str, now: datetime, deadline: datetime, size: int) -> list[Claimed]:
         """One statement claims the first ``size`` deliverable rows (the order of RETURNING is the database's)."""

@@ -70,17 +70,17 @@ Selected automatically for ``redis://`` and ``rediss://`` broker URLs by
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 from contextlib import contextmanager
+from queue import Empty
 from time import monotonic, time
 from typing import Any
 
-import logging
-from queue import Empty
-
 from kombu.transport import redis as kombu_redis
-from redis.exceptions import ConnectionError as RedisConnectionError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from ..delayed import REDIS_KEY, RELEASE_LEAD
 from ..topic import TopicExchange

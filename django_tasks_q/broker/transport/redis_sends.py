@@ -117,7 +117,8 @@ class SendsMixin:
             # one variadic LPUSH per list and chunk: the same order as one LPUSH per message, one reply
             for start in range(0, len(items), PIPELINE_COMMANDS):
                 chunk = items[start:start + PIPELINE_COMMANDS]
-                commands.append(b"*%d\r\n$5\r\nLPUSH\r\n%s%s" % (len(chunk) + 2, bulk_string(key.encode()), b"".join(chunk)))
+                commands.append(b"*%d\r\n$5\r\nLPUSH\r\n%s%s"
+                                % (len(chunk) + 2, bulk_string(key.encode()), b"".join(chunk)))
             wake = WAKE_PREFIX + key
             commands += [resp("LPUSH", wake, *[1] * min(len(items), WAKE_CAP)), resp("LTRIM", wake, 0, WAKE_CAP - 1)]
         for start in range(0, len(commands), PIPELINE_COMMANDS):

@@ -18,8 +18,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("name", help="the task's registered name, e.g. videos.tasks.compress")
-        parser.add_argument("--args", dest="call_args", default="[]", help='positional arguments as a JSON list, e.g. \'[1, "a"]\'')
-        parser.add_argument("--kwargs", dest="call_kwargs", default="{}", help='keyword arguments as a JSON object, e.g. \'{"x": 1}\'')
+        parser.add_argument("--args", dest="call_args", default="[]",
+                            help='positional arguments as a JSON list, e.g. \'[1, "a"]\'')
+        parser.add_argument("--kwargs", dest="call_kwargs", default="{}",
+                            help='keyword arguments as a JSON object, e.g. \'{"x": 1}\'')
         parser.add_argument("--queue", default=None)
         parser.add_argument("--countdown", type=float, default=None, help="run no sooner than this many seconds")
         parser.add_argument("--wait", action="store_true", help="wait for the result and print it")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import sys
+
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 

@@ -105,7 +105,6 @@ def _reexec_patched() -> None:
 def start_embedded_beat():
     """``--beat``: the scheduler in a thread of the worker, as ``celery worker -B``."""
     from ...beat.scheduler import Scheduler
-
     from ...beat.sync import sync_settings_schedule
 
     try:
