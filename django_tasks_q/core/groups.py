@@ -7,10 +7,12 @@ stored, and rebuilt by ``signature(d)``.
 A group sends each member with the protocol v2 ``group`` header (the group
 id) and ``group_index`` and returns a ``GroupResult``. A chord is a group
 whose members also carry the body in ``embed["chord"]``: before sending
-them the caller writes a ``ChordCounter`` row (with the Redis result
-backend: Celery's chord size key, see ``results/redis_chords.py``), and the worker that finishes
-the last member sends the body with the header's results in order (see
-``worker/chords.py``). Nothing polls. ``ALWAYS_EAGER`` runs both here, with
+them the caller has the result backend start the chord (``start_chord``: a
+``ChordCounter`` row, or Celery's chord size key in Redis), and the worker
+that finishes the last member sends the body with the header's results in
+order (the backend's ``on_chord_part_return``, see ``worker/chords.py``). A
+backend that does not count chords (``counts_chords``) refuses a chord when
+it is sent. Nothing polls. ``ALWAYS_EAGER`` runs both here, with
 the same results.
 """
 
@@ -25,8 +27,8 @@ from ..exceptions import ChordError, ImproperlyConfigured
 from ..masking import mask_url
 from ..results.async_result import AsyncResult, EagerResult
 from ..results.backend import describe_exception, get_backend
-from ..results.redis import RedisBackend
 from ..results.group_result import GroupResult
+from .callbacks import call_errbacks
 from .canvas import Signature, chain, maybe_signature
 from .context import Request
 from .states import TaskState
@@ -212,9 +214,7 @@ class chord(Signature):  # noqa: N801 - Celery's name
 
     def apply_async(self, args: Iterable | None = None, kwargs: dict | None = None, body: Any = None,
                     **options: Any) -> AsyncResult:
-        """Write the chord's counter, then send the header; returns the body's result."""
-        from ..models import ChordCounter
-
+        """Start the chord on the result backend, then send the header; returns the body's result."""
         if settings.ALWAYS_EAGER:
             return self.apply(args, kwargs, body=body, **options)
         body, body_id, common = self._prepare(body, options)
@@ -226,16 +226,11 @@ class chord(Signature):  # noqa: N801 - Celery's name
         backend = get_backend()
         ids = [str(uuid.uuid4()) for _ in members]
         body_dict = {**dict(body), "chord_size": len(members)}
-        if isinstance(backend, RedisBackend):  # Celery's chord keys: Celery workers can count members too
-            from ..results.redis_chords import start_chord
-
-            start_chord(backend, group_id, len(members))
-        elif settings.RESULT_BACKEND == "django":
-            ChordCounter.objects.create(group_id=group_id, total=len(members), body=body_dict, result_ids=ids)
-        else:
+        if not backend.counts_chords:
             raise ImproperlyConfigured(
                 f"chord needs a result backend that counts its members ('django' or 'redis://...'), "
                 f"got RESULT_BACKEND = {mask_url(str(settings.RESULT_BACKEND))!r}")
+        backend.start_chord(group_id, body_dict, ids)
         results = []
         for index, (member, task_id) in enumerate(zip(members, ids)):
             _with_member_options(member, group_id=group_id, group_index=index, chord=body_dict, task_id=task_id)
@@ -251,8 +246,6 @@ class chord(Signature):  # noqa: N801 - Celery's name
             if member.failed():
                 exc = member.get(propagate=False)
                 error = ChordError(f"chord member {member.task_name}[{member.id}] failed: {type(exc).__name__}: {exc}")
-                from ..worker.workflow import call_errbacks
-
                 call_errbacks(_as_list(body.options.get("link_error")),
                               Request(id=body_id, task=body.task, root_id=body_id, is_eager=True), error, str(error))
                 result: EagerResult[Any] = EagerResult(body_id, TaskState.FAILURE, describe_exception(error),

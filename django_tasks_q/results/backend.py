@@ -1,7 +1,9 @@
 """The result backend interface and the factory that picks one from settings.
 
 A backend records task states (``mark``) and reads them back (``meta``,
-``wait``), and keeps saved groups (``save_group``). ``RESULT_BACKEND``:
+``wait``); the ORM and Redis backends also keep saved groups
+(``save_group``) and count chords (``counts_chords``: ``start_chord``,
+``on_chord_part_return``), see ``ResultBackend``. ``RESULT_BACKEND``:
 ``"django"`` (the ORM ``TaskResult`` table, default), ``"redis://..."``
 (Celery's Redis layout, see ``results/redis.py``) or ``None`` (results are
 not kept: ``AsyncResult`` stays PENDING).
@@ -9,17 +11,23 @@ not kept: ``AsyncResult`` stays PENDING).
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..conf import settings
 from ..core.states import EXCEPTION_STATES, READY_STATES, TaskState
 from ..exceptions import ImproperlyConfigured, TaskError, TimeoutError
 from ..masking import mask_url
+
+if TYPE_CHECKING:
+    from ..core.protocol import TaskMessage
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,10 +84,26 @@ def rebuild_exception(description: Any) -> BaseException:
 
 
 class ResultBackend:
-    """Base class: subclasses implement ``mark``, ``meta``, ``forget``, ``cleanup``."""
+    """Base class: subclasses implement ``mark``, ``meta``, ``forget``, ``cleanup``.
+
+    What else a backend supports it declares, and callers ask the flag, never
+    the backend's type or the ``RESULT_BACKEND`` string:
+
+    * ``counts_chords`` -- the backend counts a chord's header itself:
+      ``start_chord`` is called by the caller before the header's members are
+      sent, and ``on_chord_part_return`` by the worker after each member (or
+      a chain that may be one) has finished; the call that completes the
+      header sends the body once, or records it FAILURE and runs its
+      errbacks. A chord on a backend without it is refused when it is sent.
+    * saved groups: ``save_group`` / ``restore_group`` / ``delete_group``
+      keep a group's ordered member ids for ``GroupResult.save`` /
+      ``restore``; the base class keeps none.
+    """
 
     #: polls back off from this many seconds up to ``interval``
     first_poll = 0.005
+    #: ``start_chord`` and ``on_chord_part_return`` are implemented (see the class docstring)
+    counts_chords = False
 
     def mark(self, task_id: str, state: str, *, result: Any = None, traceback: str = "",
              request: Any = None, task_name: str = "", runtime: float | None = None) -> None:
@@ -99,22 +123,35 @@ class ResultBackend:
         """Delete finished results done before ``older_than``; return how many."""
         raise NotImplementedError
 
+    # -- groups (GroupResult.save / restore) -----------------------------
     def save_group(self, group_id: str, task_ids: list[str]) -> None:
         """Keep a group's ordered member ids, for ``GroupResult.restore``."""
-        from ..models import GroupResultMeta
-
-        GroupResultMeta.objects.update_or_create(group_id=group_id, defaults={"result_ids": list(task_ids)})
+        raise NotImplementedError(f"{type(self).__name__} does not keep groups")
 
     def restore_group(self, group_id: str) -> list[str] | None:
-        from ..models import GroupResultMeta
-
-        row = GroupResultMeta.objects.filter(group_id=group_id).values("result_ids").first()
-        return None if row is None else list(row["result_ids"])
+        """The ids ``save_group`` kept for ``group_id``, in order; None when it was never saved."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep groups")
 
     def delete_group(self, group_id: str) -> None:
-        from ..models import GroupResultMeta
+        raise NotImplementedError(f"{type(self).__name__} does not keep groups")
 
-        GroupResultMeta.objects.filter(group_id=group_id).delete()
+    # -- chords (when counts_chords) --------------------------------------
+    def start_chord(self, group_id: str, body: dict, result_ids: list[str]) -> None:
+        """Before the header is sent: the chord ``group_id`` has these members (task ids in header
+        order) and ``body`` (a signature dict carrying ``chord_size``) to send with their results."""
+        raise NotImplementedError(f"{type(self).__name__} does not count chords")
+
+    def on_chord_part_return(self, message: TaskMessage, state: str, retval: Any) -> None:
+        """A worker finished ``message`` with ``state`` (``retval``: its return value or exception).
+
+        Called for a message with ``embed["chord"]`` (a header member) or an
+        ``embed["chain"]`` (a chain whose last step may be one: failing before
+        it, that step will never be counted). Must not raise for a message
+        that is not a chord member; RETRY is not an end and is not counted.
+        """
+        if message.chord and message.group_id:
+            logger.error("task %s[%s] is a member of chord %s but the result backend %s does not count "
+                         "chords; not counted", message.task, message.id, message.group_id, type(self).__name__)
 
     def wait(self, task_id: str, timeout: float | None, interval: float) -> ResultMeta:
         """Poll with back-off until the task is ready or ``timeout`` passes."""
@@ -131,7 +168,8 @@ class ResultBackend:
                     found = self.meta(task_id)
                     if found is not None and found.ready:
                         return found
-                raise TimeoutError(f"task {task_id} not ready after {timeout}s (state {found.state if found else 'PENDING'})")
+                state = found.state if found else "PENDING"
+                raise TimeoutError(f"task {task_id} not ready after {timeout}s (state {state})")
             time.sleep(delay)
             delay = min(delay * 2, interval)
 
@@ -154,12 +192,22 @@ class DisabledBackend(ResultBackend):
     def wait(self, task_id: str, timeout: float | None, interval: float) -> ResultMeta:
         raise ImproperlyConfigured("RESULT_BACKEND is None: results are not stored, so get() cannot wait for one")
 
+    def save_group(self, group_id: str, task_ids: list[str]) -> None:
+        raise ImproperlyConfigured("RESULT_BACKEND is None: results are not stored, so a group cannot be saved")
+
+    def restore_group(self, group_id: str) -> list[str] | None:
+        return None
+
+    def delete_group(self, group_id: str) -> None:
+        return None
+
 
 class MemoryBackend(ResultBackend):
     """Keeps states in a dict: the result store of one eager run."""
 
     def __init__(self) -> None:
         self.rows: dict[str, ResultMeta] = {}
+        self.groups: dict[str, list[str]] = {}
 
     def mark(self, task_id, state, *, result=None, traceback="", request=None, task_name="", runtime=None) -> None:
         self.rows[task_id] = ResultMeta(task_id=task_id, state=state, result=result, traceback=traceback or "",
@@ -173,6 +221,16 @@ class MemoryBackend(ResultBackend):
 
     def cleanup(self, older_than: datetime) -> int:
         return 0
+
+    def save_group(self, group_id: str, task_ids: list[str]) -> None:
+        self.groups[group_id] = list(task_ids)
+
+    def restore_group(self, group_id: str) -> list[str] | None:
+        found = self.groups.get(group_id)
+        return None if found is None else list(found)
+
+    def delete_group(self, group_id: str) -> None:
+        self.groups.pop(group_id, None)
 
 
 _cache: dict[str, Any] = {}

@@ -8,6 +8,9 @@ model's fields (values still go through each field's ``get_db_prep_save``);
 ``bulk_create(update_conflicts=True)`` compiles the same statement anew for
 every call, which made it a third of a worker's time per task. Other
 databases use ``bulk_create``.
+
+Saved groups are ``GroupResultMeta`` rows; chords are counted on a
+``ChordCounter`` row (``results/database_chords.py``).
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from django.utils import timezone
 if TYPE_CHECKING:
     from django.db.models import Field
 
+    from ..core.protocol import TaskMessage
+
 from ..core.states import READY_STATES, TaskState
-from ..models import TaskResult
+from ..models import GroupResultMeta, TaskResult
 from .backend import ResultBackend, ResultMeta
 
 _COMMON = ("state", "task_name", "result", "traceback", "retries")
@@ -116,6 +121,31 @@ class DatabaseBackend(ResultBackend):
     def cleanup(self, older_than: datetime) -> int:
         deleted, _ = TaskResult.objects.filter(state__in=READY_STATES, date_done__lt=older_than).delete()
         return deleted
+
+    # -- groups: one GroupResultMeta row each ----------------------------
+    def save_group(self, group_id: str, task_ids: list[str]) -> None:
+        """Keep a group's ordered member ids, for ``GroupResult.restore``."""
+        GroupResultMeta.objects.update_or_create(group_id=group_id, defaults={"result_ids": list(task_ids)})
+
+    def restore_group(self, group_id: str) -> list[str] | None:
+        row = GroupResultMeta.objects.filter(group_id=group_id).values("result_ids").first()
+        return None if row is None else list(row["result_ids"])
+
+    def delete_group(self, group_id: str) -> None:
+        GroupResultMeta.objects.filter(group_id=group_id).delete()
+
+    # -- chords: one ChordCounter row each (results/database_chords.py) --
+    counts_chords = True
+
+    def start_chord(self, group_id: str, body: dict, result_ids: list[str]) -> None:
+        from . import database_chords
+
+        database_chords.start_chord(group_id, body, result_ids)
+
+    def on_chord_part_return(self, message: TaskMessage, state: str, retval: Any) -> None:
+        from . import database_chords
+
+        database_chords.on_chord_part_return(message, state, retval, self)
 
 
 __all__ = ["DatabaseBackend", "DatabaseError"]

@@ -6,7 +6,8 @@ an expiry (``RESULT_EXPIRES``) and published on a channel of the same name
 in the same round trip -- exactly what Celery's Redis backend writes and
 listens for, so during a migration Celery's ``AsyncResult`` reads what our
 workers stored and ours reads what Celery's workers stored. A saved group
-is ``celery-taskset-meta-<id>`` holding Celery's ``as_tuple()`` layout.
+is ``celery-taskset-meta-<id>`` holding Celery's ``as_tuple()`` layout;
+chords are counted on Celery's chord keys next to it (``results/redis_chords.py``).
 
 ``get()`` subscribes to the key's channel *before* reading the key, then
 sleeps on the subscription: no polling, and no gap in which a result
@@ -23,12 +24,15 @@ import threading
 import time
 import weakref
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..conf import settings
 from ..core.states import READY_STATES, TaskState
 from ..exceptions import TimeoutError
 from .backend import ResultBackend, ResultMeta
+
+if TYPE_CHECKING:
+    from ..core.protocol import TaskMessage
 
 TASK_PREFIX = "celery-task-meta-"
 #: Connections one process opens to the result store at most (redis-py's default limit) ...
@@ -302,6 +306,20 @@ class RedisBackend(ResultBackend):
 
     def delete_group(self, group_id: str) -> None:
         self.client.delete(group_key(group_id))
+
+    # -- chords on Celery's chord keys (results/redis_chords.py) ---------
+    counts_chords = True
+
+    def start_chord(self, group_id: str, body: dict, result_ids: list[str]) -> None:
+        """Write the header size: the body travels in each member's ``embed["chord"]``, as Celery's does."""
+        from . import redis_chords
+
+        redis_chords.start_chord(self, group_id, len(result_ids))
+
+    def on_chord_part_return(self, message: TaskMessage, state: str, retval: Any) -> None:
+        from . import redis_chords
+
+        redis_chords.on_chord_part_return(message, state, retval, self)
 
 
 def _member_id(member: Any) -> str:

@@ -25,13 +25,16 @@ import uuid
 from typing import Any
 
 from ..conf import settings
-from ..core.states import PROPAGATE_STATES
+from ..core.states import PROPAGATE_STATES, TaskState
 from ..exceptions import ChordError
-from ..results.backend import describe_exception
+from .backend import describe_exception
+from .chord_body import record_body_failure
 from .redis import RedisBackend, group_key
 
 logger = logging.getLogger(__name__)
 
+_FAILED = (TaskState.FAILURE, TaskState.REVOKED)
+_COUNTED = (TaskState.SUCCESS, *_FAILED)
 CLAIM_SECONDS = 60
 DONE_SECONDS = 300
 
@@ -73,16 +76,23 @@ def start_chord(backend: RedisBackend, group_id: str, size: int) -> None:
         pipe.execute()
 
 
-def on_member_finished(message: Any, state: str, retval: Any, backend: RedisBackend) -> None:
+def on_chord_part_return(message: Any, state: str, retval: Any, backend: RedisBackend) -> None:
     """Count one finished member message (its ``group`` header, ``group_index`` and ``embed["chord"]``)."""
-    count_member(backend, message.group_id, message.id, message.group_index, message.chord, state, retval)
+    if message.chord and message.group_id and state in _COUNTED:
+        count_member(backend, message.group_id, message.id, message.group_index, message.chord, state, retval)
+    elif state in _FAILED and message.chain:
+        # a chain that is a chord member failed before its last step, which will never run: count
+        # that step as failed now (as Celery does), or the chord would wait for it forever
+        for step in message.chain:
+            options = (step.get("options") or {}) if isinstance(step, dict) else {}
+            if options.get("group_id") and options.get("task_id") and isinstance(options.get("chord"), dict):
+                count_member(backend, options["group_id"], options["task_id"], options.get("group_index"),
+                             options["chord"], state, retval)
 
 
 def count_member(backend: RedisBackend, group_id: str, task_id: str, group_index: int | None, body: dict,
                  state: str, retval: Any) -> None:
     """Add one member's outcome to ``.j``; the call that completes the header sends (or fails) the body."""
-    from ..worker.chords import record_body_failure
-
     result = describe_exception(retval) if isinstance(retval, BaseException) else retval
     index = group_index if group_index is not None else "+inf"
     keys = _keys(group_id)
@@ -124,9 +134,8 @@ def _script(backend: RedisBackend) -> Any:
 
 
 def _send_body(body: dict, results: list, group_id: str, backend: RedisBackend) -> None:
+    from ..core.callbacks import sendable
     from ..core.canvas import signature
-    from ..worker.chords import record_body_failure
-    from ..worker.workflow import sendable
 
     try:
         sendable(signature(body)).apply_async((results,))
@@ -153,4 +162,4 @@ def _describe(result: Any) -> str:
     return repr(result)
 
 
-__all__ = ["count_member", "on_member_finished", "start_chord"]
+__all__ = ["count_member", "on_chord_part_return", "start_chord"]

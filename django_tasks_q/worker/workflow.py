@@ -5,57 +5,34 @@ Called by the executor (``worker/executor.py``) once the outcome is stored:
 * success -> ``on_success``: each ``link`` is sent with the result prepended
   (unless immutable), then the next ``embed["chain"]`` step is sent with the
   result prepended and the rest of the chain, as Celery's ``trace.py`` does.
-* failure -> ``on_failure``: errbacks run (Celery's arity rule, below), and
+* failure -> ``on_failure``: errbacks run (Celery's arity rule, see below), and
   every later chain step is recorded FAILURE with the same cause under the
   task id the chain gave it, so ``chain_result.get()`` raises instead of
   waiting for a step that will never run. (Celery leaves those PENDING.)
 
-Errbacks, as Celery's ``_call_task_errbacks``: when the errback's task is
-registered here and takes more than one positional argument, it is *called*
-in this process with ``(request, exc, traceback)`` (then its own partial
-args); otherwise (an old-style errback, or one this worker does not know) it
-is sent as a message with the failed task's id prepended.
+Errbacks follow Celery's ``_call_task_errbacks`` arity rule; sending and
+calling them (and links, and chain steps) is ``core/callbacks.py``, shared
+with the result backends that send a chord's body.
 
 Nothing here raises: a broken callback is logged, the task's outcome stands.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
-from dataclasses import fields
 from typing import Any
 
 from ..core import context
-from ..core.canvas import Signature, signature
-from ..core.options import CallOptions
+from ..core.callbacks import call_errbacks, sendable
+from ..core.callbacks import send as _send
+from ..core.canvas import signature
 from ..core.protocol import TaskMessage
-from ..core.registry import registry
 from ..core.states import TaskState
 from ..results.backend import describe_exception
 
 logger = logging.getLogger(__name__)
 
-_CALL_OPTIONS = {f.name for f in fields(CallOptions)}
-
-
-def sendable(sig: Signature) -> Signature:
-    """Drop options a Celery client may embed that mean nothing here (``reply_to``, ``stamps``...)."""
-    unknown = [k for k in sig.options if k not in _CALL_OPTIONS]
-    for key in unknown:
-        sig.options.pop(key)
-    if unknown:
-        logger.debug("signature %s: ignoring options %s", sig.task, ", ".join(sorted(unknown)))
-    return sig
-
-
-def _send(what: str, sig: Signature, args: tuple, **options: Any) -> bool:
-    try:
-        sendable(sig).apply_async(args, **{k: v for k, v in options.items() if v is not None})
-    except Exception:
-        logger.exception("could not send %s %s; the task's outcome stands", what, sig.get("task"))
-        return False
-    return True
+__all__ = ["call_errbacks", "fail_chain", "on_failure", "on_success", "sendable"]
 
 
 def on_success(message: TaskMessage, retval: Any, request: context.Request) -> None:
@@ -93,32 +70,3 @@ def fail_chain(remaining: list, exc: BaseException, einfo: str, backend: Any) ->
                         task_name=step.get("task") or "")
         except Exception:
             logger.exception("could not record chain step %s[%s] as failed", step.get("task"), task_id)
-
-
-def _takes_request(sig: Signature) -> bool:
-    """Celery's ``arity_greater(task.__header__, 1)``: more than one positional parameter, or ``*args``."""
-    task = registry.get(sig.task)
-    if task is None:
-        return False
-    params = list(inspect.signature(task.function).parameters.values())
-    if task.options.bind and params:
-        params = params[1:]
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return True
-    return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) > 1
-
-
-def call_errbacks(errbacks: list | None, request: context.Request, exc: BaseException, einfo: str) -> None:
-    for errback in errbacks or []:
-        try:
-            sig = signature(errback)
-        except Exception:
-            logger.exception("unreadable errback %r of %s[%s]", errback, request.task, request.id)
-            continue
-        if _takes_request(sig):
-            try:
-                sig(request, exc, einfo)
-            except Exception:
-                logger.exception("errback %s raised; the task's outcome stands", sig.task)
-        else:
-            _send("errback", sig, (request.id,), parent_id=request.id, root_id=request.root_id)

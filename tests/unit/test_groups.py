@@ -22,8 +22,8 @@ from django_tasks_q.results.async_result import AsyncResult
 from django_tasks_q.results.backend import describe_exception, get_backend
 from django_tasks_q.results.group_result import GroupResult
 from django_tasks_q.worker import chords
-from tests.unit.outbox import outbox, work  # noqa: F401 - outbox is a fixture
 from testproject.videos.tasks import add, echo, fail, log, mark
+from tests.unit.outbox import outbox, work  # noqa: F401 - outbox is a fixture
 
 NAME = "testproject.videos.tasks.add"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -31,8 +30,8 @@ from django_tasks_q.results.backend import _make, describe_exception, get_backen
 from django_tasks_q.results.group_result import GroupResult
 from django_tasks_q.results.redis import RedisBackend
 from django_tasks_q.worker.executor import execute
-from tests.unit.outbox import outbox, work  # noqa: F401 - outbox is a fixture
 from testproject.videos.tasks import add, fail, log, mark, tally
+from tests.unit.outbox import outbox, work  # noqa: F401 - outbox is a fixture
 
 NAME = "testproject.videos.tasks.add"
 
