@@ -249,18 +249,23 @@ def get_backend() -> ResultBackend:
     return backend
 
 
+#: The class behind each kind of RESULT_BACKEND, by dotted path: imported on first use, as Django imports the
+#: BACKEND of a CACHES or TASKS entry, so that the interface does not import its implementations (which
+#: import it).
+IMPLEMENTATIONS = {"django": "django_tasks_q.results.database.DatabaseBackend",
+                   "redis": "django_tasks_q.results.redis.RedisBackend"}
+
+
 def _make(value: Any) -> ResultBackend:
+    from django.utils.module_loading import import_string
+
     if value is None:
         return DisabledBackend()
     if value == "django":
-        from .database import DatabaseBackend
-
-        return DatabaseBackend()
+        return import_string(IMPLEMENTATIONS["django"])()
     problem = backend_problem(value)
     if problem is None and isinstance(value, str) and value.startswith(REDIS_SCHEMES):
-        from .redis import RedisBackend
-
-        return RedisBackend(value)
+        return import_string(IMPLEMENTATIONS["redis"])(value)
     raise ImproperlyConfigured(f"TASKS_Q['RESULT_BACKEND'] = {mask_url(str(value))!r}: {problem}; {SUPPORTED}")
 
 

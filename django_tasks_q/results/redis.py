@@ -30,16 +30,15 @@ from ..conf import settings
 from ..core.states import READY_STATES, TaskState
 from ..exceptions import TimeoutError
 from .backend import ResultBackend, ResultMeta
+from .redis_keys import GROUP_PREFIX, TASK_PREFIX, group_key, task_key  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from ..core.protocol import TaskMessage
 
-TASK_PREFIX = "celery-task-meta-"
 #: Connections one process opens to the result store at most (redis-py's default limit) ...
 MAX_CONNECTIONS = 100
 #: ... and how long a writer waits for one of them before the write fails.
 CONNECTION_WAIT = 30.0
-GROUP_PREFIX = "celery-taskset-meta-"
 #: Threads per process that keep a connection of their own for STARTED writes at once (mark_started).
 STARTED_WRITERS = 8
 #: The states a STARTED write never replaces (STARTED_SCRIPT's last arguments), in a fixed order.
@@ -121,14 +120,6 @@ def _close_started(pool: Any, connection: Any) -> None:
         pool._connections.remove(connection)  # make_connection() keeps a list of what it made
     except (AttributeError, ValueError):
         pass
-
-
-def task_key(task_id: str) -> str:
-    return f"{TASK_PREFIX}{task_id}"
-
-
-def group_key(group_id: str) -> str:
-    return f"{GROUP_PREFIX}{group_id}"
 
 
 class RedisBackend(ResultBackend):

@@ -22,14 +22,17 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..conf import settings
 from ..core.states import PROPAGATE_STATES, TaskState
 from ..exceptions import ChordError
 from .backend import describe_exception
 from .chord_body import record_body_failure
-from .redis import RedisBackend, group_key
+from .redis_keys import group_key
+
+if TYPE_CHECKING:
+    from .redis import RedisBackend
 
 logger = logging.getLogger(__name__)
 
