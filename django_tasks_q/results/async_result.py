@@ -142,7 +142,7 @@ class AsyncResult(Generic[R]):
         about a second (see docs/reliability.md). ``signal`` is what a prefork
         child running the task is stopped with (``"SIGTERM"``, ``"SIGKILL"``...).
         """
-        from ..worker.revocations import revoke
+        from ..core.revoking import revoke
 
         revoke([self.id], terminate=terminate, signal=signal, reason=reason)
 

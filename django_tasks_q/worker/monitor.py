@@ -1,6 +1,6 @@
-"""The worker's heartbeat and watchdog: a daemon thread beside the main loop.
+"""The worker's heartbeat and watchdog: a background loop beside the main loop.
 
-Every ``WORKER_HEARTBEAT`` seconds the thread writes the worker's
+Every ``WORKER_HEARTBEAT`` seconds its loop (:class:`~.loops.Loop` ``monitor``) writes the worker's
 :class:`~django_tasks_q.models.Worker` row (its own database connection,
 closed after each beat) with the counters the main loop keeps in
 :class:`LoopStats`. Before each write it looks for a worker that is alive
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from datetime import timedelta
@@ -41,6 +40,7 @@ from kombu.exceptions import OperationalError
 from ..broker.connection import mask_url, new_connection
 from ..broker.queues import consumer_queue
 from ..conf import settings
+from .loops import Loop, spawn
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +125,8 @@ class Monitor:
         self.interval = interval
         self.stuck_after = settings.WORKER_STUCK_AFTER if stuck_after is None else stuck_after
         self.problem = ""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
+        self.loop = Loop("monitor", self.beat, interval, what="beat", join_timeout=10.0,
+                         before=lambda: self._write(first=True), after=lambda: self._write(stopped=True))
         self._suspect_since: float | None = None  # first look at full queues while silent
         self._last_depth_check = -1e9
         self._reconnect_at = -1e9
@@ -134,30 +134,24 @@ class Monitor:
         self._beat_failed = False
 
     def start(self) -> "Monitor":
-        self._thread.start()
+        self.loop.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write ``stopped_at`` (from the monitor's own thread) and end it."""
-        self._stop.set()
-        self._thread.join(timeout)
+        self.loop.stop(timeout)
 
-    # -- the thread ----------------------------------------------------
-    def _run(self) -> None:
+    # -- the loop --------------------------------------------------------
+    def beat(self) -> None:
+        """One round of the loop: the watchdog's look, the row, a ``worker-heartbeat`` event."""
         try:
-            self._write(first=True)
-            while not self._stop.wait(self.interval):
-                try:
-                    self.check()
-                except Exception:
-                    logger.exception("watchdog check failed; will check again")
-                self._write()
-                send_event = getattr(self.worker, "send_worker_event", None)
-                if send_event is not None:  # a worker-heartbeat event, when events are on (worker/events.py)
-                    send_event("worker-heartbeat")
-            self._write(stopped=True)
-        finally:
-            connections.close_all()  # this thread's own connections
+            self.check()
+        except Exception:
+            logger.exception("watchdog check failed; will check again")
+        self._write()
+        send_event = getattr(self.worker, "send_worker_event", None)
+        if send_event is not None:  # a worker-heartbeat event, when events are on (worker/events.py)
+            send_event("worker-heartbeat")
 
     def _write(self, first: bool = False, stopped: bool = False) -> None:
         from ..models import Worker as WorkerRow
@@ -279,11 +273,8 @@ class Monitor:
             except Exception as exc:
                 logger.warning("watchdog could not measure the depth of %s (%s: %s)",
                                ", ".join(self.worker.queue_names), type(exc).__name__, exc)
-            finally:
-                connections.close_all()
 
-        self._depth_probe = threading.Thread(target=probe, name="monitor-depth", daemon=True)
-        self._depth_probe.start()
+        self._depth_probe = spawn("monitor-depth", probe)  # closes its database connections when done
         self._depth_probe.join(timeout)
         return box[0]
 

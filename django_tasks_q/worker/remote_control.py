@@ -14,12 +14,14 @@ loop: the main loop must never wait on a command (``stats`` reads
 ``getrusage``, ``revoke`` writes a database row), a solo-pool task blocks
 the main thread for as long as it runs yet ``inspect active`` should still
 show it, and a problem on the control connection must not make the main
-loop reconnect and give back the messages it holds. The thread reconnects
-on its own with back-off. Handlers read the worker's state (``active``,
+loop reconnect and give back the messages it holds. The thread is a
+:class:`~.loops.Loop` (``remote-control``) whose one round serves until the
+worker stops; a lost connection ends the round, and the loop starts another
+with back-off (1 s, doubling up to 30 s). Handlers read the worker's state (``active``,
 ``ready``, ``timers``, held rate-limited jobs) by copying containers the
 main thread mutates; a copy that races a mutation is simply taken again.
 State changes go through what is already thread safe: revokes through the
-database (:func:`.revocations.revoke`, exactly what ``taskcontrol revoke``
+database (:func:`~django_tasks_q.core.revoking.revoke`, exactly what ``taskcontrol revoke``
 does) plus ``pool.terminate``, shutdown by the worker's ``stopping`` flag
 (as SIGTERM), rate limits by one dictionary assignment.
 
@@ -37,7 +39,6 @@ import logging
 import os
 import resource
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -52,11 +53,12 @@ from ..compat import accepts_argument
 from ..conf import settings
 from ..core.options import parse_rate_limit
 from ..core.registry import registry
+from ..core.revoking import parse_signal, revoke
 from ..exceptions import InvalidTaskOptions
 from . import control_signing
 from . import events as events_module
+from .loops import Loop
 from .pools.base import Job
-from .revocations import parse_signal, revoke
 
 logger = logging.getLogger(__name__)
 
@@ -164,9 +166,8 @@ class RemoteControl:
         self.mailbox = mailbox()
         self.mailbox.clock = self.events.clock  # one Lamport clock for events and replies
         self.started_at = time.monotonic()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._failing = False
+        self.loop = Loop("remote-control", self._serve, 1.0, immediate=True, backoff=30.0, traceback=False,
+                         what=f"stay connected to the broker for {self.hostname}")
         self.node: Any = None
         self._idle_db = False
         #: ``REMOTE_CONTROL = "read-only"``: answer inspect commands only
@@ -177,35 +178,13 @@ class RemoteControl:
         self._replays = control_signing.ReplayGuard()
 
     def start(self) -> "RemoteControl":
-        self._thread = threading.Thread(target=self._run, name="remote-control", daemon=True)
-        self._thread.start()
+        self.loop.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self.loop.stop(timeout)
 
-    # -- the thread ----------------------------------------------------
-    def _run(self) -> None:
-        delay = 1.0
-        try:
-            while not self._stop.is_set():
-                try:
-                    self._serve()
-                    delay = 1.0
-                except Exception as exc:
-                    if self._stop.is_set():
-                        break
-                    if not self._failing:  # one line per outage
-                        logger.error("remote control of %s lost its broker connection (%s: %s); reconnecting",
-                                     self.hostname, type(exc).__name__, exc)
-                    self._failing = True
-                    self._stop.wait(delay)
-                    delay = min(delay * 2, 30.0)
-        finally:
-            connections.close_all()  # this thread's own database connections
-
+    # -- the loop's round: serve until the worker stops ----------------------
     def _serve(self) -> None:
         with new_connection() as connection:
             # each client replies to a queue bound just before it asked: read bindings on every reply
@@ -215,10 +194,8 @@ class RemoteControl:
             self._idle_db = connection.transport.driver_type != "django"  # on django:// it polls all the time
             self.node = self.mailbox(connection).Node(self.hostname, state=self, channel=channel, handlers=HANDLERS)
             consumer = self.node.listen(callback=self._on_message)
-            if self._failing:
-                logger.info("remote control of %s is connected again", self.hostname)
-            self._failing = False
-            while not self._stop.is_set():
+            self.loop.recovered()  # connected again, if it was not
+            while not self.loop.stopping:
                 try:
                     connection.drain_events(timeout=1.0)
                 except socket.timeout:

@@ -1,18 +1,14 @@
-"""Revokes that outlast workers: writing them, and the worker's watch on them.
+"""The worker's watch on revokes: the rows ``revoke()`` writes, read by a background loop.
 
-``revoke()`` (behind ``AsyncResult.revoke()`` and ``manage.py taskcontrol
-revoke``) stores one :class:`~django_tasks_q.models.Revocation` row per task
-id, kept for ``REVOKE_EXPIRES`` seconds, and marks a result that is not ready
-yet REVOKED. Nothing is broadcast: a row in the database is what makes a
-revoke survive the restart of every worker, and a worker that starts later
-still sees it.
-
-Each worker runs a :class:`RevocationWatch`: it loads every live row before
-the worker consumes its first message, then a daemon thread (with its own
-database connection) reads the rows created since, about every second, so
-the worker's main loop only does a set lookup per message. The thread also
-stops running tasks whose revoke asks for ``terminate`` -- it keeps working
-while a ``solo`` task blocks the main thread -- and prunes expired rows.
+Revokes are written on the client side (:mod:`django_tasks_q.core.revoking`:
+one :class:`~django_tasks_q.models.Revocation` row per task id, nothing
+broadcast). Each worker runs a :class:`RevocationWatch`: it loads every live
+row before the worker consumes its first message, then its loop
+(:class:`~.loops.Loop` ``revocations``, with its own database connection)
+reads the rows created since, about every second, so the worker's main loop
+only does a set lookup per message. The loop also stops running tasks whose
+revoke asks for ``terminate`` -- it keeps working while a ``solo`` task
+blocks the main thread -- and prunes expired rows.
 The window, stated plainly: a revoke reaches a running worker within about
 one poll interval; a task that starts inside that window runs (and is
 terminated if the revoke asked for it).
@@ -28,65 +24,14 @@ from datetime import datetime, timedelta
 from signal import Signals
 from typing import Any, NamedTuple
 
-from django.db import connections
 from django.utils import timezone
 
 from .. import signals
-from ..conf import settings
 from ..core.registry import registry
-from ..core.states import TaskState
-from ..exceptions import TaskRevokedError
-from ..results.backend import describe_exception, get_backend
+from ..core.revoking import parse_signal, revoke
+from .loops import Loop
 
 logger = logging.getLogger(__name__)
-
-
-def parse_signal(value: str | int) -> Signals:
-    """``"SIGKILL"``, ``"KILL"``, ``"kill"`` or ``9`` -> ``Signals.SIGKILL``; anything else is a clear error."""
-    text = str(value).strip().upper()
-    try:
-        if text.isdigit():
-            return Signals(int(text))
-        return Signals[text if text.startswith("SIG") else "SIG" + text]
-    except (KeyError, ValueError):
-        known = ", ".join(s.name for s in (Signals.SIGTERM, Signals.SIGKILL, Signals.SIGINT, Signals.SIGQUIT,
-                                              Signals.SIGUSR1))
-        raise ValueError(f"unknown signal {value!r} for revoke(terminate=True); use a name such as {known}") from None
-
-
-def revoke(task_ids: Iterable[str], *, terminate: bool = False, signal: str | int = "SIGTERM",
-           reason: str = "") -> list[Any]:
-    """Store a revoke for each id and mark its result REVOKED unless it is already ready.
-
-    Re-revoking an id refreshes its row (and its expiry); ``terminate`` then
-    reaches workers as a new revoke would.
-    """
-    from ..models import Revocation
-
-    signum = parse_signal(signal)
-    ids = [str(task_id) for task_id in task_ids]
-    if not ids or not all(ids):
-        raise ValueError(f"revoke needs one or more task ids, got {ids!r}")
-    now = timezone.now()
-    expires_at = now + timedelta(seconds=settings.REVOKE_EXPIRES)
-    rows = []
-    for task_id in ids:
-        row, _ = Revocation.objects.update_or_create(
-            task_id=task_id,
-            defaults={"terminate": terminate, "signal": signum.name, "reason": reason[:255],
-                      "created_at": now, "expires_at": expires_at})
-        rows.append(row)
-        _mark_revoked(task_id)
-    return rows
-
-
-def _mark_revoked(task_id: str) -> None:
-    backend = get_backend()
-    meta = backend.meta(task_id)
-    if meta is not None and meta.ready:  # SUCCESS and FAILURE are facts; a revoke does not rewrite them
-        return
-    backend.mark(task_id, TaskState.REVOKED, result=describe_exception(TaskRevokedError("revoked")),
-                 task_name=meta.task_name if meta is not None else "")
 
 
 def send_task_revoked(task_name: str, request: Any, *, terminated: bool = False, signum: int | None = None,
@@ -125,12 +70,14 @@ class RevocationWatch:
         self.hostname = hostname
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._newest: datetime | None = None
         self._next_resync = 0.0
         self._next_prune = 0.0
-        self._failing = False
+        self.loop = Loop("revocations", self.poll, lambda: self.interval, what="read revoked task ids")
+
+    @property
+    def _thread(self) -> threading.Thread | None:
+        return self.loop.thread
 
     # -- main-thread side ---------------------------------------------
     def is_revoked(self, task_id: str) -> bool:
@@ -154,37 +101,24 @@ class RevocationWatch:
         if name is not None:
             self._terminate(task_id, name)
 
-    def start(self) -> None:
-        """Load the live revokes now (before the first message), then poll in a thread."""
+    def load(self) -> None:
+        """Read the live revokes now, in the caller's thread (the worker's, before its first message).
+
+        A failure is logged and the loop's outage begins: its first poll that works says so.
+        """
         try:
             self.poll()
         except Exception:
             logger.exception("could not load revoked task ids; retrying every %.0fs", self.interval)
-            self._failing = True
-        self._thread = threading.Thread(target=self._run, name="revocations", daemon=True)
-        self._thread.start()
+            self.loop.failing = True
+
+    def start(self) -> None:
+        """Load the live revokes now (before the first message), then poll in the loop's thread."""
+        self.load()
+        self.loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    # -- the thread ----------------------------------------------------
-    def _run(self) -> None:
-        try:
-            while not self._stop.wait(self.interval):
-                try:
-                    self.poll()
-                    if self._failing:
-                        logger.info("revoked task ids are read again")
-                    self._failing = False
-                except Exception:
-                    if not self._failing:  # one line per outage, not one per second
-                        logger.exception("could not read revoked task ids; retrying every %.0fs", self.interval)
-                    self._failing = True
-                    connections.close_all()
-        finally:
-            connections.close_all()  # this thread's own connection
+        self.loop.stop()
 
     def poll(self) -> None:
         """One round: new rows (or all of them, now and then), then pruning when due."""
@@ -241,3 +175,6 @@ class RevocationWatch:
             return
         if stopped:  # the pool records it REVOKED and sends task_revoked(terminated=True)
             logger.warning("terminated task %s with %s: it was revoked while running", task_id, signum.name)
+
+
+__all__ = ["RevocationWatch", "parse_signal", "revoke", "send_task_revoked"]

@@ -6,6 +6,9 @@ free, and acks -- on hand-over by default, after completion with
 ``acks_late``. Prefetch is bounded (concurrency x multiplier, plus held eta
 tasks). Signal handlers only set flags. The loop survives any error: a lost
 broker connection is re-established with back-off, a bad message is refused.
+
+Beside it, the threads of :meth:`Worker.background_loops` (worker/loops.py),
+started and stopped in one place, :meth:`Worker.run`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from .events import EventDispatcher
 from .executor import make_request
 from .handoff import Handoff
 from .limit_overrides import LimitOverrides
+from .loops import Loop
 from .monitor import LoopStats, Monitor
 from .parking import ParkingMixin
 from .pools import create_pool
@@ -92,6 +96,8 @@ class Worker(ParkingMixin):
         self._next_cleanup = 0.0
         self._periodic: list[list[Any]] = []  # [next run (monotonic), interval, function]
         self.every(1.0, self._release_parked)
+        self._loops: list[Loop] = []  # the background loops while run() runs
+        self.every(1.0, self._watch_loops)
         self._connection_errors: tuple[type[BaseException], ...] = ()
         self.revocations = RevocationWatch(self.pool, self.hostname)
         self.rate_limits = RateLimiter()
@@ -115,6 +121,34 @@ class Worker(ParkingMixin):
     def every(self, seconds: float, function: Any) -> None:
         """Run ``function()`` in the main loop about every ``seconds``; an error is logged, never raised."""
         self._periodic.append([0.0, seconds, function])
+
+    def background_loops(self) -> list[Loop]:
+        """Every thread this worker runs beside its main loop and its pool, in start (and stop) order.
+
+        * ``revocations`` -- reads new revokes every second, terminates revoked running tasks (worker/revocations.py);
+        * ``monitor`` -- the heartbeat row, the watchdog, ``worker-heartbeat`` events, every ``heartbeat``
+          seconds; it starts a short-lived ``monitor-depth`` thread to count queued messages (worker/monitor.py);
+        * ``remote-control`` -- answers ``celery inspect`` / ``control`` (worker/remote_control.py).
+
+        Not loops of this list, and why: ``events`` publishes the event queue (worker/events.py), started the
+        first time events are enabled (possibly at run time) and stopped last, after ``worker-offline``; a
+        broker transport's keeper (``django-transport-keeper``, ``redis-transport-keeper``; broker/transport/
+        keeper.py, a Loop too) lives and dies with each consuming connection; the pool's own threads.
+        """
+        loops = [self.revocations.loop]
+        if self.heartbeat > 0:
+            loops.append(Monitor(self, self.heartbeat).loop)
+        if self.remote_control:
+            loops.append(RemoteControl(self).loop)
+        return loops
+
+    def _watch_loops(self) -> None:
+        """A background loop that died (worker/loops.py) stops the worker, warm: its supervisor starts a new one."""
+        for loop in self._loops:
+            if loop.died is not None and not self.stopping:
+                logger.critical("background thread %s died (%s: %s); stopping the worker", loop.name,
+                                type(loop.died).__name__, loop.died)
+                self.stopping = True
 
     def send_worker_event(self, type: str) -> None:
         """``worker-online``, ``worker-heartbeat`` or ``worker-offline`` (worker/events.py); from any thread."""
@@ -167,14 +201,14 @@ class Worker(ParkingMixin):
         signals.send(signals.worker_init, sender=self)
         print(self.banner(), flush=True)
         self.pool.start()
-        monitor = Monitor(self, self.heartbeat).start() if self.heartbeat > 0 else None
-        control = None
+        self._loops = self.background_loops()
         delay = 1.0
         try:
-            self.revocations.start()  # before the first message: a revoked task never slips through
             if self.send_events:
                 self.events.enable()
-            control = RemoteControl(self).start() if self.remote_control else None
+            self.revocations.load()  # before the first message: a revoked task never slips through
+            for loop in self._loops:
+                loop.start()
             self.send_worker_event("worker-online")
             signals.send(signals.worker_ready, sender=self)
             while not self.stopping:
@@ -200,13 +234,10 @@ class Worker(ParkingMixin):
         finally:
             try:
                 self._announce_shutdown()
-                self._shutdown()
+                self._shutdown()  # a warm shutdown's running tasks finish first, revokes and heartbeats still on
             finally:
-                self.revocations.stop()
-                if monitor is not None:
-                    monitor.stop()  # writes stopped_at
-                if control is not None:
-                    control.stop()
+                for loop in self._loops:
+                    loop.stop()  # the monitor writes stopped_at as it ends
                 self.send_worker_event("worker-offline")
                 self.events.stop()  # publishes what is queued, worker-offline last
 

@@ -7,14 +7,16 @@ long task (a solo pool runs it in the polling thread itself) must not lose
 its messages that way, so this thread, not the polling loop, calls each
 channel's ``extend_reservations()`` every ``extension_interval`` seconds.
 Only a process that stops running (killed, or frozen for longer than the
-timeout) loses its reservations.
+timeout) loses its reservations. The thread is a :class:`~django_tasks_q.worker.loops.Loop`;
+a channel's failed round is reported by the transport's ``on_keeper_error``.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
+
+from ...worker.loops import Loop
 
 logger = logging.getLogger(__name__)
 
@@ -41,27 +43,22 @@ class KeeperMixin:
 
     channels: list[Any]
     keeper_name = "transport-keeper"
-    _keeper: threading.Thread | None
-    _keeper_stop: threading.Event
+    _keeper: Loop | None
 
     def keep_claims(self) -> None:
         """Start the keeper on the first consumer (publishers never start one). Idempotent."""
         keeper = getattr(self, "_keeper", None)
-        if keeper is None or not keeper.is_alive():
-            self._keeper_stop = threading.Event()
-            self._keeper = threading.Thread(target=self._keep, name=self.keeper_name, daemon=True)
-            self._keeper.start()
+        if keeper is None or not keeper.alive:
+            self._keeper = Loop(self.keeper_name, self._extend_all, self._extension_interval,
+                                what="extend reservations", close_db=False, after=self.on_keeper_exit).start()
 
-    def _keep(self) -> None:
-        try:
-            while not self._keeper_stop.wait(self._extension_interval()):
-                for channel in list(self.channels):
-                    try:
-                        channel.extend_reservations()
-                    except Exception as exc:
-                        self.on_keeper_error(channel, exc)
-        finally:
-            self.on_keeper_exit()
+    def _extend_all(self) -> None:
+        """One round of the keeper: every channel's unacked messages stay reserved."""
+        for channel in list(self.channels):
+            try:
+                channel.extend_reservations()
+            except Exception as exc:
+                self.on_keeper_error(channel, exc)
 
     def on_keeper_error(self, channel: Any, exc: BaseException) -> None:
         logger.warning("%s could not extend reservations (%s: %s); retrying next round", self.keeper_name,
@@ -71,12 +68,9 @@ class KeeperMixin:
         """Release what the keeper thread opened for itself."""
 
     def stop_keeping_claims(self) -> None:
-        stop = getattr(self, "_keeper_stop", None)
-        if stop is not None:
-            stop.set()
         keeper = getattr(self, "_keeper", None)
-        if keeper is not None and keeper is not threading.current_thread():
-            keeper.join(timeout=5)
+        if keeper is not None:
+            keeper.stop(timeout=5)  # not joined from the keeper's own thread
         self._keeper = None
 
     def close_connection(self, connection: Any) -> None:
