@@ -26,7 +26,7 @@ def send_again(row: TaskResult) -> Any:
 
 def revoke(task_ids: list[str], *, terminate: bool = False, who: str = "") -> None:
     """Store a revoke for each id (as ``taskcontrol revoke``); running workers see it within about a second."""
-    from ..worker.revocations import revoke as store_revoke
+    from ..core.revoking import revoke as store_revoke
 
     store_revoke(task_ids, terminate=terminate, reason=who)
 

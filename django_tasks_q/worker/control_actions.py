@@ -36,11 +36,14 @@ command is not used. Changes last until the worker stops.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..conf import settings
+from .control_commands import command, nok, ok
 from .handoff import Pending, Refused
-from .remote_control import RemoteControl, command, nok, ok
+
+if TYPE_CHECKING:
+    from .remote_control import RemoteControl
 
 logger = logging.getLogger(__name__)
 

@@ -132,10 +132,10 @@ def django_listeners(channel: Any, stale_after: float = STALE_AFTER) -> list[str
     cutoff = timezone.now() - timedelta(seconds=stale_after)
     stale = set(BrokerMessage.objects.using(database).filter(queue__in=queues, created_at__lt=cutoff)
                 .values_list("queue", flat=True).distinct())
-    for queue in sorted(stale):
+    for name in sorted(stale):
         logger.warning("deleting event queue %s: it has not been read for %.0fs (its taskevents is gone)",
-                       queue, stale_after)
-        channel.queue_delete(queue)
+                       name, stale_after)
+        channel.queue_delete(name)
     return sorted(queues - stale)
 
 

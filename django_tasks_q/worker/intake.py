@@ -35,11 +35,10 @@ from kombu.transport import virtual
 
 from .. import signals
 from ..conf import settings
-from ..core.protocol import (MAX_NAME_LENGTH, SIGNATURE_HEADER, TaskMessage, fast_loads, signing_keys, usable_id,
-                             verify)
-from ..exceptions import InvalidMessage, InvalidSignature, NotRegistered
+from ..core.protocol import MAX_NAME_LENGTH, SIGNATURE_HEADER, TaskMessage, fast_loads, signing_keys, usable_id, verify
 from ..core.registry import registry
 from ..core.states import TaskState
+from ..exceptions import InvalidMessage, InvalidSignature, NotRegistered
 from ..results.backend import describe_exception, get_backend
 from . import deadletter
 from .pools.base import Job

@@ -57,46 +57,14 @@ from ..core.revoking import parse_signal, revoke
 from ..exceptions import InvalidTaskOptions
 from . import control_signing
 from . import events as events_module
+from .control_commands import HANDLERS, INSPECT_COMMANDS, Handler, command, nok, ok  # noqa: F401  (re-exported)
 from .loops import Loop
 from .pools.base import Job
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[..., Any]
-
-
-def ok(value: Any) -> dict[str, Any]:
-    return {"ok": value}
-
-
-def nok(value: Any) -> dict[str, Any]:
-    return {"error": value}
-
-
-class _Handlers(dict):
-    """Command name -> handler; an unknown name answers with an error instead of raising."""
-
-    def __missing__(self, name: str) -> Handler:
-        def unknown(control: "RemoteControl", **kwargs: Any) -> dict[str, Any]:
-            return nok(f"unknown command {name!r}; {control.hostname} answers: {', '.join(sorted(self))}")
-        return unknown
-
-
-HANDLERS: dict[str, Handler] = _Handlers()
-#: the commands that only read (``celery inspect``): all a worker answers with ``REMOTE_CONTROL = "read-only"``
-INSPECT_COMMANDS: set[str] = set()
 #: the value of ``REMOTE_CONTROL`` that answers inspect commands and refuses the others
 READ_ONLY = "read-only"
-
-
-def command(*names: str, inspect: bool = False) -> Callable[[Handler], Handler]:
-    def register(function: Handler) -> Handler:
-        for name in names or (function.__name__,):
-            HANDLERS[name] = function
-            if inspect:
-                INSPECT_COMMANDS.add(name)
-        return function
-    return register
 
 
 #: The node queue exclusive and not durable, where kombu takes these options (5.6 and later); kombu 5.5's

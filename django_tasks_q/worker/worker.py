@@ -395,7 +395,8 @@ class Worker(ParkingMixin):
         if expires is not None and expires <= timezone.now():
             logger.warning("task %s[%s] expired at %s; revoked without running", job.message.task,
                            job.message.id, expires.isoformat())
-            self._record(job, TaskState.REVOKED, describe_exception(TaskRevokedError(f"expired at {expires.isoformat()}")))
+            expired = TaskRevokedError(f"expired at {expires.isoformat()}")
+            self._record(job, TaskState.REVOKED, describe_exception(expired))
             self._ack(job)
             send_task_revoked(job.message.task, make_request(job.message, job.delivery_info, self.hostname),
                               expired=True)

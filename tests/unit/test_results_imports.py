@@ -11,11 +11,6 @@ import django_tasks_q
 PACKAGE = Path(django_tasks_q.__file__).parent
 RESULTS = PACKAGE / "results"
 
-#: (module, imported module) pairs being moved elsewhere right now; each one is a promise to remove it
-PENDING_MOVES = {
-    ("async_result.py", "django_tasks_q.worker.revocations"),  # revoke() moves out of worker/ (issue 21)
-}
-
 
 def imported_modules(source: str, package: str) -> list[tuple[int, str]]:
     """Every name ``source`` (a module of ``package``) imports, anywhere in it, absolute, with its line."""
@@ -48,6 +43,5 @@ def test_no_results_module_imports_the_worker():
     for path in sorted(RESULTS.glob("*.py")):
         for line, name in imported_modules(path.read_text(), "django_tasks_q.results"):
             if name == "django_tasks_q.worker" or name.startswith("django_tasks_q.worker."):
-                if not any(path.name == mod and name.startswith(target) for mod, target in PENDING_MOVES):
-                    offending.append(f"results/{path.name}:{line} imports {name}")
+                offending.append(f"results/{path.name}:{line} imports {name}")
     assert offending == []

@@ -69,7 +69,7 @@ class Command(BaseCommand):
         return getattr(self, f"_do_{options['action']}")(options)
 
     def _do_revoke(self, options):
-        from ...worker.revocations import parse_signal, revoke
+        from ...core.revoking import parse_signal, revoke
 
         try:
             signum = parse_signal(options["signal"])

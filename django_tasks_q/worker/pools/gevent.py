@@ -34,7 +34,8 @@ _pending: dict[int, Any] = {}
 
 
 def _throw(thread_id: int, exc_class: type[BaseException] | None) -> None:
-    """The interrupter for greenlets (``timelimits.use_interrupter``): throw ``exc_class`` into one; ``None`` cancels."""
+    """The interrupter for greenlets (``timelimits.use_interrupter``): throw ``exc_class`` into one; ``None``
+    cancels."""
     from gevent import get_hub
 
     pending = _pending.pop(thread_id, None)
