@@ -16,7 +16,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2 --dist loadfile
 LOWEST_VENV := .venv-lowest
 # what runs against both ends of the supported range (docs/installation.md#supported-versions)
-RANGE_TESTS := tests/unit tests/test_transport_redis.py tests/test_transport_django.py \
+RANGE_TESTS := tests/unit tests/integration/test_transport_redis.py tests/integration/test_transport_django.py \
                tests/integration/test_spine.py tests/interop
 
 .PHONY: venv servers test test-lowest demo bench clean
@@ -51,7 +51,9 @@ servers:
 	apt-get -o DPkg::Lock::Timeout=600 update -qq
 	apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $$pkgs
 
+# house style first (ruff.toml): a lint failure is a test failure
 test: venv servers
+	$(PY) -m ruff check django_tasks_q tests bench testproject
 	CI=$${CI:-} $(PY) -m pytest $(PYTEST_ARGS)
 
 $(LOWEST_VENV)/.installed: setup.cfg pyproject.toml constraints/lowest.txt

@@ -38,7 +38,7 @@ from django_tasks_q.models import BrokerMessage
 from django_tasks_q.models.transport import BrokerBinding
 from tests import servers
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 register()
 
