@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..conf import settings
 from ..core.states import READY_STATES, TaskState
 from ..exceptions import TimeoutError
+from ..lua import load_script
 from .backend import ResultBackend, ResultMeta
 from .redis_keys import GROUP_PREFIX, TASK_PREFIX, group_key, task_key  # noqa: F401  (re-exported)
 
@@ -46,27 +47,8 @@ FINAL_STATES = tuple(sorted(READY_STATES))
 logger = logging.getLogger(__name__)
 
 
-#: STARTED as :meth:`RedisBackend.mark_started` writes it: never over a final state (a write that
-#: reached Redis after the task's own final write changes nothing). KEYS[1]: the result key;
-#: ARGV: the document, its expiry in seconds (0: none), then the final states.
-STARTED_SCRIPT = r"""
-local current = redis.call('GET', KEYS[1])
-if current then
-    local ok, document = pcall(cjson.decode, current)
-    if ok and type(document) == 'table' then
-        for i = 3, #ARGV do
-            if document['status'] == ARGV[i] then return 0 end
-        end
-    end
-end
-if tonumber(ARGV[2]) > 0 then
-    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else
-    redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
-"""
+#: STARTED as :meth:`RedisBackend.mark_started` writes it: never over a final state (``lua/started.lua``).
+STARTED_SCRIPT = load_script(__name__, "started.lua")
 
 
 class StartedConnection:

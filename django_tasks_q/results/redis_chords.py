@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..conf import settings
 from ..core.states import PROPAGATE_STATES, TaskState
 from ..exceptions import ChordError
+from ..lua import load_script
 from .backend import describe_exception
 from .chord_body import record_body_failure
 from .redis_keys import group_key
@@ -41,25 +42,8 @@ _COUNTED = (TaskState.SUCCESS, *_FAILED)
 CLAIM_SECONDS = 60
 DONE_SECONDS = 300
 
-# KEYS: .j .d .s .t .c   ARGV: member, score, value, expires, claim token, claim seconds
-PART_RETURN = """
-if redis.call('GET', KEYS[5]) == 'done' then return {-1, false, 0} end
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then
-    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-    redis.call('SADD', KEYS[2], ARGV[1])
-end
-local count = redis.call('ZCARD', KEYS[1])
-local expires = tonumber(ARGV[4])
-if expires > 0 then
-    for i = 1, 4 do redis.call('EXPIRE', KEYS[i], expires) end
-end
-local size = redis.call('GET', KEYS[3])
-local claimed = 0
-if size and count == tonumber(size) + tonumber(redis.call('GET', KEYS[4]) or 0) then
-    if redis.call('SET', KEYS[5], ARGV[5], 'NX', 'EX', tonumber(ARGV[6])) then claimed = 1 end
-end
-return {count, size, claimed}
-"""
+#: Count one finished member, and claim the body when it completes the header (``lua/chord_part_return.lua``).
+PART_RETURN = load_script(__name__, "chord_part_return.lua")
 
 _scripts: dict[int, Any] = {}
 

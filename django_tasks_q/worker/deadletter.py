@@ -29,7 +29,7 @@ from typing import Any
 from kombu import Queue
 
 from ..broker.queues import get_queue
-from ..core.protocol import SIGNATURE_HEADER
+from ..core.message_signing import SIGNATURE_HEADER
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,8 @@ from kombu.transport import virtual
 
 from .. import signals
 from ..conf import settings
-from ..core.protocol import MAX_NAME_LENGTH, SIGNATURE_HEADER, TaskMessage, fast_loads, signing_keys, usable_id, verify
+from ..core.message_signing import SIGNATURE_HEADER, signing_keys, verify
+from ..core.protocol import MAX_NAME_LENGTH, TaskMessage, fast_loads, usable_id
 from ..core.registry import registry
 from ..core.states import TaskState
 from ..exceptions import InvalidMessage, InvalidSignature, NotRegistered

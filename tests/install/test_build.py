@@ -31,20 +31,23 @@ def test_twine_check_passes(dists):
     assert done.returncode == 0, f"twine check failed:\n{done.stdout}\n{done.stderr}"
 
 
-def test_sdist_carries_docs_templates_static_and_py_typed(dists):
+def test_sdist_carries_docs_templates_static_lua_and_py_typed(dists):
     names = names_in_sdist(dists.sdist)
     wanted = package_files("docs/*.md", "django_tasks_q/templates/**/*.html", "django_tasks_q/static/**/*.*",
-                           "django_tasks_q/migrations/0*.py") | {"django_tasks_q/py.typed", "README.md"}
+                           "django_tasks_q/migrations/0*.py", "django_tasks_q/**/*.lua") | {
+                               "django_tasks_q/py.typed", "README.md"}
     assert any(name.startswith("docs/") for name in wanted)
     assert any(name.startswith("django_tasks_q/static/") for name in wanted)
+    assert "django_tasks_q/broker/transport/lua/take.lua" in wanted
     assert not wanted - names, f"missing from {dists.sdist.name}: {sorted(wanted - names)}"
 
 
-def test_wheel_carries_templates_static_migrations_and_py_typed(dists):
+def test_wheel_carries_templates_static_migrations_lua_and_py_typed(dists):
     names = names_in_wheel(dists.wheel)
     wanted = package_files("django_tasks_q/templates/**/*.html", "django_tasks_q/static/**/*.*",
-                           "django_tasks_q/migrations/*.py") | {"django_tasks_q/py.typed"}
+                           "django_tasks_q/migrations/*.py", "django_tasks_q/**/*.lua") | {"django_tasks_q/py.typed"}
     assert any(name.startswith("django_tasks_q/migrations/0001") for name in wanted)
+    assert "django_tasks_q/results/lua/started.lua" in wanted
     assert not wanted - names, f"missing from {dists.wheel.name}: {sorted(wanted - names)}"
     stray = sorted(name for name in names if name.split("/")[0] in ("tests", "testproject", "docs", "bench"))
     assert not stray, f"{dists.wheel.name} ships files that are not the package: {stray[:10]}"

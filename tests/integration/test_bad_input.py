@@ -35,7 +35,7 @@ import pytest
 from django_tasks_q import AsyncResult
 from django_tasks_q.broker.connection import new_connection
 from django_tasks_q.broker.queues import get_queue
-from django_tasks_q.core.protocol import SIGNATURE_HEADER
+from django_tasks_q.core.message_signing import SIGNATURE_HEADER
 from django_tasks_q.worker.deadletter import REFUSED_AT, REFUSED_HEADERS, REFUSED_QUEUE, REFUSED_REASON
 from testproject.videos.tasks import witness
 from tests.workers import WorkerProcess

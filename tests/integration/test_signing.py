@@ -20,7 +20,8 @@ import pytest
 from django_tasks_q import AsyncResult
 from django_tasks_q.broker.connection import new_connection
 from django_tasks_q.broker.queues import get_queue
-from django_tasks_q.core.protocol import SIGNATURE_HEADER, TaskMessage, sign_headers
+from django_tasks_q.core.message_signing import SIGNATURE_HEADER, sign_headers
+from django_tasks_q.core.protocol import TaskMessage
 from django_tasks_q.core.states import TaskState
 from django_tasks_q.results.backend import get_backend
 from django_tasks_q.worker.deadletter import REFUSED_REASON, SIGNATURE_REMOVED

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from django_tasks_q import AsyncResult, send_task
-from django_tasks_q.core.protocol import SIGNATURE_HEADER, TaskMessage, verify
+from django_tasks_q.core.message_signing import SIGNATURE_HEADER, verify
+from django_tasks_q.core.protocol import TaskMessage
 from django_tasks_q.exceptions import EncodeError
 from testproject.reports.tasks import build_report
 from testproject.videos.tasks import add, compress, echo

@@ -9,15 +9,10 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from kombu.serialization import loads
 
-from django_tasks_q.core.protocol import (
-    SIGNATURE_HEADER,
-    TaskMessage,
-    absolute_time,
-    parse_datetime,
-    signed_data,
-    verify,
-)
+from django_tasks_q.core.message_signing import SIGNATURE_HEADER, signed_data, verify
+from django_tasks_q.core.protocol import TaskMessage, absolute_time
 from django_tasks_q.core.signing import sign
+from django_tasks_q.core.wire_values import parse_datetime
 from django_tasks_q.exceptions import EncodeError, InvalidMessage
 
 ETA = datetime(2030, 5, 17, 12, 30, 15, 250000, tzinfo=UTC)

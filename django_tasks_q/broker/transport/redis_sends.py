@@ -30,7 +30,8 @@ from ..delayed import PARK_HEADER, REDIS_KEY, RELEASE_LEAD
 
 #: Most commands sent in one write by ``put_messages`` (bulk sends), and most messages in one LPUSH.
 PIPELINE_COMMANDS = 1000
-#: Wake tokens kept per list: enough to wake every consumer of a busy queue.
+#: Wake tokens kept per list: enough to wake every consumer of a busy queue. This and the prefix are
+#: the only copies: the Lua scripts that push wake tokens get them filled in (``redis_scripts``).
 WAKE_CAP = 64
 WAKE_PREFIX = "tasksq.wake:"
 #: redis-py before 5.3 wants a command name (which it ignores) to hand out a pooled connection; later
