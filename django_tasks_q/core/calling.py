@@ -14,30 +14,13 @@ from ..broker.publisher import publish, publish_many
 from ..conf import settings
 from ..exceptions import InvalidTaskOptions
 from ..results.async_result import AsyncResult
-from .options import NO_CALL_OPTIONS, CallOptions, TaskOptions
-from .protocol import SIGNATURE_HEADER, EncodedMessage, TaskMessage, absolute_time, new_id, new_ids, signing_keys
+from .options import NO_CALL_OPTIONS, CallOptions, call_or_declared
+from .protocol import SIGNATURE_HEADER, EncodedMessage, TaskMessage, new_id, new_ids, signing_keys
 from .registry import registry
 from .routing import Route, resolve
 
 if TYPE_CHECKING:
     from .task import Task
-
-
-def _signature_dicts(value: Any) -> list | None:
-    """``link=sig`` or ``link=[sig, ...]`` as protocol embed dicts."""
-    if value is None:
-        return None
-    items = value if isinstance(value, (list, tuple)) else [value]
-    return [dict(item) for item in items]
-
-
-def _first(call_value: Any, task_opts: TaskOptions | None, name: str, default: Any = None) -> Any:
-    """The call's value, else the task's declared option, else ``default``."""
-    if call_value is not None:
-        return call_value
-    if task_opts is not None and getattr(task_opts, name) is not None:
-        return getattr(task_opts, name)
-    return default
 
 
 def send(name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Task | None = None) -> AsyncResult:
@@ -175,34 +158,12 @@ def _build(name: str, args: Any, kwargs: Any, call: CallOptions, task: Task | No
 
 
 def _message(name: str, args: Any, kwargs: Any, call: CallOptions, task: Task | None, now: datetime) -> TaskMessage:
-    opts = task.options if task is not None else None
-    task_id = call.task_id or new_id()
-    return TaskMessage(
-        id=task_id,
-        task=name,
-        args=tuple(args or ()),
-        kwargs=dict(kwargs or {}),
-        eta=call.eta if call.eta is not None else absolute_time(call.countdown, now),
-        expires=absolute_time(_first(call.expires, opts, "expires"), now),
-        retries=call.retries,
-        time_limit=_first(call.time_limit, opts, "time_limit"),
-        soft_time_limit=_first(call.soft_time_limit, opts, "soft_time_limit"),
-        root_id=call.root_id,
-        parent_id=call.parent_id,
-        group_id=call.group_id,
-        group_index=call.group_index,
-        ignore_result=_first(call.ignore_result, opts, "ignore_result", False),
-        callbacks=_signature_dicts(call.link),
-        errbacks=_signature_dicts(call.link_error),
-        chain=call.chain,
-        chord=call.chord,
-        extra_headers=call.headers,
-    )
+    return call.to_message(name, args, kwargs, task.options if task is not None else None, now)
 
 
 def _encode(message: TaskMessage, call: CallOptions, task: Task | None, conf: dict[str, Any]) -> Outgoing:
     opts = task.options if task is not None else None
-    encoded = message.encode(_first(call.serializer, opts, "serializer", conf["TASK_SERIALIZER"]),
+    encoded = message.encode(call_or_declared(call.serializer, opts, "serializer", conf["TASK_SERIALIZER"]),
                              next(iter(signing_keys(conf["SIGNING_KEY"])), None))
     return Outgoing(message.id, encoded, deliver_at(message.eta, conf["ETA_HOLD_MAX"]))
 

@@ -3,6 +3,10 @@
 Both are frozen dataclasses validated on construction, so a typo such as
 ``@task(max_retry=3)`` fails at import time with a hint instead of being
 ignored, and per-call overrides are ``dataclasses.replace()`` on a value.
+:meth:`CallOptions.to_message` is the one mapping from a call's options
+(and the task's declared ones) to the message it sends; the way back, from a
+running request to the options of its next attempt, is
+:meth:`~django_tasks_q.core.context.Request.resend_options`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from ..exceptions import InvalidTaskOptions
+from .protocol import TaskMessage, absolute_time, new_id
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*$")
 
@@ -150,6 +155,49 @@ class CallOptions:
             raise InvalidTaskOptions(f"expires must be seconds or a datetime, got {self.expires!r}")
         if not isinstance(self.headers, dict):
             raise InvalidTaskOptions(f"headers must be a dict, got {self.headers!r}")
+
+    def to_message(self, name: str, args: Any, kwargs: Any, declared: TaskOptions | None,
+                   now: datetime) -> TaskMessage:
+        """The message of this call of task ``name``: a new id unless the call names one; a value the call
+        leaves out taken from the task's ``declared`` options; ``countdown`` and ``expires`` from ``now``."""
+        return TaskMessage(
+            id=self.task_id or new_id(),
+            task=name,
+            args=tuple(args or ()),
+            kwargs=dict(kwargs or {}),
+            eta=self.eta if self.eta is not None else absolute_time(self.countdown, now),
+            expires=absolute_time(call_or_declared(self.expires, declared, "expires"), now),
+            retries=self.retries,
+            time_limit=call_or_declared(self.time_limit, declared, "time_limit"),
+            soft_time_limit=call_or_declared(self.soft_time_limit, declared, "soft_time_limit"),
+            root_id=self.root_id,
+            parent_id=self.parent_id,
+            group_id=self.group_id,
+            group_index=self.group_index,
+            ignore_result=call_or_declared(self.ignore_result, declared, "ignore_result", False),
+            callbacks=signature_dicts(self.link),
+            errbacks=signature_dicts(self.link_error),
+            chain=self.chain,
+            chord=self.chord,
+            extra_headers=self.headers,
+        )
+
+
+def signature_dicts(value: Any) -> list | None:
+    """``link=sig`` or ``link=[sig, ...]`` as protocol embed dicts."""
+    if value is None:
+        return None
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [dict(item) for item in items]
+
+
+def call_or_declared(call_value: Any, declared: TaskOptions | None, name: str, default: Any = None) -> Any:
+    """The call's value, else the task's declared option ``name``, else ``default``."""
+    if call_value is not None:
+        return call_value
+    if declared is not None and getattr(declared, name) is not None:
+        return getattr(declared, name)
+    return default
 
 
 _CALL_OPTION_NAMES = {f.name for f in fields(CallOptions)}

@@ -201,21 +201,11 @@ class Task(Generic[P, R]):
             countdown = self.options.default_retry_delay
         if request.is_eager:  # the eager executor runs the next attempt itself
             raise Retry(exc=exc, when=countdown, retry_args=args, retry_kwargs=kwargs)
-        options = {"task_id": request.id, "retries": request.retries + 1,
-                   "countdown": countdown if eta is None else None, "eta": eta, "expires": request.expires,
-                   "parent_id": request.parent_id, "root_id": request.root_id, "group_id": request.group_id,
-                   "group_index": request.group_index, "queue": request.delivery_info.get("queue"),
-                   # 0 is also what a broker reports for "none given": carrying it would be refused by a
-                   # RabbitMQ queue declared without max_priority
-                   "priority": request.delivery_info.get("priority") or None, "time_limit": request.time_limit,
-                   "soft_time_limit": request.soft_time_limit, "ignore_result": request.ignore_result or None,
-                   "link": request.callbacks or None, "link_error": request.errbacks or None,
-                   "chain": request.chain or None, "chord": request.chord or None}
         retry = Retry(exc=exc, when=countdown if eta is None else None)
         # sent by the executor after it has stored RETRY, never before (see worker/executor.py)
         retry.resend = partial(self.apply_async, request.args if args is None else args,
                                request.kwargs if kwargs is None else kwargs,
-                               **{k: v for k, v in options.items() if v is not None})
+                               **request.resend_options(countdown, eta))
         raise retry
 
 

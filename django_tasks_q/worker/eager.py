@@ -10,9 +10,10 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from django.utils import timezone
+
 from ..conf import settings
-from ..core.calling import _signature_dicts
-from ..core.protocol import TaskMessage
+from ..core.options import CallOptions
 from ..core.states import TaskState
 from ..results.async_result import EagerResult
 from ..results.backend import MemoryBackend
@@ -26,10 +27,10 @@ def execute_eagerly(task: Task, args: tuple, kwargs: dict, options: dict[str, An
     task_id = options.get("task_id") or str(uuid.uuid4())
     backend = MemoryBackend()
     retries = 0
-    while True:
-        message = TaskMessage(id=task_id, task=task.name, args=args, kwargs=kwargs, retries=retries,
-                              callbacks=_signature_dicts(options.get("link")),
-                              errbacks=_signature_dicts(options.get("link_error")))
+    while True:  # only the id and the links of the call's options are kept (core/canvas.py, _EAGER_OPTIONS)
+        call = CallOptions(task_id=task_id, retries=retries, link=options.get("link"),
+                           link_error=options.get("link_error"))
+        message = call.to_message(task.name, args, kwargs, None, timezone.now())
         outcome = execute(message, {"queue": None, "is_eager": True}, None, backend=backend, eager=True)
         if outcome.state != TaskState.RETRY:
             break

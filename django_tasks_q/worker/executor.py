@@ -38,6 +38,7 @@ from ..core.task import Task
 from ..exceptions import EncodeError, Reject, Retry, TaskRevokedError
 from ..results.backend import ResultBackend, describe_exception, get_backend
 from . import workflow
+from .revoked import record_revoked
 from .timelimits import Guard
 
 logger = logging.getLogger(__name__)
@@ -82,19 +83,6 @@ def _short_repr(value: Any) -> str:
         return _reprs.repr(value)
     except Exception as exc:  # a broken __repr__ must not break the task's outcome
         return f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
-
-
-def make_request(message: TaskMessage, delivery_info: dict, hostname: str | None, eager: bool = False,
-                 backend: Any = None) -> context.Request:
-    return context.Request(
-        id=message.id, task=message.task, args=tuple(message.args), kwargs=dict(message.kwargs),
-        retries=message.retries, eta=message.eta, expires=message.expires, delivery_info=delivery_info,
-        hostname=hostname, parent_id=message.parent_id, root_id=message.root_id or message.id,
-        group_id=message.group_id, group_index=message.group_index, callbacks=message.callbacks,
-        errbacks=message.errbacks, chain=message.chain, chord=message.chord, time_limit=message.time_limit,
-        soft_time_limit=message.soft_time_limit, origin=message.origin, headers=message.extra_headers,
-        is_eager=eager, ignore_result=message.ignore_result, backend=backend,
-    )
 
 
 def _explain_type_error(task: Task, exc: TypeError, args: tuple, kwargs: dict) -> TypeError:
@@ -164,7 +152,7 @@ def execute(message: TaskMessage, delivery_info: dict, hostname: str | None, *,
     """
     backend = backend or get_backend()
     task = registry[message.task]  # the consumer already refused unknown names
-    request = make_request(message, delivery_info, hostname, eager=eager, backend=backend)
+    request = context.Request.from_message(message, delivery_info, hostname, eager=eager, backend=backend)
     args, kwargs = request.args, request.kwargs
     track = settings.TRACK_STARTED
     store = not (message.ignore_result or task.options.ignore_result)
@@ -216,7 +204,9 @@ def execute(message: TaskMessage, delivery_info: dict, hostname: str | None, *,
             if guard.terminated(exc):
                 state, retval, einfo = TaskState.REVOKED, exc, tb.format_exc()
                 logger.warning("task %s[%s] terminated (signal %s)", task.name, request.id, guard.signum)
-                _revoke(backend, request, task, exc, einfo, store, guard.signum)
+                # as Celery: no on_failure, no errbacks
+                record_revoked(backend, request, exc, store=store, traceback=einfo, terminated=True,
+                               signum=guard.signum)
             else:
                 state, retval, einfo = TaskState.FAILURE, exc, tb.format_exc()
                 logger.error("task %s[%s] raised %s: %s", task.name, request.id, type(exc).__name__, exc)
@@ -269,15 +259,6 @@ def _fail(backend: Any, request: context.Request, task: Task, message: TaskMessa
     workflow.on_failure(message, request, exc, einfo, backend)  # errbacks, later chain steps FAILURE
 
 
-def _revoke(backend: Any, request: context.Request, task: Any, exc: BaseException, einfo: str, store: bool,
-            signum: int | None) -> None:
-    """REVOKED by terminate: stored and ``task_revoked`` sent; no ``on_failure``, no errbacks (as Celery)."""
-    if store:
-        backend.mark(request.id, TaskState.REVOKED, result=describe_exception(exc), traceback=einfo,
-                     request=request, task_name=request.task or "", runtime=None)
-    signals.send(signals.task_revoked, sender=task, request=request, terminated=True, signum=signum, expired=False)
-
-
 def record_stopped(message: TaskMessage, delivery_info: dict, hostname: str | None, error: BaseException,
                    *, signum: int | None = None) -> str:
     """Record a task whose process was killed under it; return the state recorded.
@@ -286,7 +267,7 @@ def record_stopped(message: TaskMessage, delivery_info: dict, hostname: str | No
     (e.g. ``TimeLimitExceeded``) with the errbacks sent, as Celery's parent
     does for a hard time limit. Runs in the worker, never raises.
     """
-    request = make_request(message, delivery_info, hostname)
+    request = context.Request.from_message(message, delivery_info, hostname)
     task = registry.get(message.task)
     store = not (message.ignore_result or (task is not None and task.options.ignore_result))
     einfo = "".join(tb.format_exception_only(type(error), error))
@@ -294,8 +275,8 @@ def record_stopped(message: TaskMessage, delivery_info: dict, hostname: str | No
     try:
         backend = get_backend()
         if revoked:
-            _revoke(backend, request, task or message.task, error, einfo, store,
-                    signals_module.SIGTERM if signum is None else signum)
+            record_revoked(backend, request, error, store=store, traceback=einfo, terminated=True,
+                           signum=signals_module.SIGTERM if signum is None else signum)
         elif store:
             backend.mark(message.id, TaskState.FAILURE, result=describe_exception(error), traceback=einfo,
                          request=request, task_name=message.task)

@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -29,32 +29,33 @@ from django.utils import timezone
 from kombu import Consumer
 from kombu.exceptions import OperationalError
 
-from .. import __version__, signals
+from .. import signals
 from ..broker import delayed
 from ..broker.connection import mask_url, new_connection
 from ..conf import settings
-from ..core.registry import registry
+from ..core.context import Request
 from ..core.states import TaskState
 from ..exceptions import ImproperlyConfigured, TaskRevokedError
-from ..results.backend import describe_exception, get_backend
+from ..results.backend import get_backend
 from . import deadletter, intake
+from .banner import banner
 from .consumers import ConsumerSet
+from .deliveries import OneAtATime
 from .events import EventDispatcher
-from .executor import make_request
 from .handoff import Handoff
 from .limit_overrides import LimitOverrides
 from .loops import Loop
+from .lost_acks import StartedUnacked
 from .monitor import LoopStats, Monitor
 from .parking import ParkingMixin
 from .pools import create_pool
 from .pools.base import Job
 from .ratelimit import RateLimiter
 from .remote_control import RemoteControl
-from .revocations import RevocationWatch, send_task_revoked
+from .revocations import RevocationWatch
+from .revoked import record_revoked
 
 logger = logging.getLogger(__name__)
-#: Most task ids remembered as started with an unconfirmed ack (each outage adds at most the prefetch window).
-MAX_STARTED_UNACKED = 10_000
 
 
 def expand_hostname(name: str | None) -> str:
@@ -111,12 +112,8 @@ class Worker(ParkingMixin):
         self.handoff = Handoff()  # calls the command thread hands to the main loop
         self.time_limits = LimitOverrides()
         self.consumers: ConsumerSet | None = None  # the task-queue consumers while connected
-        #: (id, retries) of tasks started after an early ack -> whether that ack raised. An ack can be lost
-        #: with the connection either way (AMQP's is never confirmed; a frozen link swallows it); then a
-        #: copy comes back and is acked, not run again (``_already_started``)
-        self._started_unacked: OrderedDict[tuple[str, int], bool] = OrderedDict()
-        self._deliveries: deque[tuple[Any, tuple]] = deque()  # see one_at_a_time()
-        self._delivering = False
+        self._started_unacked = StartedUnacked()  # a copy of one comes back acked, not run (worker/lost_acks.py)
+        self._deliveries = OneAtATime()  # see one_at_a_time()
 
     def every(self, seconds: float, function: Any) -> None:
         """Run ``function()`` in the main loop about every ``seconds``; an error is logged, never raised."""
@@ -165,18 +162,6 @@ class Worker(ParkingMixin):
                     logger.exception("periodic %s failed; will run again", getattr(entry[2], "__name__", entry[2]))
 
     # -- life cycle ----------------------------------------------------
-    def banner(self) -> str:
-        tasks = "\n".join(f"    . {name}" for name in registry.names()) or "    (none)"
-        return (
-            f"\n -------------- {self.hostname} v{__version__}\n"
-            f" broker:      {mask_url(settings.BROKER_URL)}\n"
-            f" results:     {mask_url(str(settings.RESULT_BACKEND))}\n"
-            f" queues:      {', '.join(self.queue_names)}\n"
-            f" pool:        {self.pool.name} (concurrency {self.pool.concurrency}, prefetch {self.prefetch})\n"
-            f" pid:         {os.getpid()}\n"
-            f" tasks:\n{tasks}\n"
-        )
-
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -199,7 +184,7 @@ class Worker(ParkingMixin):
 
     def run(self) -> None:
         signals.send(signals.worker_init, sender=self)
-        print(self.banner(), flush=True)
+        print(banner(self), flush=True)
         self.pool.start()
         self._loops = self.background_loops()
         delay = 1.0
@@ -287,27 +272,8 @@ class Worker(ParkingMixin):
                         accept=settings.ACCEPT_CONTENT, no_ack=False, auto_declare=False)
 
     def one_at_a_time(self, handler: Any) -> Any:
-        """``handler`` as a delivery callback that never runs inside another one.
-
-        A callback that waits for a broker reply (the dead-letter copy of a
-        refused message, parking) lets py-amqp deliver the next message from
-        inside that wait; handled there, two waits on one channel could each
-        take the other's reply, and both hung for good (the bad-input corpus
-        on RabbitMQ did, now and then). A delivery that comes in meanwhile is
-        queued and handled once the current one returns.
-        """
-        def deliver(*args: Any) -> None:
-            self._deliveries.append((handler, args))
-            if self._delivering:
-                return
-            self._delivering = True
-            try:
-                while self._deliveries:
-                    queued, queued_args = self._deliveries.popleft()
-                    queued(*queued_args)
-            finally:
-                self._delivering = False
-        return deliver
+        """``handler`` as a delivery callback that never runs inside another one (worker/deliveries.py)."""
+        return self._deliveries.wrap(handler)
 
     def update_prefetch(self) -> None:
         """After ``pool_grow``/``pool_shrink``: the prefetch window follows the concurrency."""
@@ -363,7 +329,7 @@ class Worker(ParkingMixin):
         self.events.task_received(job.message)
         if signals.task_received.receivers:
             signals.send(signals.task_received, sender=self,
-                         request=make_request(job.message, job.delivery_info, self.hostname))
+                         request=Request.from_message(job.message, job.delivery_info, self.hostname))
         holds_eta = eta is not None and eta > timezone.now()
         # RECEIVED is written only for a task that will wait (eta, or every slot busy):
         # one that starts at once gets its receipt date with the STARTED write.
@@ -378,8 +344,13 @@ class Worker(ParkingMixin):
     def _record_waiting(self, job: Job) -> None:
         """RECEIVED for a task that waits here -- except a retry, whose RETRY (and its cause) stays
         visible until the next attempt starts, as in Celery."""
-        if self.track_started and not job.message.ignore_result and not job.message.retries:
-            self._record(job, TaskState.RECEIVED)
+        if not self.track_started or job.message.ignore_result or job.message.retries:
+            return
+        try:
+            request = Request.from_message(job.message, job.delivery_info, self.hostname)
+            self.backend.mark(job.message.id, TaskState.RECEIVED, request=request, task_name=job.message.task)
+        except Exception:
+            logger.exception("could not record %s for %s", TaskState.RECEIVED, job.message.id)
 
     def _update_qos(self) -> None:
         """Held eta tasks must not use up the prefetch window (as Celery does)."""
@@ -395,12 +366,7 @@ class Worker(ParkingMixin):
         if expires is not None and expires <= timezone.now():
             logger.warning("task %s[%s] expired at %s; revoked without running", job.message.task,
                            job.message.id, expires.isoformat())
-            expired = TaskRevokedError(f"expired at {expires.isoformat()}")
-            self._record(job, TaskState.REVOKED, describe_exception(expired))
-            self._ack(job)
-            send_task_revoked(job.message.task, make_request(job.message, job.delivery_info, self.hostname),
-                              expired=True)
-            self.events.task_revoked(job.message, expired=True)
+            self._drop_revoked(job, TaskRevokedError(f"expired at {expires.isoformat()}"), expired=True)
             return
         if self.rate_limits.hold(job):  # held, unacked, until its fleet-wide slot (worker.ratelimit)
             self._record_waiting(job)
@@ -412,16 +378,11 @@ class Worker(ParkingMixin):
                 # The broker may have taken the ack before the connection broke (a Redis killed while
                 # it synced its log has applied it and sent no reply): then no copy will come back, so
                 # run the task now rather than lose it, and ack the copy that comes back if it does.
-                self._remember_started(job, ack_failed=True)
+                self._started_unacked.remember(job, ack_failed=True)
                 self._begin(job)
                 raise  # the connection is gone: reconnect
-            self._remember_started(job, ack_failed=False)
+            self._started_unacked.remember(job, ack_failed=False)
         self._begin(job)
-
-    def _remember_started(self, job: Job, *, ack_failed: bool) -> None:
-        self._started_unacked[(job.message.id, job.message.retries)] = ack_failed
-        if len(self._started_unacked) > MAX_STARTED_UNACKED:
-            self._started_unacked.popitem(last=False)
 
     def _begin(self, job: Job) -> None:
         self.active[job.message.id] = (job, time.time())
@@ -432,11 +393,8 @@ class Worker(ParkingMixin):
     def _already_started(self, job: Job) -> bool:
         """A copy of an early-acked task this worker already started -- any copy when the ack raised, a
         redelivered one when it seemed to go through: ack it instead of running the task twice."""
-        key = (job.message.id, job.message.retries)
-        ack_failed = self._started_unacked.get(key)
-        if ack_failed is None or not (ack_failed or job.delivery_info.get("redelivered")):
+        if not self._started_unacked.take_copy(job):
             return False
-        del self._started_unacked[key]
         logger.warning("task %s[%s] came back after its ack was lost with the connection; it was already "
                        "started here, so this copy is acked, not run again", job.message.task, job.message.id)
         self._ack(job)
@@ -447,11 +405,15 @@ class Worker(ParkingMixin):
         if not self.revocations.is_revoked(job.message.id):
             return False
         logger.warning("task %s[%s] is revoked: dropped without running", job.message.task, job.message.id)
-        self._record(job, TaskState.REVOKED, describe_exception(TaskRevokedError("revoked")))
-        self._ack(job)
-        send_task_revoked(job.message.task, make_request(job.message, job.delivery_info, self.hostname))
-        self.events.task_revoked(job.message)
+        self._drop_revoked(job, TaskRevokedError("revoked"))
         return True
+
+    def _drop_revoked(self, job: Job, error: TaskRevokedError, *, expired: bool = False) -> None:
+        """Dropped without running: REVOKED, acked, ``task_revoked`` and ``task-revoked`` (worker/revoked.py)."""
+        request = Request.from_message(job.message, job.delivery_info, self.hostname)
+        record_revoked(self.backend, request, error, expired=expired, settle=partial(self._ack, job),
+                       best_effort=True)
+        self.events.task_revoked(job.message, expired=expired)
 
     def _finish(self, job: Job, outcome: Any) -> None:
         self.stats.finished(outcome.state == TaskState.FAILURE)
@@ -476,13 +438,6 @@ class Worker(ParkingMixin):
             # delivered on a connection that has since been lost: the broker re-delivers it
             return
         action(message)
-
-    def _record(self, job: Job, state: str, result: Any = None) -> None:
-        try:
-            request = make_request(job.message, job.delivery_info, self.hostname)
-            self.backend.mark(job.message.id, state, result=result, request=request, task_name=job.message.task)
-        except Exception:
-            logger.exception("could not record %s for %s", state, job.message.id)
 
     def _cleanup_results(self) -> None:
         expires = settings.RESULT_EXPIRES

@@ -1,0 +1,40 @@
+"""Tasks started after an early ack the broker may not have taken: run once, whatever comes back.
+
+An ack can be lost with the connection either way (AMQP's is never
+confirmed; a Redis killed while it synced its log has applied it and sent no
+reply). The worker runs such a task rather than lose it, and remembers it
+here by ``(id, retries)``: a copy that comes back afterwards is acked, not run
+again (``Worker._already_started``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from .pools.base import Job
+
+#: Most task ids remembered as started with an unconfirmed ack (each outage adds at most the prefetch window).
+MAX_STARTED_UNACKED = 10_000
+
+
+class StartedUnacked:
+    """``(id, retries)`` of tasks started after an early ack -> whether that ack raised; the oldest forgotten
+    past ``MAX_STARTED_UNACKED``. Used by the worker's main loop only."""
+
+    def __init__(self) -> None:
+        self._started: OrderedDict[tuple[str, int], bool] = OrderedDict()
+
+    def remember(self, job: Job, *, ack_failed: bool) -> None:
+        self._started[(job.message.id, job.message.retries)] = ack_failed
+        if len(self._started) > MAX_STARTED_UNACKED:
+            self._started.popitem(last=False)
+
+    def take_copy(self, job: Job) -> bool:
+        """True for a copy of a task started here -- any copy when its ack raised, a redelivered one when
+        the ack seemed to go through -- which is forgotten as it is returned."""
+        key = (job.message.id, job.message.retries)
+        ack_failed = self._started.get(key)
+        if ack_failed is None or not (ack_failed or job.delivery_info.get("redelivered")):
+            return False
+        del self._started[key]
+        return True
