@@ -4,12 +4,11 @@ A signed message carries ``x-tasks-q-signature`` (an HMAC, :mod:`.signing`)
 over the canonical bytes of everything that decides what runs, when and how
 (:func:`signed_data`), and ``x-tasks-q-signed-at``, the signing time, so a
 worker can refuse a stale message (``SIGNING_MAX_AGE``). ``SIGNING_KEY`` may
-hold several keys: the first signs, every one verifies (:func:`signing_keys`).
+hold several keys: the first signs, every one verifies (:func:`.signing.signing_keys`).
 """
 
 from __future__ import annotations
 
-import hmac
 import math
 import time
 from typing import Any
@@ -95,18 +94,15 @@ def sign_headers(key: str | bytes, headers: dict[str, Any], payload: bytes | str
     return headers
 
 
-def signing_keys(setting: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
-    """``SIGNING_KEY`` as a tuple of keys: the first signs, every one verifies (so keys can be rotated)."""
-    if not setting:
-        return ()
-    return (setting,) if isinstance(setting, str) else tuple(setting)
+def _legacy_data(task_id: str, payload: bytes | str | None) -> bytes:
+    return task_id.encode("utf-8", "surrogatepass") + b"\0" + _body_bytes(payload, None)
 
 
 def legacy_signature(key: str | bytes, task_id: str, payload: bytes | str) -> str:
     """The signature earlier releases wrote (HMAC over ``id + NUL + body`` only, no time): read only when
     ``SIGNING_ACCEPT_LEGACY`` is on, during a rolling upgrade; never written."""
     raw_key = key.encode() if isinstance(key, str) else key
-    return signing.sign(raw_key, task_id.encode("utf-8", "surrogatepass") + b"\0" + _body_bytes(payload, None))
+    return signing.sign(raw_key, _legacy_data(task_id, payload))
 
 
 def verify(keys: str | bytes | tuple[str | bytes, ...], headers: dict[str, Any], payload: bytes | str | None,
@@ -132,7 +128,7 @@ def verify(keys: str | bytes | tuple[str | bytes, ...], headers: dict[str, Any],
         raise InvalidSignature(f"task {task}: unsigned message refused (SIGNING_KEY is set)")
     if SIGNED_AT_HEADER not in headers and accept_legacy:
         task_id = headers.get("id")
-        if isinstance(task_id, str) and any(_legacy_matches(key, task_id, payload, given) for key in raw_keys):
+        if isinstance(task_id, str) and signing.matches(raw_keys, _legacy_data(task_id, payload), given):
             return
         raise InvalidSignature(f"task {task}: bad signature (old format, matches none of the {len(raw_keys)} "
                                "accepted SIGNING_KEY key(s)), message refused")
@@ -145,12 +141,6 @@ def verify(keys: str | bytes | tuple[str | bytes, ...], headers: dict[str, Any],
                                f"SIGNING_KEY key(s)), message refused")
     if max_age is not None:
         _check_age(task, headers, max_age, time.time() if now is None else now)
-
-
-def _legacy_matches(key: bytes, task_id: str, payload: bytes | str | None, given: Any) -> bool:
-    if not isinstance(given, str) or len(given) != signing.SIGNATURE_LENGTH or not given.isascii():
-        return False
-    return hmac.compare_digest(given.encode("ascii"), legacy_signature(key, task_id, payload or b"").encode("ascii"))
 
 
 def _check_age(task: str, headers: dict[str, Any], max_age: float, now: float) -> None:

@@ -34,8 +34,8 @@ from .message_signing import SIGNATURE_HEADER, SIGNED_AT_HEADER, sign_headers
 from .message_signing import SIGNING_PURPOSE as SIGNING_PURPOSE
 from .message_signing import legacy_signature as legacy_signature
 from .message_signing import signed_data as signed_data
-from .message_signing import signing_keys as signing_keys
 from .message_signing import verify as verify
+from .signing import signing_keys as signing_keys
 from .wire_values import parse_datetime
 from .wire_values import short_repr as _repr
 

@@ -35,9 +35,10 @@ from kombu.transport import virtual
 
 from .. import signals
 from ..conf import settings
-from ..core.message_signing import SIGNATURE_HEADER, signing_keys, verify
+from ..core.message_signing import SIGNATURE_HEADER, verify
 from ..core.protocol import MAX_NAME_LENGTH, TaskMessage, fast_loads, usable_id
 from ..core.registry import registry
+from ..core.signing import signing_keys
 from ..core.states import TaskState
 from ..exceptions import InvalidMessage, InvalidSignature, NotRegistered
 from ..results.backend import describe_exception, get_backend
@@ -59,7 +60,7 @@ class MessageTooLarge(InvalidMessage):
 class Policy:
     """The settings intake needs, read once by the worker instead of once per message."""
 
-    signing_keys: tuple[str, ...]  # the first signs; a message signed with any of them is accepted
+    signing_keys: tuple[str | bytes, ...]  # the first signs; a message signed with any of them is accepted
     acks_late: bool
     dead_letter_queue: str | None = None
     signing_max_age: float | None = 7 * 86400  # seconds; None: signed messages never go stale
