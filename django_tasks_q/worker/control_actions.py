@@ -44,12 +44,13 @@ from .handoff import Pending, Refused
 
 if TYPE_CHECKING:
     from .remote_control import RemoteControl
+    from .view import ControlledWorker
 
 logger = logging.getLogger(__name__)
 
 
 # -- run in the worker's main loop ---------------------------------------
-def _add_queue(worker: Any, name: str) -> str:
+def _add_queue(worker: ControlledWorker, name: str) -> str:
     if worker.consumers is None:
         raise Refused(f"not connected to the broker; add {name} again once the worker is")
     worker.consumers.add(name)
@@ -58,7 +59,7 @@ def _add_queue(worker: Any, name: str) -> str:
     return f"add consumer {name}"
 
 
-def _cancel_queue(worker: Any, name: str) -> str:
+def _cancel_queue(worker: ControlledWorker, name: str) -> str:
     if worker.consumers is None:
         raise Refused(f"not connected to the broker; cancel {name} again once the worker is")
     worker.consumers.cancel(name)
@@ -67,7 +68,7 @@ def _cancel_queue(worker: Any, name: str) -> str:
     return f"no longer consuming from {name}"
 
 
-def _resize_pool(worker: Any, change: int) -> str:
+def _resize_pool(worker: ControlledWorker, change: int) -> str:
     """Grow (``change`` > 0) or shrink the pool, and the prefetch window with it."""
     try:
         worker.pool.grow(change) if change > 0 else worker.pool.shrink(-change)

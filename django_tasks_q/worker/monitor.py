@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections
 from django.utils import timezone
@@ -41,6 +41,9 @@ from ..broker.connection import mask_url, new_connection
 from ..broker.queues import consumer_queue
 from ..conf import settings
 from .loops import Loop, spawn
+
+if TYPE_CHECKING:
+    from .view import WorkerView
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +122,7 @@ def queue_depth(channel: Any, queue: Any) -> int:
 class Monitor:
     """Heartbeat writer and watchdog for one ``Worker``; see the module docstring."""
 
-    def __init__(self, worker: Any, interval: float, stuck_after: float | None = None):
+    def __init__(self, worker: WorkerView, interval: float, stuck_after: float | None = None):
         self.worker = worker
         self.stats: LoopStats = worker.stats
         self.interval = interval
@@ -216,15 +219,15 @@ class Monitor:
             if now - stats.broker_error_since > limit:
                 return f"no broker connection for {now - stats.broker_error_since:.0f}s ({stats.broker_error})"
             return self.problem if self.problem.startswith("queues hold") else ""
-        if getattr(worker.pool, "inline_task", None) is not None:
+        if worker.pool.inline_task is not None:
             return ""  # the solo pool runs a task in the main loop's thread
         # a solo task that just ended kept the loop busy, not stuck, until a moment ago
-        alive_at = max(stats.loop_at, getattr(worker.pool, "inline_ended_at", 0.0))
+        alive_at = max(stats.loop_at, worker.pool.inline_ended_at)
         if now - alive_at > limit:
             return f"the main loop has not iterated for {now - alive_at:.0f}s"
         silent = now - stats.received_at
         # jobs held unacked (waiting for a slot or a rate limit) fill the prefetch window: silence is expected
-        holding = bool(worker.ready) or bool(len(getattr(worker, "rate_limits", ())))
+        holding = bool(worker.ready) or bool(len(worker.rate_limits))
         if silent <= limit or holding or self._safely(worker.pool.free_slots, 0) <= 0:
             self._suspect_since = None
             return ""

@@ -2,16 +2,17 @@
 
 A task due later than ``ETA_HOLD_MAX`` is handed back to the broker (parked)
 instead of being held in the worker's memory; Redis and django:// release
-parked messages when due (``_release_parked``, once a second), RabbitMQ
-dead-letters them into a ready queue the worker consumes and forwards.
-Mixed into :class:`~django_tasks_q.worker.worker.Worker`, whose ``_ack``,
-``_channel`` and ``eta_hold_max`` these methods use.
+parked messages when due (:meth:`Parking.release`, once a second),
+RabbitMQ dead-letters them into a ready queue the worker consumes and
+forwards (:meth:`Parking.consume_ready`). The worker owns one
+:class:`Parking` and gives it the two things of its own it needs: how to
+ack a job, and how to wrap a delivery callback (``Worker.one_at_a_time``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from kombu import Consumer
 
@@ -22,17 +23,16 @@ from .pools.base import Job
 logger = logging.getLogger(__name__)
 
 
-class ParkingMixin:
-    _channel: Any
-    eta_hold_max: float
+class Parking:
+    """The worker's side of delayed delivery: park far-off tasks, release or forward them when due."""
 
-    def _ack(self, job: Job) -> None:  # provided by Worker
-        raise NotImplementedError
+    def __init__(self, hold_max: float, ack: Callable[[Job], None],
+                 one_at_a_time: Callable[[Callable[[Any], None]], Any]):
+        self.hold_max = hold_max  # ETA_HOLD_MAX: a task due later than this is parked
+        self._ack = ack
+        self._one_at_a_time = one_at_a_time
 
-    def one_at_a_time(self, handler: Any) -> Any:  # provided by Worker
-        raise NotImplementedError
-
-    def _park(self, job: Job, until: float) -> bool:
+    def park(self, job: Job, until: float) -> bool:
         """Give a far-off task to the broker's delayed store instead of holding it; False: hold it."""
         publisher = publishing.current()
         if not delayed.supports_parking(publisher.connection):
@@ -49,26 +49,27 @@ class ParkingMixin:
         self._ack(job)
         return True
 
-    def _release_parked(self) -> None:
-        release = getattr(self._channel, "release_parked", None)
+    def release(self, channel: Any) -> None:
+        """Redis and django://: move parked messages that are due back to their queues."""
+        release = getattr(channel, "release_parked", None)
         if release is not None:
             moved = release()
             if moved:
                 logger.debug("released %d parked message(s)", moved)
 
-    def _consume_ready_parked(self, connection: Any, channel: Any) -> list[Consumer]:
+    def consume_ready(self, connection: Any, channel: Any) -> list[Consumer]:
         """RabbitMQ: consume the queue parked messages reach when due, and forward them."""
         if connection.transport.driver_type != "amqp":
             return []
         ready = delayed.declare_amqp_topology(connection)
-        consumer = Consumer(channel, [ready], on_message=self.one_at_a_time(self._forward_parked), accept=None,
+        consumer = Consumer(channel, [ready], on_message=self._one_at_a_time(self._forward), accept=None,
                             no_ack=False, auto_declare=False)
         consumer.consume()
         return [consumer]
 
-    def _forward_parked(self, message: Any) -> None:
+    def _forward(self, message: Any) -> None:
         try:
-            delayed.forward_ready(publishing.current(), message, self.eta_hold_max)
+            delayed.forward_ready(publishing.current(), message, self.hold_max)
         except Exception:
             publishing.reset()
             logger.exception("could not forward parked message %s; it goes back to %s",

@@ -41,7 +41,7 @@ import resource
 import socket
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections
 from kombu.pidbox import Mailbox
@@ -60,6 +60,9 @@ from . import events as events_module
 from .control_commands import HANDLERS, INSPECT_COMMANDS, Handler, command, nok, ok  # noqa: F401  (re-exported)
 from .loops import Loop
 from .pools.base import Job
+
+if TYPE_CHECKING:
+    from .view import ControlledWorker
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +130,7 @@ def request_info(job: Job, hostname: str, *, time_start: float | None = None, wo
 class RemoteControl:
     """The pidbox node of one :class:`~django_tasks_q.worker.worker.Worker`, served from a daemon thread."""
 
-    def __init__(self, worker: Any):
+    def __init__(self, worker: ControlledWorker):
         self.worker = worker
         self.hostname: str = worker.hostname
         self.events: events_module.EventDispatcher = worker.events
@@ -231,10 +234,7 @@ class RemoteControl:
     # -- what handlers read --------------------------------------------
     def worker_pid(self, job: Job) -> int:
         """The process running ``job``: its prefork child, else the worker itself."""
-        for child in getattr(self.worker.pool, "_children", ()):
-            if child.job is job:
-                return child.process.pid
-        return os.getpid()
+        return self.worker.pool.pid_of(job)
 
     def active(self) -> list[tuple[Job, float]]:
         return _copy(lambda: list(self.worker.active.values()))
@@ -321,15 +321,14 @@ def active_queues(control: RemoteControl, **kwargs: Any) -> list[dict[str, Any]]
 @command(inspect=True)
 def stats(control: RemoteControl, **kwargs: Any) -> dict[str, Any]:
     worker, pool = control.worker, control.worker.pool
-    processes = pool.pids() if hasattr(pool, "pids") else [os.getpid()]
     return {
         "total": dict(worker.totals),
         "pid": os.getpid(),
         "clock": str(control.events.clock.value),
         "uptime": round(time.monotonic() - control.started_at),
         "pool": {"implementation": f"django_tasks_q.worker.pools:{pool.name}",
-                 "max-concurrency": pool.concurrency, "processes": processes,
-                 "max-tasks-per-child": getattr(pool, "max_tasks_per_child", None) or "N/A",
+                 "max-concurrency": pool.concurrency, "processes": pool.pids(),
+                 "max-tasks-per-child": pool.max_tasks_per_child or "N/A",
                  "put-guarded-by-semaphore": False, "timeouts": [0, 0]},
         "broker": _broker_info(),
         "prefetch_count": worker.prefetch + len(worker.timers),

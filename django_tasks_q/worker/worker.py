@@ -47,7 +47,7 @@ from .limit_overrides import LimitOverrides
 from .loops import Loop
 from .lost_acks import StartedUnacked
 from .monitor import LoopStats, Monitor
-from .parking import ParkingMixin
+from .parking import Parking
 from .pools import create_pool
 from .pools.base import Job
 from .ratelimit import RateLimiter
@@ -65,7 +65,7 @@ def expand_hostname(name: str | None) -> str:
     return name.replace("%h", host).replace("%n", host.split(".")[0])
 
 
-class Worker(ParkingMixin):
+class Worker:
     def __init__(self, queues: list[str] | None = None, concurrency: int | None = None, pool: str = "prefork",
                  hostname: str | None = None, prefetch_multiplier: int | None = None,
                  max_tasks_per_child: int | None = None, max_memory_per_child: int | None = None,
@@ -96,7 +96,8 @@ class Worker(ParkingMixin):
         self.eta_hold_max = float(settings.ETA_HOLD_MAX)
         self._next_cleanup = 0.0
         self._periodic: list[list[Any]] = []  # [next run (monotonic), interval, function]
-        self.every(1.0, self._release_parked)
+        self.parking = Parking(self.eta_hold_max, self._ack, self.one_at_a_time)
+        self.every(1.0, lambda: self.parking.release(self._channel))
         self._loops: list[Loop] = []  # the background loops while run() runs
         self.every(1.0, self._watch_loops)
         self._connection_errors: tuple[type[BaseException], ...] = ()
@@ -147,9 +148,9 @@ class Worker(ParkingMixin):
                                 type(loop.died).__name__, loop.died)
                 self.stopping = True
 
-    def send_worker_event(self, type: str) -> None:
+    def send_worker_event(self, kind: str) -> None:
         """``worker-online``, ``worker-heartbeat`` or ``worker-offline`` (worker/events.py); from any thread."""
-        self.events.worker_event(type, active=len(self.active), processed=self.stats.processed)
+        self.events.worker_event(kind, active=len(self.active), processed=self.stats.processed)
 
     def _run_periodic(self) -> None:
         now = time.monotonic()
@@ -251,7 +252,7 @@ class Worker(ParkingMixin):
                                                f"(DEAD_LETTER_QUEUE): {exc}") from exc
             consumers = ConsumerSet(connection, channel, self.hostname, self._task_consumer)
             consumers.start(self.queue_names)
-            parked = self._consume_ready_parked(connection, channel)
+            parked = self.parking.consume_ready(connection, channel)
             logger.info("%s ready: consuming %s from %s", self.hostname, ", ".join(self.queue_names),
                         mask_url(settings.BROKER_URL))
             self._consuming = True
@@ -324,7 +325,7 @@ class Worker(ParkingMixin):
         logger.debug("received task %s[%s]", job.message.task, job.message.id)
         eta = job.message.eta
         park_until = delayed.deliver_at(eta, self.eta_hold_max)
-        if park_until is not None and self._park(job, park_until):
+        if park_until is not None and self.parking.park(job, park_until):
             return
         self.events.task_received(job.message)
         if signals.task_received.receivers:

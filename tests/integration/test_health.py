@@ -273,7 +273,8 @@ class Clockwork:
         self.ready: list = []
         self.rate_limits: list = []
         self.stats = LoopStats()
-        self.pool = SimpleNamespace(free_slots=lambda: free, in_flight=lambda: running, inline_task=None)
+        self.pool = SimpleNamespace(free_slots=lambda: free, in_flight=lambda: running, inline_task=None,
+                                    inline_ended_at=0.0)
 
 
 def test_watchdog_decisions_against_a_real_queue(redis_url, settings, db):

@@ -10,6 +10,7 @@ which any thread may call (control commands are handled in the background).
 
 from __future__ import annotations
 
+import os
 import signal
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,10 +33,28 @@ class Job:
 
 class Pool:
     name = "base"
+    #: a child process is replaced after this many tasks (prefork's ``--max-tasks-per-child``); None: never
+    max_tasks_per_child: int | None = None
+    #: when the last task run in the main thread ended (monotonic seconds); the watchdog reads it (solo)
+    inline_ended_at = 0.0
 
     def __init__(self, concurrency: int, hostname: str, **options: Any):
         self.concurrency = concurrency
         self.hostname = hostname
+
+    @property
+    def inline_task(self) -> str | None:
+        """The id of a task running in the worker's main thread now (solo), else None: a busy main loop
+        is not stuck while it runs one."""
+        return None
+
+    def pids(self) -> list[int]:
+        """The processes that run tasks (``inspect stats``)."""
+        return [os.getpid()]
+
+    def pid_of(self, job: Job) -> int:
+        """The process running ``job`` (``inspect active``)."""
+        return os.getpid()
 
     def start(self) -> None:
         """Create threads or processes."""

@@ -165,6 +165,12 @@ class PreforkPool(Pool):
     def pids(self) -> list[int]:
         return [c.process.pid for c in self._children]
 
+    def pid_of(self, job: Job) -> int:
+        for child in self._children:
+            if child.job is job:
+                return child.process.pid
+        return os.getpid()
+
     def free_slots(self) -> int:
         return sum(1 for c in self._children if c.job is None and not c.doomed and not c.retiring)
 
