@@ -34,6 +34,7 @@ from typing import Any, Callable, Protocol
 from ..conf import settings
 from ..core.options import parse_rate_limit
 from ..core.registry import registry
+from ..lua import load_script
 from .pools.base import Job
 
 logger = logging.getLogger(__name__)
@@ -97,16 +98,9 @@ class OrmStore:
                               f"lost {self.attempts} compare-and-set races in a row")
 
 
-_RESERVE_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local interval = tonumber(ARGV[1])
-local slot = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-local following = slot + interval
-redis.call('SET', KEYS[1], string.format('%.6f', following),
-           'PX', math.ceil((following - now) * 1000) + 60000)
-return string.format('%.6f', slot - now)
-"""
+#: A Redis bucket outlives its last slot by this long (the script's ``${KEEP_AFTER_MS}``).
+KEEP_AFTER_MS = 60_000
+_RESERVE_LUA = load_script(__name__, "reserve_slot.lua", KEEP_AFTER_MS=KEEP_AFTER_MS)
 
 
 class RedisStore:
