@@ -32,23 +32,36 @@ def send(name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Task 
         return task.apply(tuple(args or ()), dict(kwargs or {}), task_id=call.task_id, link=call.link,
                           link_error=call.link_error)
     route = _route(name, call, task)
-    model = _models.get(name, task, conf) if call is NO_CALL_OPTIONS else None
-    if model is not None:
-        task_id = new_id()
-        encoded = model.encoder(task_id, tuple(args or ()), dict(kwargs or {}))
-        if encoded is not None:  # else arguments JSON cannot carry as is: the full path below
-            publish(encoded, route, task_id=task_id, like=model.encoded)
+    if call is NO_CALL_OPTIONS:  # a plain delay(): copy the task's last one when it can
+        task_id = _send_copy(name, args, kwargs, task, conf, route)
+        if task_id is not None:
             return AsyncResult(task_id, task_name=name)
     message = _message(name, args, kwargs, call, task, timezone.now())
     outgoing = _encode(message, call, task, conf)
     publish(outgoing.encoded, route, task_id=outgoing.task_id, deliver_at=outgoing.deliver_at)
     if call is NO_CALL_OPTIONS:
-        _models.keep(name, task, conf, message, outgoing)
+        _templates.keep(name, task, conf, message, outgoing)
     return AsyncResult(outgoing.task_id, task_name=name)
 
 
+def _send_copy(name: str, args: Any, kwargs: Any, task: Task | None, conf: dict[str, Any], route: Route) -> str | None:
+    """The fast path of a plain ``delay()``: publish the task's last plain message with a new id and these
+    arguments (:meth:`~django_tasks_q.core.protocol.TaskMessage.sibling_encoder`), and return the new id;
+    None when there is no template to copy or the arguments need the full path in ``send``. What it
+    publishes is checked against the full path's message by tests/unit/test_fast_paths.py."""
+    template = _templates.get(name, task, conf)
+    if template is None:
+        return None
+    task_id = new_id()
+    encoded = template.encoder(task_id, tuple(args or ()), dict(kwargs or {}))
+    if encoded is None:  # arguments JSON cannot carry as is
+        return None
+    publish(encoded, route, task_id=task_id, like=template.encoded)
+    return task_id
+
+
 @dataclass(frozen=True)
-class _Model:
+class _Template:
     """A task's last plain ``delay()`` message, which the next ones copy (sibling_encoder)."""
 
     task: Any
@@ -57,36 +70,36 @@ class _Model:
     encoder: Callable[[str, tuple | list, dict], EncodedMessage | None]
 
 
-class _Models:
+class _Templates:
     """Per task, the message of a plain ``delay()`` (no options) to copy for the next ones.
 
     Such a call's headers depend only on the task and the settings -- unless
     the task declares ``expires`` in seconds (an absolute time per call) or
     messages are signed (a signature per message): those are always built in
     full. A change of settings (a new settings dict) or of the task object
-    makes a new model.
+    makes a new template.
     """
 
     def __init__(self) -> None:
-        self._models: dict[str, _Model] = {}
+        self._templates: dict[str, _Template] = {}
 
-    def get(self, name: str, task: Task | None, conf: dict[str, Any]) -> _Model | None:
-        model = self._models.get(name)
-        if model is None or model.task is not task or model.conf is not conf:
+    def get(self, name: str, task: Task | None, conf: dict[str, Any]) -> _Template | None:
+        template = self._templates.get(name)
+        if template is None or template.task is not task or template.conf is not conf:
             return None
-        return model
+        return template
 
     def keep(self, name: str, task: Task | None, conf: dict[str, Any], message: TaskMessage,
              outgoing: Outgoing) -> None:
         encoder = _sibling_encoder(message, outgoing)
         if encoder is None or outgoing.deliver_at is not None or message.eta is not None or message.expires is not None:
             return
-        if len(self._models) >= 1024:
-            self._models.clear()
-        self._models[name] = _Model(task, conf, outgoing.encoded, encoder)
+        if len(self._templates) >= 1024:
+            self._templates.clear()
+        self._templates[name] = _Template(task, conf, outgoing.encoded, encoder)
 
 
-_models = _Models()
+_templates = _Templates()
 
 
 def send_many(name: str, calls: Iterable[tuple[Any, Any]], options: dict[str, Any],

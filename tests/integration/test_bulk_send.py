@@ -92,7 +92,7 @@ def test_plain_delays_copy_the_first_message_and_write_what_kombu_writes(redis_u
             {k: v for k, v in first["properties"].items() if k not in ("correlation_id", "delivery_tag")}
         assert {k: v for k, v in message.items() if k not in ("headers", "properties", "body")} == \
             {k: v for k, v in first.items() if k not in ("headers", "properties", "body")}
-    assert calling._models.get(add.name, add, calling.settings.as_dict()) is not None
+    assert calling._templates.get(add.name, add, calling.settings.as_dict()) is not None
     with WorkerProcess(redis_url, "-P", "solo", "-Q", QUEUE, "-n", "plain@%h"):
         assert [r.get(timeout=30) for r in sent] == [3, 7, 'quote " é\\', 11]
 
