@@ -40,7 +40,7 @@ from kombu.exceptions import OperationalError
 from ..broker.connection import mask_url, new_connection
 from ..broker.queues import consumer_queue
 from ..conf import settings
-from .loops import Loop, spawn
+from ..loops import Loop, spawn
 
 if TYPE_CHECKING:
     from .view import WorkerView

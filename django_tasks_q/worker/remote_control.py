@@ -55,10 +55,10 @@ from ..core.options import parse_rate_limit
 from ..core.registry import registry
 from ..core.revoking import parse_signal, revoke
 from ..exceptions import InvalidTaskOptions
+from ..loops import Loop
 from . import control_signing
 from . import events as events_module
 from .control_commands import HANDLERS, INSPECT_COMMANDS, Handler, command, nok, ok  # noqa: F401  (re-exported)
-from .loops import Loop
 from .pools.base import Job
 
 if TYPE_CHECKING:

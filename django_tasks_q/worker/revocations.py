@@ -29,7 +29,7 @@ from django.utils import timezone
 from .. import signals
 from ..core.registry import registry
 from ..core.revoking import parse_signal, revoke
-from .loops import Loop
+from ..loops import Loop
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ free, and acks -- on hand-over by default, after completion with
 tasks). Signal handlers only set flags. The loop survives any error: a lost
 broker connection is re-established with back-off, a bad message is refused.
 
-Beside it, the threads of :meth:`Worker.background_loops` (worker/loops.py),
+Beside it, the threads of :meth:`Worker.background_loops` (loops.py),
 started and stopped in one place, :meth:`Worker.run`.
 """
 
@@ -36,6 +36,7 @@ from ..conf import settings
 from ..core.context import Request
 from ..core.states import TaskState
 from ..exceptions import ImproperlyConfigured, TaskRevokedError
+from ..loops import Loop
 from ..results.backend import get_backend
 from . import deadletter, intake
 from .banner import banner
@@ -44,7 +45,6 @@ from .deliveries import OneAtATime
 from .events import EventDispatcher
 from .handoff import Handoff
 from .limit_overrides import LimitOverrides
-from .loops import Loop
 from .lost_acks import StartedUnacked
 from .monitor import LoopStats, Monitor
 from .parking import Parking
@@ -141,7 +141,7 @@ class Worker:
         return loops
 
     def _watch_loops(self) -> None:
-        """A background loop that died (worker/loops.py) stops the worker, warm: its supervisor starts a new one."""
+        """A background loop that died (loops.py) stops the worker, warm: its supervisor starts a new one."""
         for loop in self._loops:
             if loop.died is not None and not self.stopping:
                 logger.critical("background thread %s died (%s: %s); stopping the worker", loop.name,

@@ -1,9 +1,10 @@
-"""The package's import graph: which modules import each other in a cycle (ARCHITECTURE.md, "Layers").
+"""The package's import graph (ARCHITECTURE.md, "Layers"): no module imports one of a higher tier, and
+no modules import each other in a cycle.
 
 Every import counts, at module level or inside a function, except those under ``if TYPE_CHECKING:``.
-A cycle is a set of modules each of which reaches the others. The cycles that exist are listed below
-with the reason; a new one fails here, and so does one that is gone (take it off the list: the ratchet
-only turns one way).
+A cycle is a set of modules each of which reaches the others. The cycles and upward imports that exist
+are listed below with the reason; a new one fails here, and so does one that is gone (take it off the
+list: the ratchet only turns one way).
 """
 
 from __future__ import annotations
@@ -18,6 +19,33 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {
     frozenset({"core.task", "worker.eager", "worker.executor"}):
         "on purpose: eager mode runs the worker's own executor ladder",
 }
+
+
+#: The tiers of ARCHITECTURE.md's diagram, lowest first: (name, module prefixes). A module is in the tier of
+#: its longest matching prefix; ``models`` (imported by every tier, as Django apps do) is in none.
+TIERS: list[tuple[str, tuple[str, ...]]] = [
+    ("message", ("core.protocol", "core.options", "core.states", "core.routing", "core.registry", "core.signing",
+                 "core.message_signing", "core.wire_values", "core.context", "core.aio", "core", "conf",
+                 "exceptions", "masking", "lua", "loops", "signals", "compat", "extras", "log")),
+    ("calls and stores", ("core.", "broker", "results")),
+    ("worker", ("worker",)),
+    ("surfaces", ("beat", "admin", "web", "contrib", "management", "inspection", "eventreceiver", "eventstore",
+                  "backends", "apps", "checks", "urls")),
+]
+#: module -> module of a higher tier it imports, and why
+KNOWN_UPWARD: dict[tuple[str, str], str] = {
+    ("core.task", "worker.eager"): "on purpose: eager mode runs the worker's own executor ladder",
+}
+
+
+def tier_of(module: str) -> int | None:
+    best: tuple[int, int] | None = None  # (prefix length, tier)
+    for number, (_name, prefixes) in enumerate(TIERS):
+        for prefix in prefixes:
+            matches = module == prefix or module.startswith(prefix if prefix.endswith(".") else prefix + ".")
+            if matches and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), number)
+    return None if best is None else best[1]
 
 
 def module_name(path: Path) -> str:
@@ -58,10 +86,15 @@ def imports_of(path: Path, name: str, modules: set[str]) -> set[str]:
     return found
 
 
-def import_cycles() -> set[frozenset[str]]:
+def import_graph() -> dict[str, set[str]]:
     paths = {module_name(path): path for path in PACKAGE.rglob("*.py") if "migrations" not in path.parts}
     modules = set(paths) - {""}
-    graph = {name: imports_of(paths[name], name, modules) for name in modules}
+    return {name: imports_of(paths[name], name, modules) for name in modules}
+
+
+def import_cycles() -> set[frozenset[str]]:
+    graph = import_graph()
+    modules = set(graph)
     # Tarjan's strongly connected components, iteratively
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -112,6 +145,21 @@ def test_no_import_cycle_but_the_known_ones():
     gone = [sorted(cycle) for cycle in set(KNOWN_CYCLES) - cycles]
     assert not new, f"import cycles not on KNOWN_CYCLES (break them, see ARCHITECTURE.md): {new}"
     assert not gone, f"cycles on KNOWN_CYCLES that are gone: take them off the list: {gone}"
+
+
+def test_every_module_has_a_tier_and_imports_none_above_it():
+    graph = import_graph()
+    untiered = sorted(name for name in graph if tier_of(name) is None and name.split(".")[0] != "models")
+    assert not untiered, f"modules in no tier of TIERS (add them where ARCHITECTURE.md draws them): {untiered}"
+    upward = {(name, target) for name, targets in graph.items() for target in targets
+              if None not in (tier_of(name), tier_of(target)) and tier_of(target) > tier_of(name)}  # type: ignore[operator]
+    assert not upward - set(KNOWN_UPWARD), f"imports of a higher tier: {sorted(upward - set(KNOWN_UPWARD))}"
+    assert not set(KNOWN_UPWARD) - upward, f"gone: take them off KNOWN_UPWARD: {sorted(set(KNOWN_UPWARD) - upward)}"
+
+
+def test_tiers_place_modules_by_their_longest_prefix():
+    assert [tier_of(name) for name in ("core.protocol", "core.calling", "core", "results.redis", "worker.pools.solo",
+                                       "web.api", "conf", "models.beat")] == [0, 1, 0, 1, 2, 3, 0, None]
 
 
 def test_the_cycle_finder_sees_a_cycle(tmp_path, monkeypatch):

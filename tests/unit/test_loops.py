@@ -1,4 +1,4 @@
-"""``worker.loops``: the one helper every background thread of a worker is written with."""
+"""``loops``: the one helper every background thread of a worker is written with."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from django_tasks_q.worker.loops import Loop, spawn
+from django_tasks_q.loops import Loop, spawn
 
 
 def wait_for(condition, timeout: float = 5.0) -> None:
@@ -25,7 +25,7 @@ def test_a_tick_that_raises_is_one_outage_logged_twice_and_the_loop_goes_on(capl
             raise ConnectionError("database went away")
 
     loop = Loop("probe", tick, 0.01, what="read the probe")
-    with caplog.at_level(logging.INFO, logger="django_tasks_q.worker.loops"):
+    with caplog.at_level(logging.INFO, logger="django_tasks_q.loops"):
         loop.start()
         try:
             wait_for(lambda: len(calls) >= 7)
@@ -48,7 +48,7 @@ def test_what_is_not_an_exception_ends_the_thread_and_is_kept_in_died(caplog):
         raise SystemExit(3)
 
     loop = Loop("doomed", tick, 0.01, immediate=True, after=lambda: after.append(True))
-    with caplog.at_level(logging.CRITICAL, logger="django_tasks_q.worker.loops"):
+    with caplog.at_level(logging.CRITICAL, logger="django_tasks_q.loops"):
         loop.start()
         loop.join(5)
     assert not loop.alive and isinstance(loop.died, SystemExit)
@@ -67,7 +67,7 @@ def test_before_immediate_after_and_a_quiet_failure_while_stopping(caplog):
 
     loop = Loop("ordered", tick, 60.0, immediate=True, before=lambda: order.append("before"),
                 after=lambda: order.append("after"))
-    with caplog.at_level(logging.INFO, logger="django_tasks_q.worker.loops"):
+    with caplog.at_level(logging.INFO, logger="django_tasks_q.loops"):
         loop.start()
         wait_for(lambda: "tick" in order)
         loop.stop()
@@ -108,7 +108,7 @@ def test_spawn_runs_once_and_logs_what_it_raises(caplog):
     def boom():
         raise ValueError("no depth")
 
-    with caplog.at_level(logging.ERROR, logger="django_tasks_q.worker.loops"):
+    with caplog.at_level(logging.ERROR, logger="django_tasks_q.loops"):
         thread = spawn("one-off", boom)
         thread.join(5)
     assert thread.name == "one-off" and not thread.is_alive()

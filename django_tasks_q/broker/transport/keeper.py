@@ -7,7 +7,7 @@ long task (a solo pool runs it in the polling thread itself) must not lose
 its messages that way, so this thread, not the polling loop, calls each
 channel's ``extend_reservations()`` every ``extension_interval`` seconds.
 Only a process that stops running (killed, or frozen for longer than the
-timeout) loses its reservations. The thread is a :class:`~django_tasks_q.worker.loops.Loop`;
+timeout) loses its reservations. The thread is a :class:`~django_tasks_q.loops.Loop`;
 a channel's failed round is reported by the transport's ``on_keeper_error``.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ...worker.loops import Loop
+from ...loops import Loop
 
 logger = logging.getLogger(__name__)
 
