@@ -18,7 +18,7 @@ loop reconnect and give back the messages it holds. The thread is a
 :class:`~.loops.Loop` (``remote-control``) whose one round serves until the
 worker stops; a lost connection ends the round, and the loop starts another
 with back-off (1 s, doubling up to 30 s). Handlers read the worker's state (``active``,
-``ready``, ``timers``, held rate-limited jobs) by copying containers the
+``ready``, ``held``, rate-limited jobs) by copying containers the
 main thread mutates; a copy that races a mutation is simply taken again.
 State changes go through what is already thread safe: revokes through the
 database (:func:`~django_tasks_q.core.revoking.revoke`, exactly what ``taskcontrol revoke``
@@ -243,7 +243,7 @@ class RemoteControl:
         return _copy(lambda: list(self.worker.ready)) + self.worker.rate_limits.held_jobs()
 
     def scheduled(self) -> list[tuple[float, Job]]:
-        return sorted(((eta, job) for eta, _seq, job in _copy(lambda: list(self.worker.timers))),
+        return sorted(((eta, job) for eta, _seq, job in _copy(lambda: list(self.worker.held))),
                       key=lambda pair: pair[0])
 
 
@@ -331,7 +331,7 @@ def stats(control: RemoteControl, **kwargs: Any) -> dict[str, Any]:
                  "max-tasks-per-child": pool.max_tasks_per_child or "N/A",
                  "put-guarded-by-semaphore": False, "timeouts": [0, 0]},
         "broker": _broker_info(),
-        "prefetch_count": worker.prefetch + len(worker.timers),
+        "prefetch_count": worker.prefetch + len(worker.held),
         "rusage": _rusage(),
         "sw_ident": events_module.SW_IDENT, "sw_ver": events_module.software_info()["sw_ver"],
     }

@@ -9,7 +9,7 @@ that what they touch is listed here, checked by mypy where
 stand-in.
 
 Reads of a container the main thread mutates (``active``, ``ready``,
-``timers``) copy it first; see ``remote_control._copy``.
+``held``) copy it first; see ``remote_control._copy``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class WorkerView(Protocol):
     stats: LoopStats  # the main loop's counters and stamps, for the watchdog
     active: dict[str, tuple[Job, float]]  # running now: (job, epoch seconds started)
     ready: deque[Job]  # received, waiting for a free slot
-    timers: list[tuple[float, int, Job]]  # eta tasks held here: (eta epoch seconds, seq, job)
+    held: list[tuple[float, int, Job]]  # eta tasks held here (a heap): (eta epoch seconds, seq, job)
     totals: Counter[str]  # finished tasks by name
     rate_limits: RateLimiter
     revocations: RevocationWatch

@@ -78,7 +78,7 @@ class Worker:
         self.prefetch_multiplier = multiplier
         self.prefetch = max(1, self.pool.concurrency * multiplier)
         self.ready: deque[Job] = deque()
-        self.timers: list[tuple[float, int, Job]] = []  # (eta as epoch seconds, seq, job)
+        self.held: list[tuple[float, int, Job]] = []  # (eta as epoch seconds, seq, job)
         self._seq = itertools.count()
         self._channel: Any = None
         self._consuming = False  # connected and consuming since the last connection error
@@ -283,13 +283,13 @@ class Worker:
 
     # -- the loop ------------------------------------------------------
     def _tick(self) -> None:
-        """One pass: due timers to ready, ready jobs to the pool, finished jobs acked."""
+        """One pass: due held tasks to ready, ready jobs to the pool, finished jobs acked."""
         self.stats.tick()
         self.handoff.run_pending()  # queue and pool changes from control commands
         now = time.time()
         self.ready.extendleft(reversed(self.rate_limits.due(now)))  # rate-limited jobs whose slot came
-        while self.timers and self.timers[0][0] <= now:
-            self.ready.append(heapq.heappop(self.timers)[2])
+        while self.held and self.held[0][0] <= now:
+            self.ready.append(heapq.heappop(self.held)[2])
             self._update_qos()
         while self.ready and self.pool.free_slots() > 0 and not self.stopping:
             self._start(self.time_limits.apply(self.ready.popleft()))  # limits set by `time_limit`
@@ -308,8 +308,8 @@ class Worker:
             return
         # idle: wake 4 times a second, so a shutdown signal is acted on within 0.25 s
         timeout = 0.02 if self.pool.in_flight() else 0.25
-        if self.timers:
-            timeout = max(0.0, min(timeout, self.timers[0][0] - time.time()))
+        if self.held:
+            timeout = max(0.0, min(timeout, self.held[0][0] - time.time()))
         timeout = self.rate_limits.cap_timeout(timeout)  # wake for the next rate-limit slot
         try:
             connection.drain_events(timeout=timeout or 0.001)
@@ -337,7 +337,7 @@ class Worker:
         if holds_eta or bool(self.ready) or self.pool.free_slots() == 0:
             self._record_waiting(job)
         if holds_eta:  # due within ETA_HOLD_MAX: held here
-            heapq.heappush(self.timers, (eta.timestamp(), next(self._seq), job))
+            heapq.heappush(self.held, (eta.timestamp(), next(self._seq), job))
             self._update_qos()
         else:
             self.ready.append(job)
@@ -355,7 +355,7 @@ class Worker:
 
     def _update_qos(self) -> None:
         """Held eta tasks must not use up the prefetch window (as Celery does)."""
-        size = self.prefetch + len(self.timers)
+        size = self.prefetch + len(self.held)
         if self._channel is not None and size != self._qos_size:
             self._channel.basic_qos(0, size, False)
             self._qos_size = size
@@ -465,17 +465,17 @@ class Worker:
         while self.pool.in_flight() and not self.cold:
             for job, outcome in self.pool.poll(0.1):
                 self._finish(job, outcome)
-        for job in list(self.ready) + [entry[2] for entry in self.timers] + self.rate_limits.take_all():
+        for job in list(self.ready) + [entry[2] for entry in self.held] + self.rate_limits.take_all():
             self._settle(job, lambda m: m.reject(requeue=True))
         self.ready.clear()
-        self.timers.clear()
+        self.held.clear()
 
     def _forget_unacked(self) -> None:
         """After a lost connection the broker redelivers what we held; drop our copies."""
         self._deliveries.clear()
         self.ready.clear()
         self.rate_limits.take_all()
-        self.timers.clear()
+        self.held.clear()
 
     def _shutdown(self) -> None:
         self.pool.stop(wait=not self.cold)

@@ -46,7 +46,7 @@ def test_request_info_has_celerys_keys_and_lists_follow_the_worker(control):
                                                                + timedelta(seconds=20))
     control.worker.active["run-1"] = (running, 1700000000.5)
     control.worker.ready.append(waiting)
-    heapq.heappush(control.worker.timers, (later.message.eta.timestamp(), 0, later))
+    heapq.heappush(control.worker.held, (later.message.eta.timestamp(), 0, later))
 
     [hidden] = call(control, "active")  # arguments may hold secrets: only given when asked with safe=False
     assert set(hidden) == CELERY_INFO_KEYS and hidden["args"] is None and hidden["kwargs"] is None
