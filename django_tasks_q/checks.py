@@ -20,7 +20,7 @@ from .broker.queues import build_queue
 from .conf import DEFAULTS, settings
 from .exceptions import ImproperlyConfigured
 from .masking import mask_url
-from .results.backend import REDIS_SCHEMES, SUPPORTED, backend_problem
+from .results.backend_setting import REDIS_SCHEMES, SUPPORTED, backend_problem, partial_cache
 
 BROKER_SCHEMES = {"django", "redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "memory"}
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -307,3 +307,20 @@ def check_sqlite_transaction_mode(app_configs: Any = None, **kwargs: Any) -> lis
                 id="django_tasks_q.W002"))
     return warnings
 
+
+
+
+@register(Tags.caches)
+def check_result_cache(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    """W005: ``RESULT_BACKEND`` is a cache alias whose backend cannot share results or count chords across
+    processes. (A missing alias, or ``DummyCache``, which keeps nothing, is E004 from ``check_settings``.)"""
+    value = settings.as_dict()["RESULT_BACKEND"]
+    partial = partial_cache(value)
+    if partial is None:
+        return []
+    alias, backend, what = partial
+    return [Warning(f"TASKS_Q['RESULT_BACKEND'] = {value!r} keeps results in settings.CACHES[{alias!r}], whose "
+                    f"{backend.rpartition('.')[2]} {what}",
+                    hint="point the alias at django-redis (django_redis.cache.RedisCache), Django's RedisCache "
+                         "or memcached, or use RESULT_BACKEND 'django' or 'redis://...'; docs/results.md",
+                    id="django_tasks_q.W005")]

@@ -228,7 +228,7 @@ class chord(Signature):  # noqa: N801 - Celery's name
         body_dict = {**dict(body), "chord_size": len(members)}
         if not backend.counts_chords:
             raise ImproperlyConfigured(
-                f"chord needs a result backend that counts its members ('django' or 'redis://...'), "
+                f"chord needs a result backend that counts its members ('django', 'redis://...' or 'cache'), "
                 f"got RESULT_BACKEND = {mask_url(str(settings.RESULT_BACKEND))!r}")
         backend.start_chord(group_id, body_dict, ids)
         results = []

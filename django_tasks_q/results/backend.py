@@ -1,12 +1,14 @@
 """The result backend interface and the factory that picks one from settings.
 
 A backend records task states (``mark``) and reads them back (``meta``,
-``wait``); the ORM and Redis backends also keep saved groups
+``wait``); the ORM, Redis and cache backends also keep saved groups
 (``save_group``) and count chords (``counts_chords``: ``start_chord``,
 ``on_chord_part_return``), see ``ResultBackend``. ``RESULT_BACKEND``:
 ``"django"`` (the ORM ``TaskResult`` table, default), ``"redis://..."``
-(Celery's Redis layout, see ``results/redis.py``) or ``None`` (results are
-not kept: ``AsyncResult`` stays PENDING).
+(Celery's Redis layout, see ``results/redis.py``), ``"cache"`` or
+``"cache://<alias>"`` (a Django cache alias, ``results/cache.py``) or
+``None`` (results are not kept: ``AsyncResult`` stays PENDING). Which
+values are usable, and why not, is ``results/backend_setting.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..conf import settings
 from ..core.states import EXCEPTION_STATES, READY_STATES, TaskState
 from ..exceptions import ImproperlyConfigured, TaskError, TimeoutError
 from ..masking import mask_url
+from .backend_setting import REDIS_SCHEMES, SUPPORTED, backend_problem, cache_alias
 
 if TYPE_CHECKING:
     from ..core.protocol import TaskMessage
@@ -253,7 +256,8 @@ def get_backend() -> ResultBackend:
 #: BACKEND of a CACHES or TASKS entry, so that the interface does not import its implementations (which
 #: import it).
 IMPLEMENTATIONS = {"django": "django_tasks_q.results.database.DatabaseBackend",
-                   "redis": "django_tasks_q.results.redis.RedisBackend"}
+                   "redis": "django_tasks_q.results.redis.RedisBackend",
+                   "cache": "django_tasks_q.results.cache.CacheBackend"}
 
 
 def _make(value: Any) -> ResultBackend:
@@ -266,39 +270,10 @@ def _make(value: Any) -> ResultBackend:
     problem = backend_problem(value)
     if problem is None and isinstance(value, str) and value.startswith(REDIS_SCHEMES):
         return import_string(IMPLEMENTATIONS["redis"])(value)
+    alias = cache_alias(value)
+    if problem is None and alias is not None:
+        return import_string(IMPLEMENTATIONS["cache"])(alias)
     raise ImproperlyConfigured(f"TASKS_Q['RESULT_BACKEND'] = {mask_url(str(value))!r}: {problem}; {SUPPORTED}")
-
-
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-SUPPORTED = "use 'django', 'redis://host:port/db' (or rediss://) or None"
-
-
-def backend_problem(value: Any) -> str | None:
-    """Why ``value`` is not a usable ``RESULT_BACKEND``, or None (shared by ``_make`` and ``manage.py check``)."""
-    if value is None or value == "django":
-        return None
-    if not isinstance(value, str) or not value.startswith(REDIS_SCHEMES):
-        return "not a supported result backend"
-    from urllib.parse import urlsplit
-
-    from redis.connection import parse_url
-
-    try:
-        parse_url(value)
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError as exc:
-        if "port" in str(exc).lower():  # urllib's message quotes the text it took for a port: a password's tail
-            return ("malformed Redis URL: the port is not a number from 0 to 65535 "
-                    "(percent-encode '/', '?', '#' and '@' in a password)")
-        return f"malformed Redis URL: {exc}"
-    db = parts.path.strip("/")
-    if value.startswith(("redis://", "rediss://")):
-        if not parts.hostname:
-            return "malformed Redis URL: no host (e.g. 'redis://localhost:6379/1')"
-        if db and not db.isdigit():
-            return f"malformed Redis URL: the database after the host must be a number, got {db!r}"
-    return None
 
 
 def is_exception_state(state: str) -> bool:

@@ -1,21 +1,52 @@
-"""What a chord-counting result backend does once a chord has failed: record its body as FAILURE.
+"""What a chord-counting result backend does once a chord's header is decided: send its body, or fail it.
 
-Shared by the ORM counter (``results/database_chords.py``) and Celery's
-Redis chord keys (``results/redis_chords.py``). The body never runs: every
-step of it (a chain body has several) is recorded FAILURE with the
-``ChordError`` under the task id the caller gave it, and the body's
-``link_error`` errbacks are called or sent (``core/callbacks.py``).
+Shared by the ORM counter (``results/database_chords.py``), Celery's Redis
+chord keys (``results/redis_chords.py``) and the cache counter
+(``results/cache_chords.py``), which differ only in how they count.
+
+``send_body`` sends the body with the header's results as its first
+argument; a body that cannot be sent is recorded as failed, never dropped.
+On failure the body never runs: every step of it (a chain body has several)
+is recorded FAILURE with the ``ChordError`` under the task id the caller
+gave it, and the body's ``link_error`` errbacks are called or sent
+(``core/callbacks.py``).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ..core import context
-from ..core.callbacks import call_errbacks
+from ..core.callbacks import call_errbacks, sendable
 from ..core.states import TaskState
 from ..exceptions import ChordError
 from .backend import ResultBackend, describe_exception
+
+logger = logging.getLogger(__name__)
+
+
+def send_body(body: dict, results: list, group_id: str, backend: ResultBackend) -> bool:
+    """Send ``body`` with ``results`` (the header's, in order); False when it could not be sent, which is
+    recorded as the body's failure."""
+    from ..core.canvas import signature
+
+    try:
+        sendable(signature(body)).apply_async((results,))
+    except Exception as exc:  # the body could not be sent: a recorded failure, never a silent drop
+        logger.exception("chord %s: could not send its body %s", group_id, body.get("task"))
+        record_body_failure(body, ChordError(f"chord {group_id}: could not send body {body.get('task')}: "
+                                             f"{type(exc).__name__}: {exc}"), backend)
+        return False
+    return True
+
+
+def fail_for_member(body: dict, group_id: str, member: str, retval: Any, backend: ResultBackend) -> None:
+    """The chord failed because ``member`` (``"task.name[id]"``) ended with ``retval`` (its exception)."""
+    cause = f"{type(retval).__name__}: {retval}" if isinstance(retval, BaseException) else str(retval)
+    error = ChordError(f"chord member {member} failed: {cause}")
+    logger.error("chord %s failed: %s", group_id, error)
+    record_body_failure(body, error, backend)
 
 
 def record_body_failure(body: dict, error: ChordError, backend: ResultBackend) -> None:
@@ -37,4 +68,4 @@ def record_body_failure(body: dict, error: ChordError, backend: ResultBackend) -
     call_errbacks(list(errbacks), request, error, str(error))
 
 
-__all__ = ["record_body_failure"]
+__all__ = ["fail_for_member", "record_body_failure", "send_body"]

@@ -25,9 +25,8 @@ from django.db import router, transaction
 from django.db.models import F
 
 from ..core.states import TaskState
-from ..exceptions import ChordError
 from ..models import ChordCounter, TaskResult
-from .chord_body import record_body_failure
+from .chord_body import fail_for_member, send_body
 
 if TYPE_CHECKING:
     from ..core.protocol import TaskMessage
@@ -91,24 +90,12 @@ def header_results(result_ids: list[str]) -> list[Any]:
 
 
 def _fire(counter: Mapping[str, Any], backend: ResultBackend) -> None:
-    from ..core.canvas import signature
-
-    body = counter["body"]
-    try:
-        signature(body).apply_async((header_results(counter["result_ids"]),))
-    except Exception as exc:  # the body could not be sent: a recorded failure, never a silent drop
-        logger.exception("chord %s: could not send its body %s", counter["group_id"], body.get("task"))
-        record_body_failure(body, ChordError(f"chord {counter['group_id']}: could not send body "
-                                              f"{body.get('task')}: {type(exc).__name__}: {exc}"), backend)
-        return
-    ChordCounter.objects.filter(group_id=counter["group_id"]).delete()
+    if send_body(counter["body"], header_results(counter["result_ids"]), counter["group_id"], backend):
+        ChordCounter.objects.filter(group_id=counter["group_id"]).delete()
 
 
 def _fail_chord(message: TaskMessage, body: dict, retval: Any, backend: ResultBackend, group_id: str) -> None:
-    cause = f"{type(retval).__name__}: {retval}" if isinstance(retval, BaseException) else str(retval)
-    error = ChordError(f"chord member {message.task}[{message.id}] failed: {cause}")
-    logger.error("chord %s failed: %s", group_id, error)
-    record_body_failure(body, error, backend)
+    fail_for_member(body, group_id, f"{message.task}[{message.id}]", retval, backend)
 
 
 def _no_counter(message: TaskMessage) -> None:

@@ -17,13 +17,12 @@ thread keeps its subscription connection from one ``get()`` to the next.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
 import weakref
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..conf import settings
@@ -31,6 +30,7 @@ from ..core.states import READY_STATES, TaskState
 from ..exceptions import TimeoutError
 from ..lua import load_script
 from .backend import ResultBackend, ResultMeta
+from .celery_meta import decode_group, decode_meta, encode_group, encode_meta
 from .redis_keys import GROUP_PREFIX, TASK_PREFIX, group_key, task_key  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ class RedisBackend(ResultBackend):
     # -- writing ---------------------------------------------------------
     def mark(self, task_id: str, state: str, *, result: Any = None, traceback: str = "",
              request: Any = None, task_name: str = "", runtime: float | None = None) -> None:
-        document = json.dumps(self._document(task_id, state, result, traceback, request, task_name))
+        document = encode_meta(task_id, state, result, traceback, request, task_name)
         key = task_key(task_id)
         expires = settings.RESULT_EXPIRES
         with self.client.pipeline(transaction=False) as pipe:
@@ -152,7 +152,7 @@ class RedisBackend(ResultBackend):
         waited for."""
         writer = self._started_writer()
         if writer is not None:
-            document = json.dumps(self._document(task_id, TaskState.STARTED, None, "", request, task_name))
+            document = encode_meta(task_id, TaskState.STARTED, None, "", request, task_name)
             try:
                 writer.write("EVAL", STARTED_SCRIPT, 1, task_key(task_id), document,
                              int(settings.RESULT_EXPIRES or 0), *FINAL_STATES)
@@ -181,28 +181,9 @@ class RedisBackend(ResultBackend):
         self._local.started = held
         return held
 
-    @staticmethod
-    def _document(task_id: str, state: str, result: Any, traceback: str, request: Any,
-                  task_name: str) -> dict[str, Any]:
-        """Celery's ``_get_result_meta`` fields, with ``result_extended``'s request fields."""
-        done = datetime.now(timezone.utc).isoformat() if state in READY_STATES else None
-        document: dict[str, Any] = {"status": state, "result": result, "traceback": traceback or None,
-                                    "children": [], "date_done": done, "task_id": task_id}
-        if request is not None:
-            if getattr(request, "group_id", None):
-                document["group_id"] = request.group_id
-            if getattr(request, "parent_id", None):
-                document["parent_id"] = request.parent_id
-            document.update(name=task_name or request.task, args=list(request.args or ()),
-                            kwargs=dict(request.kwargs or {}), worker=request.hostname, retries=request.retries,
-                            queue=(request.delivery_info or {}).get("routing_key"))
-        elif task_name:
-            document["name"] = task_name
-        return document
-
     # -- reading ---------------------------------------------------------
     def meta(self, task_id: str) -> ResultMeta | None:
-        return _parse(task_id, self.client.get(task_key(task_id)))
+        return decode_meta(task_id, self.client.get(task_key(task_id)))
 
     def forget(self, task_id: str) -> None:
         self.client.delete(task_key(task_id))
@@ -238,7 +219,7 @@ class RedisBackend(ResultBackend):
                 if message is None:
                     found = self.meta(task_id)
                 elif message.get("type") == "message" and message.get("channel") == channel:
-                    found = _parse(task_id, message["data"]) or found
+                    found = decode_meta(task_id, message["data"]) or found
             pubsub.unsubscribe(key)  # sent, not waited for: its confirmation is read (and skipped) next time
             return found
         except TimeoutError:
@@ -265,17 +246,13 @@ class RedisBackend(ResultBackend):
 
     # -- groups (GroupResult.save / restore) -----------------------------
     def save_group(self, group_id: str, task_ids: list[str]) -> None:
-        """Celery's layout: ``{"result": [[group_id, null], [[[task_id, null], null], ...]]}``."""
-        document = {"result": [[group_id, None], [[[task_id, None], None] for task_id in task_ids]]}
+        """Celery's layout (``celery_meta.encode_group``)."""
         expires = settings.RESULT_EXPIRES
-        key = group_key(group_id)
-        self.client.set(key, json.dumps(document), ex=int(expires) if expires else None)
+        self.client.set(group_key(group_id), encode_group(group_id, task_ids), ex=int(expires) if expires else None)
 
     def restore_group(self, group_id: str) -> list[str] | None:
         raw = self.client.get(group_key(group_id))
-        if raw is None:
-            return None
-        return [_member_id(member) for member in json.loads(raw)["result"][1]]
+        return None if raw is None else decode_group(raw)
 
     def delete_group(self, group_id: str) -> None:
         self.client.delete(group_key(group_id))
@@ -294,27 +271,3 @@ class RedisBackend(ResultBackend):
 
         redis_chords.on_chord_part_return(message, state, retval, self)
 
-
-def _member_id(member: Any) -> str:
-    """A member of a saved group: ``[[id, parent], None]`` (a task) or a nested group's tuple."""
-    head = member[0]
-    return str(head[0] if isinstance(head, list) else head)
-
-
-def _parse(task_id: str, raw: bytes | str | None) -> ResultMeta | None:
-    if raw is None:
-        return None
-    document = json.loads(raw)
-    done = document.get("date_done")
-    return ResultMeta(task_id=task_id, state=document.get("status") or "PENDING", result=document.get("result"),
-                      traceback=document.get("traceback") or "",
-                      date_done=_as_datetime(done) if done else None,
-                      task_name=document.get("name") or "", retries=document.get("retries") or 0)
-
-
-def _as_datetime(value: str) -> datetime | None:
-    try:
-        parsed = datetime.fromisoformat(value)
-    except (TypeError, ValueError):
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)

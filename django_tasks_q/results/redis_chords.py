@@ -29,7 +29,7 @@ from ..core.states import PROPAGATE_STATES, TaskState
 from ..exceptions import ChordError
 from ..lua import load_script
 from .backend import describe_exception
-from .chord_body import record_body_failure
+from .chord_body import record_body_failure, send_body
 from .redis_keys import group_key
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def count_member(backend: RedisBackend, group_id: str, task_id: str, group_index
             logger.error("%s", error)
             record_body_failure(body, error, backend)
         else:
-            _send_body(body, [m[3] for m in members], group_id, backend)
+            send_body(body, [m[3] for m in members], group_id, backend)
     finally:
         _cleanup(backend, keys, token)
 
@@ -118,18 +118,6 @@ def _script(backend: RedisBackend) -> Any:
     if script is None:
         script = _scripts.setdefault(id(client), client.register_script(PART_RETURN))
     return script
-
-
-def _send_body(body: dict, results: list, group_id: str, backend: RedisBackend) -> None:
-    from ..core.callbacks import sendable
-    from ..core.canvas import signature
-
-    try:
-        sendable(signature(body)).apply_async((results,))
-    except Exception as exc:  # the body could not be sent: a recorded failure, never a silent drop
-        logger.exception("chord %s: could not send its body %s", group_id, body.get("task"))
-        record_body_failure(body, ChordError(f"chord {group_id}: could not send body {body.get('task')}: "
-                                             f"{type(exc).__name__}: {exc}"), backend)
 
 
 def _cleanup(backend: RedisBackend, keys: list[str], token: str) -> None:

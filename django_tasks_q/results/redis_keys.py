@@ -1,7 +1,8 @@
 """Celery's key layout in Redis: one key per task result, one per saved group, the chord keys beside it.
 
 Kept apart from the backend (results/redis.py) and the chord counting (results/redis_chords.py), which both
-name keys, so that neither imports the other.
+name keys, so that neither imports the other; the cache backend (results/cache.py, results/cache_chords.py)
+names its cache keys the same way.
 """
 
 TASK_PREFIX = "celery-task-meta-"

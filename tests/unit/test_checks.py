@@ -11,6 +11,7 @@ from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
 from django_tasks_q.checks import check_settings
+from django_tasks_q.exceptions import ImproperlyConfigured
 
 KEY, OLD_KEY = "k" * 32, "o" * 32  # a signing key must be at least 32 bytes
 
@@ -91,6 +92,69 @@ def test_unsupported_result_backend():
     errors = errors_for({"RESULT_BACKEND": "mongodb://localhost/results"})
     assert [e.id for e in errors] == ["django_tasks_q.E004"]
     assert "RESULT_BACKEND" in errors[0].msg and "mongodb://localhost/results" in errors[0].msg
+
+
+LOCMEM = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+DJANGO_REDIS = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://127.0.0.1:6379/2"}
+
+
+@pytest.mark.parametrize(("value", "caches", "problem"), [
+    ("cache://results", {"default": LOCMEM, "sessions": LOCMEM},
+     "cache alias 'results' is not in settings.CACHES (its aliases: 'default', 'sessions')"),
+    ("cache://", {"default": LOCMEM}, "no cache alias after 'cache://'"),
+    ("cache", {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}},
+     "settings.CACHES['default'] is DummyCache, which keeps nothing"),
+])
+def test_a_cache_result_backend_that_cannot_keep_results_is_an_error(value, caches, problem):
+    from django_tasks_q.results.backend import _make
+
+    with override_settings(CACHES=caches):
+        errors = errors_for({"RESULT_BACKEND": value})
+        assert [e.id for e in errors] == ["django_tasks_q.E004"]
+        assert errors[0].msg.startswith(f"TASKS_Q['RESULT_BACKEND']: {value!r}: {problem}")
+        assert "'cache://<alias>'" in errors[0].hint
+        with pytest.raises(ImproperlyConfigured) as raised:  # the worker refuses it with the same words
+            _make(value)
+        assert f"TASKS_Q['RESULT_BACKEND'] = {value!r}: {problem}" in str(raised.value)
+
+
+@pytest.mark.parametrize(("backend", "says"), [
+    ("django.core.cache.backends.locmem.LocMemCache", "keeps entries in each process's own memory"),
+    ("django.core.cache.backends.filebased.FileBasedCache", "implements incr() as a read then a write"),
+    ("django.core.cache.backends.db.DatabaseCache", "implements incr() as a read then a write"),
+])
+def test_a_cache_result_backend_on_a_process_local_or_non_atomic_cache_is_warned(backend, says):
+    from django_tasks_q.checks import check_result_cache
+
+    with override_settings(CACHES={"default": DJANGO_REDIS, "results": {"BACKEND": backend, "LOCATION": "x"}},
+                           TASKS_Q={"RESULT_BACKEND": "cache://results"}):
+        assert check_settings() == []
+        warnings = check_result_cache()
+    assert [w.id for w in warnings] == ["django_tasks_q.W005"]
+    assert warnings[0].msg.startswith("TASKS_Q['RESULT_BACKEND'] = 'cache://results' keeps results in "
+                                      f"settings.CACHES['results'], whose {backend.rpartition('.')[2]} {says}")
+    assert "django_redis.cache.RedisCache" in warnings[0].hint
+
+
+@pytest.mark.parametrize("value", ["cache", "cache://results"])
+def test_a_cache_result_backend_on_django_redis_is_clean(value):
+    from django_tasks_q.checks import check_result_cache
+    from django_tasks_q.results.backend import _make
+    from django_tasks_q.results.cache import CacheBackend
+
+    with override_settings(CACHES={"default": DJANGO_REDIS, "results": DJANGO_REDIS},
+                           TASKS_Q={"RESULT_BACKEND": value}):
+        assert check_settings() == [] and check_result_cache() == []
+        made = _make(value)
+    assert isinstance(made, CacheBackend) and made.alias == ("default" if value == "cache" else "results")
+
+
+def test_the_cache_check_leaves_other_result_backends_alone():
+    from django_tasks_q.checks import check_result_cache
+
+    for value in ("django", None, "redis://localhost:6379/1", "cache://missing"):  # the last one is E004's
+        with override_settings(TASKS_Q={"RESULT_BACKEND": value}):
+            assert check_result_cache() == []
 
 
 def test_prefetch_multiplier_must_be_positive():

@@ -447,7 +447,7 @@ def test_a_member_of_a_chord_without_a_size_key_is_reported_not_dropped(backend,
     ("redis://localhost:notaport/1", "the port is not a number"),
     ("redis://localhost:6379/results", "the database after the host must be a number, got 'results'"),
     ("redis://", "no host"),
-    ("cache", "not a supported result backend"),
+    ("memcached://localhost:11211", "not a supported result backend"),
 ])
 def test_a_malformed_result_backend_is_named_by_check_and_refused(settings, value, problem):
     settings.TASKS_Q = {**settings.TASKS_Q, "RESULT_BACKEND": value}
