@@ -94,14 +94,14 @@ def test_early_acks_get_no_reply_and_apply_in_order(redis_url):
     they apply in order, and the next call that waits reads its own reply."""
     with connect(redis_url) as connection:
         channel = connection.default_channel
-        channel.raw_call(resp("SET", "quiet", 1), 1, wait=False)
-        channel.raw_call(resp("INCR", "quiet"), 1, wait=False)
-        assert not replied(channel._raw_connection._sock), "Redis replied to a write that does not wait"
-        assert channel.raw_call(resp("GET", "quiet"), 1) == [b"2"]
-        assert channel.raw_call(resp("INCR", "quiet"), 1) == [3]
-        channel.raw_call(resp("INCR", "quiet"), 1, wait=False)  # quiet again after a call that waited
-        assert not replied(channel._raw_connection._sock)
-        assert channel.raw_call(resp("GET", "quiet"), 1) == [b"4"]
+        channel.raw.call(resp("SET", "quiet", 1), 1, wait=False)
+        channel.raw.call(resp("INCR", "quiet"), 1, wait=False)
+        assert not replied(channel.raw.connection._sock), "Redis replied to a write that does not wait"
+        assert channel.raw.call(resp("GET", "quiet"), 1) == [b"2"]
+        assert channel.raw.call(resp("INCR", "quiet"), 1) == [3]
+        channel.raw.call(resp("INCR", "quiet"), 1, wait=False)  # quiet again after a call that waited
+        assert not replied(channel.raw.connection._sock)
+        assert channel.raw.call(resp("GET", "quiet"), 1) == [b"4"]
 
 
 def test_early_acks_reach_redis_with_the_next_call_that_waits(redis_url):
@@ -110,12 +110,12 @@ def test_early_acks_reach_redis_with_the_next_call_that_waits(redis_url):
     client = redis.Redis.from_url(redis_url)
     with connect(redis_url) as connection:
         channel = connection.default_channel
-        channel.raw_call(resp("PING"), 1)  # connected and probed
+        channel.raw.call(resp("PING"), 1)  # connected and probed
         before = client.info("stats")["total_reads_processed"]
         for _ in range(10):
-            channel.raw_call(resp("INCR", "held"), 1, wait=False)
+            channel.raw.call(resp("INCR", "held"), 1, wait=False)
             time.sleep(0.002)  # long enough for Redis to read each write on its own, were it sent
-        assert channel.raw_call(resp("GET", "held"), 1) == [b"10"]
+        assert channel.raw.call(resp("GET", "held"), 1) == [b"10"]
         reads = client.info("stats")["total_reads_processed"] - before  # the GET's and this INFO's: 2
         assert reads <= 4, f"Redis read {reads} times for 10 held writes and a GET: each write woke it"
 
@@ -126,8 +126,8 @@ def test_a_held_early_ack_lands_without_a_later_call(redis_url):
     client = redis.Redis.from_url(redis_url)
     with connect(redis_url) as connection:
         channel = connection.default_channel
-        channel.raw_call(resp("PING"), 1)
-        channel.raw_call(resp("SET", "alone", 1), 1, wait=False)
+        channel.raw.call(resp("PING"), 1)
+        channel.raw.call(resp("SET", "alone", 1), 1, wait=False)
         deadline = time.monotonic() + 2
         while client.get("alone") is None:
             assert time.monotonic() < deadline, "a held ack had not reached Redis 2 s later"
@@ -142,9 +142,9 @@ from django_tasks_q.broker.transport.redis_sends import resp
 connection = Connection(sys.argv[1])
 connection.transport_cls = Transport
 channel = connection.default_channel
-channel.raw_call(resp("PING"), 1)
+channel.raw.call(resp("PING"), 1)
 for _ in range(5):
-    channel.raw_call(resp("INCR", "killed"), 1, wait=False)
+    channel.raw.call(resp("INCR", "killed"), 1, wait=False)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -165,13 +165,13 @@ def test_held_early_acks_land_when_the_process_is_killed(redis_url):
 def test_without_client_reply_one_early_ack_is_in_flight_at_a_time(redis_without_client_reply):
     with connect(redis_without_client_reply) as connection:
         channel = connection.default_channel
-        channel.raw_call(resp("SET", "owed", 1), 1, wait=False)
-        assert replied(channel._raw_connection._sock), "the reply is owed, to be read before the next write"
-        channel.raw_call(resp("INCR", "owed"), 1, wait=False)  # read the SET's reply first, then wrote
-        sock = channel._raw_connection._sock
-        assert replied(sock) and channel._raw_pending == 1
+        channel.raw.call(resp("SET", "owed", 1), 1, wait=False)
+        assert replied(channel.raw.connection._sock), "the reply is owed, to be read before the next write"
+        channel.raw.call(resp("INCR", "owed"), 1, wait=False)  # read the SET's reply first, then wrote
+        sock = channel.raw.connection._sock
+        assert replied(sock) and channel.raw.pending == 1
         assert sock.recv(64, socket.MSG_PEEK) == b":2\r\n", "more than the last write's reply was owed"
-        assert channel.raw_call(resp("GET", "owed"), 1) == [b"2"]
+        assert channel.raw.call(resp("GET", "owed"), 1) == [b"2"]
 
 
 @pytest.mark.parametrize("server", ["redis_url", "redis_without_client_reply"])
@@ -204,7 +204,7 @@ def test_consumer_takes_back_to_back_and_its_acks_land(server, request):
         client.script_flush()  # as a new or restarted Redis would have it
         drain(connection, 1.5)
         assert [item["n"] for item in got] == list(range(30))
-        channel.close_raw_connection(settle=True)  # quiet acks have no reply: Redis reads them after the close
+        channel.raw.close(settle=True)  # quiet acks have no reply: Redis reads them after the close
         wait_for(lambda: client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0, "an ack did not land")
 
 
@@ -260,7 +260,7 @@ def test_the_take_records_what_kombu_would_and_sets_aside_what_is_not_a_message(
         assert [tag for _, tag in records][1] == "reordered-tag"
         assert "decoy" not in [tag for _, tag in records]
         assert client.lrange("tasksq.dead.raw", 0, -1) == [*reversed(poisons), deep, b"\xff not json"]
-        consuming.close_raw_connection(settle=True)  # the last acks, held for the next take, go now
+        consuming.raw.close(settle=True)  # the last acks, held for the next take, go now
         wait_for(lambda: client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0, "an ack did not land")
 
 
@@ -483,7 +483,7 @@ def test_an_error_answer_to_the_wait_gives_back_what_the_take_behind_it_took(red
         consuming.drain_events(timeout=2)
         assert [message.payload for message in got] == [{"n": 1}]
         got[0].ack()
-        consumer.channel.close_raw_connection(settle=True)  # the held ack goes now
+        consumer.channel.raw.close(settle=True)  # the held ack goes now
         wait_for(lambda: client.hlen("unacked") == 0, "the ack did not land")
 
 

@@ -14,8 +14,14 @@ publish path, each something kombu redoes for every message:
   declarations are seen at once and another process's new binding within
   the TTL.
 
-The sending side (bulk sends, parking, refusing a task no binding routes) is
-:mod:`django_tasks_q.broker.transport.redis_sends`.
+One class per kombu class it extends, and each lists in its docstring the
+kombu hooks it overrides, why, in one line each (a unit test,
+``tests/unit/test_redis_channel_hooks.py``, fails on an override that is not
+listed). The logic behind the longer hooks lives in helpers the channel is
+composed of, each reaching the channel through one typed attribute:
+:class:`~.redis_takes.Takes` (consuming), :class:`~.redis_sends.Sends`
+(sending: bulk sends, parking, refusing a task no binding routes) and
+:class:`~.redis_raw.RawConnection` (the channel's own connection).
 
 Topic exchanges match as AMQP does (:mod:`django_tasks_q.broker.topic`):
 ``media.#`` also matches ``media``, which kombu's own matcher does not.
@@ -62,7 +68,7 @@ round trip from a message's arrival to its delivery). The consuming side is
 A message that arrives without a token (sent by a Celery client, or given
 back by kombu's restore) is found within ``brpop_timeout`` (1 s), since the
 consumer looks again after every wait. Early acks are written without a
-reply (``CLIENT REPLY OFF``; see :meth:`Channel.raw_call`).
+reply (``CLIENT REPLY OFF``; see :meth:`.redis_raw.RawConnection.call`).
 
 Selected automatically for ``redis://`` and ``rediss://`` broker URLs by
 :func:`django_tasks_q.broker.connection.new_connection`.
@@ -70,107 +76,153 @@ Selected automatically for ``redis://`` and ``rediss://`` broker URLs by
 
 from __future__ import annotations
 
-import logging
-import socket
-import ssl
 from contextlib import contextmanager
 from queue import Empty
 from time import monotonic, time
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
 from ..delayed import REDIS_KEY, RELEASE_LEAD
 from ..topic import TopicExchange
 from .keeper import KeeperMixin, held_tags
+from .redis_raw import RawConnection
 from .redis_scripts import RELEASE_SCRIPT
-from .redis_sends import SendsMixin, bulk_string, resp
-from .redis_takes import Take, TakesMixin
+from .redis_sends import Sends, bulk_string
+from .redis_takes import Takes
 
 RELEASE_BATCH = 1000
-#: Early acks go out between these two (raw_call): Redis sends no reply to what it receives in between.
-REPLY_OFF = resp("CLIENT", "REPLY", "OFF")
-REPLY_ON = resp("CLIENT", "REPLY", "ON")
-logger = logging.getLogger(__name__)
-
-
-
-def held_writes_flag(sock: Any) -> int:
-    """``MSG_MORE`` for a plain TCP socket (Linux), else 0. The kernel then holds a quiet write
-    until the next write without the flag, the socket's close (a killed process's included) or its
-    zero-window probe timer (0.2 s on a local network), so a batch's acks reach Redis with the
-    next take: one wake-up of Redis per batch instead of one per ack. TLS sockets refuse flags."""
-    more = getattr(socket, "MSG_MORE", 0)
-    if isinstance(sock, ssl.SSLSocket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return 0
-    return more
 
 
 class QoS(kombu_redis.QoS):
+    """kombu's Redis QoS, with acks written by the channel's raw connection.
+
+    kombu hooks it overrides:
+
+    - ``__init__``: encodes the fixed parts of an ack's two commands once
+    - ``ack``: writes the ack as raw RESP without waiting for a reply (:meth:`.RawConnection.call`)
+    - ``append``: skips kombu's unacked write for a message the take script recorded already
+    """
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._raw: RawConnection = self.channel.raw
+        self._takes: Takes = self.channel.takes
         # the two commands of an ack with their fixed parts encoded once: only the tag changes
         self._zrem = b"*3\r\n$4\r\nZREM\r\n" + bulk_string(self.unacked_index_key.encode())
         self._hdel = b"*3\r\n$4\r\nHDEL\r\n" + bulk_string(self.unacked_key.encode())
 
     def ack(self, delivery_tag: str) -> None:
         """kombu's ack (drop the tag from the unacked index and hash), once per task run, as raw RESP on
-        the consumer's own connection (:meth:`Channel.raw_call`), without waiting for a reply: the
-        task starts while the ack travels, as an AMQP ack does (see ``raw_call`` for why it still
-        lands before the task could be given back, and why Redis sends no reply to it)."""
+        the consumer's own connection, without waiting for a reply: the task starts while the ack
+        travels, as an AMQP ack does (see :meth:`.RawConnection.call` for why it still lands before
+        the task could be given back, and why Redis sends no reply to it)."""
         tag = bulk_string(delivery_tag.encode())
-        self.channel.raw_call(self._zrem + tag + self._hdel + tag, 2, wait=False)
+        self._raw.call(self._zrem + tag + self._hdel + tag, 2, wait=False)
         kombu_redis.virtual.QoS.ack(self, delivery_tag)
 
     def append(self, message: Any, delivery_tag: str) -> None:
-        if delivery_tag == self.channel._held_by_script:  # POP_SCRIPT recorded it already
+        if delivery_tag == self._takes.held_by_script:  # the take script recorded it already
             kombu_redis.virtual.QoS.append(self, message, delivery_tag)
         else:
             super().append(message, delivery_tag)
 
 
-class Channel(SendsMixin, TakesMixin, kombu_redis.Channel):
+class Channel(kombu_redis.Channel):
+    """kombu's Redis channel, composed with :class:`Takes`, :class:`Sends` and a :class:`RawConnection`.
+
+    kombu hooks it overrides (methods):
+
+    - ``__init__``: makes the helpers (before kombu's set-up, which may already call the hooks below)
+    - ``_brpop_start``: waits for a wake token with a take queued behind the wait (:meth:`.Takes.brpop_start`)
+    - ``_brpop_read``: reads the wait's and the take's answers, delivers what it took (:meth:`.Takes.brpop_read`)
+    - ``_poll_error``: a wait with a take behind it owes two answers: drops the connection instead
+    - ``_put``: parks a message with the park header; pushes a wake token with each message (:meth:`.Sends.put`)
+    - ``basic_publish``: refuses a task no binding routes instead of dropping it (:meth:`.Sends.refuse_unroutable`)
+    - ``basic_consume``: starts the keeper; remembers no_ack queues, whose takes are not recorded unacked
+    - ``_basic_cancel``: forgets a cancelled no_ack queue
+    - ``_get_message_priority``: files priority ``p`` under ``9 - p``, so that 9 runs first as on other brokers
+    - ``conn_or_acquire``: one client per channel instead of one per command
+    - ``get_table``: caches the exchange's binding table for ``binding_cache_ttl`` seconds
+    - ``_queue_bind``: forgets the cached table on a new binding
+    - ``_delete``: forgets the cached table of a deleted queue's exchange
+    - ``_on_connection_disconnect``: drops the client, the raw connection and the take queued behind a wait
+    - ``close``: reads the replies still owed on the raw connection first
+
+    kombu settings it overrides (class attributes):
+
+    - ``QoS``: our :class:`QoS`
+    - ``from_transport_options``: adds ``binding_cache_ttl`` to kombu's transport options
+    - ``exchange_types``: topic exchanges match as AMQP does (``media.#`` matches ``media``)
+    - ``priority_steps``: ten steps (0-9) instead of kombu's four
+    - ``visibility_timeout``: 60 s instead of an hour, kept fresh by the keeper while the consumer lives
+    - ``unacked_mutex_expire``: 30 s instead of 300: a worker killed mid-sweep stops every sweep that long
+    - ``brpop_timeout``: 1 s, kombu 5.5's fixed wait (kombu 5.6 made it configurable, set per channel)
+    """
+
     QoS = QoS
     from_transport_options = (  # type: ignore[assignment, unused-ignore]  # kombu infers a fixed-length tuple
         *kombu_redis.Channel.from_transport_options, "binding_cache_ttl")
     binding_cache_ttl: float = 1.0
-    # kept fresh by the keeper while the consumer lives
     visibility_timeout: float = 60.0  # type: ignore[assignment, unused-ignore]  # kombu infers int
-    # kombu's 300 s: a worker killed during its restore sweep would stop every sweep for five minutes
     unacked_mutex_expire: int = 30
     priority_steps = list(range(10))
-    exchange_types = {**kombu_redis.Channel.exchange_types, "topic": TopicExchange}  # AMQP's # and *
-    # kombu 5.6 made a wait's length configurable (and sets it per channel); kombu 5.5 always waited 1 s
+    exchange_types = {**kombu_redis.Channel.exchange_types, "topic": TopicExchange}
     brpop_timeout: float = 1.0
+    # kombu's own, declared (not set) with what they hold: the connection a wait is in flight on, and
+    # when the wait went out (kombu infers bool and None from its defaults)
+    _in_poll: Any
+    _brpop_sent_at: Any
 
     if not hasattr(kombu_redis.Channel, "_flush_brpop_reauth"):
         def _flush_brpop_reauth(self) -> None:
             """kombu 5.7 re-authenticates the BRPOP connection here (streaming credentials); older kombu
             has no such credentials."""
 
-    def _get_message_priority(self, message: dict, reverse: bool = False) -> int:
-        # kombu asks for the plain value when it files a message; we file it inverted
-        return super()._get_message_priority(message, reverse=not reverse)
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._sync_client: Any = None
         self._tables: dict[str, tuple[float, list]] = {}
-        self._held_by_script: str | None = None
-        self._unrecorded: set[str] = set()  # queues consumed with no_ack (remote control's replies)
         self._scripts_client: Any = None
         self._scripts: dict[str, Any] = {}
-        self._raw_connection: Any = None
-        self._raw_pending = 0  # replies owed on the raw connection (raw_call(wait=False), replies on)
-        self._replies_off = False  # the raw connection is in CLIENT REPLY OFF (quiet writes since)
-        self._can_silence: bool | None = None  # does the server take CLIENT REPLY? (asked once per connection)
-        self._shas: dict[str, str] = {}
-        self._found_last_time = True  # look before the first wait
-        self._queued_take: Take | None = None  # the take behind the wait in flight (_brpop_start)
-        self._raw_sock: Any = None  # the socket the reply mode below was set on
-        self._hold_flag = 0  # MSG_MORE where the raw socket takes it (held_writes_flag)
+        self.raw = RawConnection(self)
+        self.takes = Takes(self)
+        self.sends = Sends(self)
         super().__init__(*args, **kwargs)
+
+    # -- kombu's hooks -------------------------------------------------------------------------------
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        self.takes.brpop_start(timeout)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        return self.takes.brpop_read(**options)
+
+    def _poll_error(self, type: str, **options: Any) -> None:
+        if not self.takes.drop_wait(type):
+            super()._poll_error(type, **options)
+
+    def _put(self, queue: str, message: dict, **kwargs: Any) -> None:
+        self.sends.put(queue, message)
+
+    def basic_publish(self, message: dict, exchange: str, routing_key: str, **kwargs: Any) -> Any:
+        self.sends.refuse_unroutable(message, exchange, routing_key)
+        return super().basic_publish(message, exchange, routing_key, **kwargs)
+
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        self.connection.keep_claims()
+        if no_ack:  # nobody will ack what this consumer takes: the take must not record it unacked
+            self.takes.unrecorded.add(queue)
+        else:
+            self.takes.unrecorded.discard(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def _basic_cancel(self, consumer_tag: str) -> Any:
+        self.takes.unrecorded.discard(self._tag_to_queue.get(consumer_tag))
+        return super()._basic_cancel(consumer_tag)
+
+    def _get_message_priority(self, message: dict, reverse: bool = False) -> int:
+        # kombu asks for the plain value when it files a message; we file it inverted
+        return super()._get_message_priority(message, reverse=not reverse)
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None):
@@ -180,153 +232,6 @@ class Channel(SendsMixin, TakesMixin, kombu_redis.Channel):
         if self._sync_client is None:
             self._sync_client = self._create_client()
         yield self._sync_client
-
-    # -- the consumer's hot path: raw RESP on a connection of its own ---------------------------
-
-    def raw_call(self, packed: bytes, replies: int, *, wait: bool = True) -> list:
-        """Write ``packed`` commands on this channel's own connection and read their ``replies`` replies.
-
-        Used once or twice per task run (take, ack) and once per send: redis-py's pooled path --
-        take a connection, health-check it, pack, release -- cost more than
-        the round trip itself. Any error (the connection broke, or Redis
-        answered an error) drops the connection, so no reply is left unread
-        on it, and is raised; the next call reconnects.
-
-        ``wait=False`` (the early ack) returns once the commands are written,
-        and Redis is asked not to reply to them (``CLIENT REPLY OFF`` until
-        the next call that waits, which turns replies back on first); the
-        kernel holds the write until that call (:func:`held_writes_flag`), so
-        Redis wakes once per batch of acks, not once per ack. No replies,
-        because of a worker killed while a write is in flight: a socket closed
-        with unread data sends an RST instead of a FIN, and an RST can make
-        Redis discard a write it has not read yet -- an ack lost, its task run
-        twice. With no replies there is never unread data, so the close is a
-        FIN, read after every write before it. (Waiting for each reply
-        instead cost a round trip per task: 40 to 45 us here.) What is given
-        up is the ack's own error reply: an ack Redis refused (``MISCONF``, a
-        replica's ``READONLY``) is not reported; the next take, which writes
-        too, is -- and a started task whose ack did not land is acked, not
-        run, when it comes back to this worker, as when the connection breaks
-        (``Worker._already_started``).
-
-        A server that does not take ``CLIENT REPLY`` (some proxies) is asked
-        once per connection; there each ``wait=False`` call owes its replies,
-        which the next call reads before it writes, so that at most one write
-        is ever in flight and a close sends an RST only after Redis answered
-        (and so had read) the last write.
-        """
-        connection = self._raw_connection
-        if connection is None:
-            with self.conn_or_acquire() as client:
-                connection = self._raw_connection = client.connection_pool.make_connection()
-        try:
-            if connection._sock is None or connection._sock is not self._raw_sock:  # new, or reconnected
-                connection.connect()
-                self._raw_sock, self._raw_pending, self._replies_off, self._can_silence = \
-                    connection._sock, 0, False, None
-                self._hold_flag = held_writes_flag(connection._sock)
-            if not wait and self._silenceable(connection):
-                try:
-                    connection._sock.sendall(packed if self._replies_off else REPLY_OFF + packed, self._hold_flag)
-                except OSError as exc:
-                    raise RedisConnectionError(f"redis:// writing an early ack failed: {exc}") from exc
-                self._replies_off = True
-                return []
-            while self._raw_pending:
-                self._raw_pending -= 1
-                connection.read_response()
-            if self._replies_off:  # CLIENT REPLY ON answers OK: read it first
-                connection.send_packed_command([REPLY_ON + packed], check_health=False)
-                self._replies_off = False
-                connection.read_response()
-            else:
-                connection.send_packed_command([packed], check_health=False)
-            if not wait:
-                self._raw_pending = replies
-                return []
-            return [connection.read_response() for _ in range(replies)]
-        except BaseException:
-            self.close_raw_connection()
-            raise
-
-    def _silenceable(self, connection: Any) -> bool:
-        """Does the server behind ``connection`` honour ``CLIENT REPLY``? Asked once per connection:
-        ``OFF``, ``ON``, ``PING`` answer exactly ``OK`` then ``PONG`` where it does; a server that
-        refuses the command, or answers ``OFF`` anyway, answers three times."""
-        if self._can_silence is None:
-            connection.send_packed_command([REPLY_OFF + REPLY_ON + resp("PING")], check_health=False)
-            replies: list = []
-            while len(replies) < 3:
-                try:
-                    replies.append(connection.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-                if replies[-1] in (b"PONG", "PONG"):
-                    break
-            self._can_silence = len(replies) == 2
-            if not self._can_silence:
-                logger.info("redis:// the server does not honour CLIENT REPLY: early acks wait for their reply")
-        return self._can_silence
-
-    def close_raw_connection(self, *, settle: bool = False) -> None:
-        """Drop the raw connection; with ``settle``, first read the replies still owed (a clean close)."""
-        connection, self._raw_connection = self._raw_connection, None
-        pending, self._raw_pending = self._raw_pending, 0
-        self._replies_off = False  # quiet writes need no settling: Redis reads them before the FIN
-        if connection is None:
-            return
-        try:
-            if settle:
-                for _ in range(pending):
-                    connection.read_response()
-        except Exception:
-            logger.warning("redis:// an unconfirmed ack failed while the channel closed", exc_info=True)
-        finally:
-            connection.disconnect()
-
-    def _script(self, client: Any, source: str) -> Any:
-        """The registered script for ``client``, made once: registering hashes the source every time."""
-        if self._scripts_client is not client:
-            self._scripts_client, self._scripts = client, {}
-        if source not in self._scripts:
-            self._scripts[source] = client.register_script(source)
-        return self._scripts[source]
-
-    def release_parked(self) -> int:
-        """Move parked messages due within ``RELEASE_LEAD`` seconds to their lists; the number moved."""
-        moved = 0
-        with self.conn_or_acquire() as client:
-            release = self._script(client, RELEASE_SCRIPT)
-            while True:
-                count = int(release(keys=[REDIS_KEY], args=[time() + RELEASE_LEAD, RELEASE_BATCH]))
-                moved += count
-                if count < RELEASE_BATCH:
-                    return moved
-
-    # -- unacked messages stay ours while we live ----------------------------------------
-
-    @property
-    def extension_interval(self) -> float:
-        return float(self.visibility_timeout) / 3
-
-    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
-        self.connection.keep_claims()
-        if no_ack:  # nobody will ack what this consumer takes: the take must not record it unacked
-            self._unrecorded.add(queue)
-        else:
-            self._unrecorded.discard(queue)
-        return super().basic_consume(queue, no_ack, *args, **kwargs)
-
-    def _basic_cancel(self, consumer_tag: str) -> Any:
-        self._unrecorded.discard(self._tag_to_queue.get(consumer_tag))
-        return super()._basic_cancel(consumer_tag)
-
-    def extend_reservations(self) -> None:
-        """Refresh the unacked-index score of every message this channel holds (called by the keeper)."""
-        held = held_tags(self._qos)
-        if held:
-            with self.conn_or_acquire() as client:
-                client.zadd(self.unacked_index_key, dict.fromkeys(held, time()), xx=True)
 
     def get_table(self, exchange: str) -> list:
         cached = self._tables.get(exchange)
@@ -347,27 +252,80 @@ class Channel(SendsMixin, TakesMixin, kombu_redis.Channel):
 
     def _on_connection_disconnect(self, connection: Any) -> None:
         self._sync_client = None
-        if connection is self._in_poll:
-            self._queued_take = None  # its answer went with the connection
-        self.close_raw_connection()
+        self.takes.forget_queued(connection)  # its answer went with the connection
+        self.raw.close()
         super()._on_connection_disconnect(connection)
 
     def close(self) -> None:
-        self.close_raw_connection(settle=True)
+        self.raw.close(settle=True)
         super().close()
+
+    # -- ours: bulk sends (broker/publisher.py), parking (worker/parking.py), the keeper -------------
+
+    def put_messages(self, exchange: str, routing_key: str, messages: list[dict]) -> int | None:
+        """Send ``messages`` in bulk (:meth:`.Sends.put_messages`)."""
+        return self.sends.put_messages(exchange, routing_key, messages)
+
+    def put_encoded(self, exchange: str, routing_key: str, messages: list[tuple[str, int]]) -> int | None:
+        """Send messages already written as kombu's JSON in bulk (:meth:`.Sends.put_encoded`)."""
+        return self.sends.put_encoded(exchange, routing_key, messages)
+
+    def restore_bindings(self, queue: str) -> None:
+        """Write again the bindings of ``queue`` that Redis lost (:meth:`.Sends.restore_bindings`)."""
+        self.sends.restore_bindings(queue)
+
+    def forget_table(self, exchange: str) -> None:
+        """Read ``exchange``'s binding table from Redis again next time (its queue may be declared meanwhile)."""
+        self._tables.pop(exchange, None)
+
+    def script(self, client: Any, source: str) -> Any:
+        """The registered script for ``client``, made once: registering hashes the source every time."""
+        if self._scripts_client is not client:
+            self._scripts_client, self._scripts = client, {}
+        if source not in self._scripts:
+            self._scripts[source] = client.register_script(source)
+        return self._scripts[source]
+
+    def release_parked(self) -> int:
+        """Move parked messages due within ``RELEASE_LEAD`` seconds to their lists; the number moved."""
+        moved = 0
+        with self.conn_or_acquire() as client:
+            release = self.script(client, RELEASE_SCRIPT)
+            while True:
+                count = int(release(keys=[REDIS_KEY], args=[time() + RELEASE_LEAD, RELEASE_BATCH]))
+                moved += count
+                if count < RELEASE_BATCH:
+                    return moved
+
+    @property
+    def extension_interval(self) -> float:
+        return float(self.visibility_timeout) / 3
+
+    def extend_reservations(self) -> None:
+        """Refresh the unacked-index score of every message this channel holds (called by the keeper)."""
+        held = held_tags(self._qos)
+        if held:
+            with self.conn_or_acquire() as client:
+                client.zadd(self.unacked_index_key, dict.fromkeys(held, time()), xx=True)
 
 
 class Poller(kombu_redis.MultiChannelPoller):
     """kombu's poller, except that a channel whose last look found messages takes the next ones
     before any wait: one round trip per batch (the take itself, read at once, so the batch is
-    sized by the prefetch room when it lands and no taken message waits in a socket unread)."""
+    sized by the prefetch room when it lands and no taken message waits in a socket unread).
+
+    kombu hooks it overrides:
+
+    - ``get``: takes the next batch before any wait while looks find messages (:meth:`.Takes.take_one`)
+    """
 
     def get(self, callback: Any, timeout: float | None = None) -> Any:
         for channel in self._channels:
-            if channel.may_take_ahead():
+            takes = channel.takes
+            if takes.may_take_ahead():
                 self._in_protected_read = True  # a basic_cancel from a callback waits, as in kombu's get()
                 try:
-                    channel._take_one()
+                    takes.take_one()
                     return
                 except Empty:
                     break  # nothing there: wait below
@@ -379,10 +337,19 @@ class Poller(kombu_redis.MultiChannelPoller):
 
 
 class Transport(KeeperMixin, kombu_redis.Transport):  # type: ignore[misc, unused-ignore]  # kombu types channels as None
+    """kombu's Redis transport with our channel, our poller and the keeper thread.
+
+    kombu hooks it overrides:
+
+    - ``Channel``: our :class:`Channel`
+    - ``__init__``: installs our :class:`Poller`
+    - ``cycle``: our :class:`Poller` instead of kombu's (set by ``__init__``)
+    - ``close_connection``: stops the keeper thread with the connection (:class:`~.keeper.KeeperMixin`)
+    """
+
     Channel = Channel
     keeper_name = "redis-transport-keeper"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cycle = Poller()  # type: ignore[assignment, unused-ignore]  # kombu types it as None
-

@@ -1,12 +1,12 @@
 """The sending side of the ``redis://`` channel: what a publish writes, and how.
 
-* Bulk sends (:meth:`SendsMixin.put_messages`, :meth:`SendsMixin.put_encoded`):
+* Bulk sends (:meth:`Sends.put_messages`, :meth:`Sends.put_encoded`):
   one variadic ``LPUSH`` per list and chunk and one wake-token push per list,
   written as raw RESP on the channel's own connection.
 * kombu's publish (the first send of a process to a queue, parked messages,
-  dead letters) goes through :meth:`SendsMixin._put`, which also parks a
+  dead letters) goes through :meth:`Sends.put` (kombu's ``_put``), which also parks a
   message carrying the park header in the delayed sorted set.
-* A task no binding routes is refused, not dropped (:meth:`SendsMixin.basic_publish`),
+* A task no binding routes is refused, not dropped (:meth:`Sends.refuse_unroutable`),
   after the bindings this process declared are written again in case Redis
   lost them.
 
@@ -18,7 +18,7 @@ with one script (:mod:`django_tasks_q.broker.transport.redis`).
 from __future__ import annotations
 
 from time import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from kombu.utils.json import dumps
 from redis import ConnectionPool
@@ -27,6 +27,9 @@ from ...compat import requires_argument
 from ...core.protocol import fast_json
 from ...exceptions import ImproperlyConfigured
 from ..delayed import PARK_HEADER, REDIS_KEY, RELEASE_LEAD
+
+if TYPE_CHECKING:
+    from .redis import Channel
 
 #: Most commands sent in one write by ``put_messages`` (bulk sends), and most messages in one LPUSH.
 PIPELINE_COMMANDS = 1000
@@ -71,18 +74,17 @@ def resp(*parts: str | bytes | int | float) -> bytes:
     return b"*%d\r\n" % len(encoded) + b"".join(bulk_string(part) for part in encoded)
 
 
-class SendsMixin:
-    """For the ``redis://`` channel (a kombu Redis channel with ``raw_call`` and a binding cache)."""
+class Sends:
+    """The sending side of one ``redis://`` channel: bulk sends, parking, refusing what no binding routes.
 
-    _tables: dict[str, tuple[float, list]]
-    raw_call: Callable[..., list]
-    state: Any
-    typeof: Callable[..., Any]
-    _lookup: Callable[..., list[str]]
-    _q_for_pri: Callable[[str, int], str]
-    _queue_bind: Callable[..., None]
-    _get_message_priority: Callable[..., int]
-    conn_or_acquire: Callable[..., Any]
+    Composed into the channel (``channel.sends``); the channel's kombu hooks
+    (``_put``, ``basic_publish``) and its bulk-send methods call it. What it
+    reads of kombu's channel (routing, priorities, bindings) it reads through
+    :attr:`channel`.
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
 
     def put_messages(self, exchange: str, routing_key: str, messages: list[dict]) -> int | None:
         """Deliver kombu-format ``messages`` as ``basic_publish`` would, pipelined: one round trip per
@@ -96,23 +98,25 @@ class SendsMixin:
         """
         if any(PARK_HEADER in message["headers"] for message in messages):
             return None
+        priority = self.channel._get_message_priority
         return self.put_encoded(exchange, routing_key, [
-            (fast_json(message) or dumps(message), self._get_message_priority(message, reverse=False))
-            for message in messages])
+            (fast_json(message) or dumps(message), priority(message, reverse=False)) for message in messages])
 
     def put_encoded(self, exchange: str, routing_key: str, messages: list[tuple[str, int]]) -> int | None:
         """:meth:`put_messages` for messages already written as kombu's JSON, each with its priority."""
-        if exchange and self.typeof(exchange).type not in ("direct", "topic"):
+        channel = self.channel
+        if exchange and channel.typeof(exchange).type not in ("direct", "topic"):
             return None
-        queues = self._lookup(exchange, routing_key) if exchange else [routing_key]
+        queues = channel._lookup(exchange, routing_key) if exchange else [routing_key]
         if not queues:
-            self._tables.pop(exchange, None)  # look again next time: the queue may be declared meanwhile
+            channel.forget_table(exchange)  # look again next time: the queue may be declared meanwhile
             return 0
+        q_for_pri = channel._q_for_pri
         bodies: dict[str, list[bytes]] = {}  # list key -> its messages as RESP bulk strings, in order
         for text, priority in messages:
             body = bulk_string(text.encode())
             for queue in queues:
-                bodies.setdefault(self._q_for_pri(queue, priority), []).append(body)
+                bodies.setdefault(q_for_pri(queue, priority), []).append(body)
         commands: list[bytes] = []
         for key, items in bodies.items():
             # one variadic LPUSH per list and chunk: the same order as one LPUSH per message, one reply
@@ -122,9 +126,10 @@ class SendsMixin:
                                 % (len(chunk) + 2, bulk_string(key.encode()), b"".join(chunk)))
             wake = WAKE_PREFIX + key
             commands += [resp("LPUSH", wake, *[1] * min(len(items), WAKE_CAP)), resp("LTRIM", wake, 0, WAKE_CAP - 1)]
+        raw = channel.raw
         for start in range(0, len(commands), PIPELINE_COMMANDS):
             chunk = commands[start:start + PIPELINE_COMMANDS]
-            self.raw_call(b"".join(chunk), len(chunk))
+            raw.call(b"".join(chunk), len(chunk))
         return len(queues)
 
     def restore_bindings(self, queue: str) -> None:
@@ -135,41 +140,43 @@ class SendsMixin:
         route to nothing until they restart; declaring the queue again is not
         enough for the same reason.
         """
-        for exchange, routing_key, arguments in list(self.state.queue_bindings(queue)):
-            self._queue_bind(exchange, *self.typeof(exchange).prepare_bind(queue, exchange, routing_key, arguments))
+        channel = self.channel
+        for exchange, routing_key, arguments in list(channel.state.queue_bindings(queue)):
+            channel._queue_bind(exchange, *channel.typeof(exchange).prepare_bind(queue, exchange, routing_key,
+                                                                                  arguments))
 
-    def basic_publish(self, message: dict, exchange: str, routing_key: str, **kwargs: Any) -> Any:
-        """kombu's publish, except that a task no binding routes is refused instead of dropped.
+    def refuse_unroutable(self, message: dict, exchange: str, routing_key: str) -> None:
+        """Raise when kombu's publish would drop ``message``: a task no binding routes.
 
         kombu sends a message whose routing key matches no binding to no list,
-        without a word. For a task that is a task lost, so it raises
+        without a word. For a task that is a task lost, so this raises
         ``ImproperlyConfigured`` naming the route (not a channel error, which
         kombu's publish would retry as a broken connection) -- after writing
         again the bindings this process declared on the exchange, in case Redis
-        lost them. Other messages (remote-control
-        replies to a client that is gone, say) are still dropped, as AMQP does.
+        lost them. Other messages (remote-control replies to a client that is
+        gone, say) are still dropped, as AMQP does.
         """
+        channel = self.channel
         headers = message.get("headers")
         if (exchange and isinstance(headers, dict) and "task" in headers
-                and self.typeof(exchange).type != "fanout" and not self._lookup(exchange, routing_key)):
-            for queue in {queue for queue, bound, _ in self.state.bindings if bound == exchange}:
+                and channel.typeof(exchange).type != "fanout" and not channel._lookup(exchange, routing_key)):
+            for queue in {queue for queue, bound, _ in channel.state.bindings if bound == exchange}:
                 self.restore_bindings(queue)
-            self._tables.pop(exchange, None)
-            if not self._lookup(exchange, routing_key):
+            channel.forget_table(exchange)
+            if not channel._lookup(exchange, routing_key):
                 raise ImproperlyConfigured(
-                    f"no queue is bound to exchange {exchange!r} ({self.typeof(exchange).type}) with routing key "
-                    f"{routing_key!r}: the task would be lost; nothing was sent")
-        return super().basic_publish(  # type: ignore[misc]  # mixin: kombu's channel provides it
-            message, exchange, routing_key, **kwargs)
+                    f"no queue is bound to exchange {exchange!r} ({channel.typeof(exchange).type}) with routing "
+                    f"key {routing_key!r}: the task would be lost; nothing was sent")
 
-    def _put(self, queue: str, message: dict, **kwargs: Any) -> None:
-        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+    def put(self, queue: str, message: dict) -> None:
+        """kombu's ``_put``: park a message carrying the park header, else push it and a wake token."""
+        channel = self.channel
+        key = channel._q_for_pri(queue, channel._get_message_priority(message, reverse=False))
         headers = message.get("headers")
         at = headers.get(PARK_HEADER) if isinstance(headers, dict) else None
-        with self.conn_or_acquire() as client:
+        with channel.conn_or_acquire() as client:
             if at is not None and float(at) > time() + RELEASE_LEAD:
                 client.zadd(REDIS_KEY, {f"{key}\n{dumps(message)}": float(at)})
                 return
             wake = WAKE_PREFIX + key
             pipelined(client, ("LPUSH", key, dumps(message)), ("LPUSH", wake, 1), ("LTRIM", wake, 0, WAKE_CAP - 1))
-
