@@ -8,11 +8,14 @@ globals) and each sees only the environment ``bench/systems.py`` gave it.
 Imports and the first connection happen before the clock starts; the last
 line of stdout is a JSON object with the timed figures.
 
-Actions: ``enqueue N [quiet]`` (N single sends; ``quiet``: the drain rows'
-send, no result stored), ``fill N START END [results]`` (a marker task that
-writes START, N + 1 sends as the drain rows want them -- or, with
-``results``, sends whose results are stored -- then a marker task that
-writes END), ``bulkfill N START END [BEHIND]`` (the same layout sent with
+Actions: ``enqueue N [quiet] [commands]`` (N single sends; ``quiet``: the
+drain rows' send, no result stored; ``commands``: also count the commands
+Redis ran for the timed sends, from ``INFO commandstats`` after a ``CONFIG
+RESETSTAT`` that follows the untimed first send), ``fill N START END
+[results] [incr]`` (a marker task that writes START, N + 1 sends as the
+drain rows want them -- or, with ``results``, sends whose results are
+stored; with ``incr``, of the ``incr`` task instead of the no-op -- then a
+marker task that writes END), ``bulkfill N START END [BEHIND]`` (the same layout sent with
 the bulk API in chunks, then BEHIND more no-ops after the END marker),
 ``enqueue-pair N QUEUE`` (N sends to the default queue and N to QUEUE,
 alternating in blocks of 100, each side timed apart), ``bulk N`` (one
@@ -53,14 +56,20 @@ class Client:
     roundtrip: Callable[[], object] | None = None
     bulk_quiet: Callable[[int], object] | None = None  # send N no-ops now, results not stored (bulkfill)
     send_to: Callable[[str], object] | None = None  # the drain rows' send, to the queue named (enqueue-pair)
+    incr: Callable[[], object] | None = None  # send the incr task (one Redis INCR), result stored (prefork2)
 
 
 def ours() -> Client:
     import django
 
     django.setup()
+    from django.apps import apps
+
     from testproject.videos.tasks import add, noop, touch
 
+    incr = None
+    if apps.is_installed("bench.ours_app"):  # bench/ours_settings.py (the prefork2 row)
+        from bench.ours_app.tasks import incr
     return Client(
         send=noop.delay,
         send_quiet=lambda: noop.apply_async(ignore_result=True),
@@ -69,20 +78,21 @@ def ours() -> Client:
         roundtrip=lambda: add.delay(1, 2).get(timeout=30),
         bulk_quiet=lambda n: noop.apply_async_many([((), None)] * n, ignore_result=True),
         send_to=lambda queue: noop.apply_async(ignore_result=True, queue=queue),
+        incr=incr.delay if incr is not None else None,
     )
 
 
 def celery() -> Client:
     from celery import group
 
-    from bench.celery_app import add, noop, touch
+    from bench.celery_app import add, incr, noop, touch
 
     def bulk(n: int) -> Callable[[], object]:
         tasks = group([noop.s() for _ in range(n)])
         return tasks.apply_async
 
     return Client(send=noop.delay, marker=touch.delay, bulk=bulk,
-                  roundtrip=lambda: add.delay(1, 2).get(timeout=30))
+                  roundtrip=lambda: add.delay(1, 2).get(timeout=30), incr=incr.delay)
 
 
 def celery_django() -> Client:
@@ -92,10 +102,17 @@ def celery_django() -> Client:
     return Client(send=noop.delay, marker=touch.delay)
 
 
-def huey() -> Client:
-    from bench.peers.huey_app import add, noop, touch
+def celery_site() -> Client:
+    """Celery in a Django site with the ``django.contrib`` apps (the ``rss`` row)."""
+    from bench.peers.celery_site_app import noop, touch
 
-    return Client(send=noop, marker=touch, roundtrip=lambda: add(1, 2).get(blocking=True, timeout=30))
+    return Client(send=noop.delay, marker=touch.delay)
+
+
+def huey() -> Client:
+    from bench.peers.huey_app import add, incr, noop, touch
+
+    return Client(send=noop, marker=touch, roundtrip=lambda: add(1, 2).get(blocking=True, timeout=30), incr=incr)
 
 
 def rq() -> Client:
@@ -121,8 +138,8 @@ def dramatiq() -> Client:
     return Client(send=noop.send, marker=touch.send)
 
 
-CLIENTS = {"ours": ours, "celery": celery, "celery-django": celery_django, "huey": huey, "rq": rq,
-           "dramatiq": dramatiq}
+CLIENTS = {"ours": ours, "celery": celery, "celery-plain": celery, "celery-django": celery_django,
+           "celery-site": celery_site, "huey": huey, "rq": rq, "dramatiq": dramatiq}
 
 #: Tasks per bulk call when filling: one call of a million would hold every message in memory at once.
 CHUNK = 20000
@@ -260,6 +277,15 @@ def open_gate(queue: str, names: list[str], timeout: float = 120.0) -> dict:
     return {"answers": told.answers}
 
 
+def command_counts(stats: object) -> dict[str, int]:
+    """Calls per command from Redis's ``INFO commandstats`` (since the last ``CONFIG RESETSTAT``), less the
+    ``CONFIG`` and ``INFO`` calls that reset and read them. ``stats``: a redis-py client that has already
+    connected (its connection's handshake came before the reset)."""
+    counts = stats.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(figures["calls"]) for name, figures in counts.items()
+            if not name.removeprefix("cmdstat_").startswith(("config", "info"))}
+
+
 def main(argv: list[str]) -> dict:
     system, action, *rest = argv
     client = CLIENTS[system]()
@@ -272,11 +298,26 @@ def main(argv: list[str]) -> dict:
         return open_gate(rest[0], rest[1:])
     n = int(rest[0])
     if action == "enqueue":
-        send = (client.send_quiet or client.send) if rest[1:] == ["quiet"] else client.send
+        flags = set(rest[1:])
+        send = (client.send_quiet or client.send) if "quiet" in flags else client.send
         send()  # opens the connection, untimed
-        return {"seconds": timed(send, n)}
+        if "commands" not in flags:
+            return {"seconds": timed(send, n)}
+        import os
+
+        import redis
+
+        stats = redis.Redis.from_url(os.environ["BENCH_BROKER_URL"])
+        stats.config_resetstat()  # on one connection, opened here: its handshake is not counted
+        seconds = timed(send, n)
+        return {"seconds": seconds, "commands": command_counts(stats)}
     if action == "fill":
-        send = client.send if rest[3:] == ["results"] else (client.send_quiet or client.send)
+        flags = set(rest[3:])
+        send = client.send if "results" in flags else (client.send_quiet or client.send)
+        if "incr" in flags:
+            if client.incr is None:
+                raise SystemExit(f"{system} has no incr task here (ours: DJANGO_SETTINGS_MODULE=bench.ours_settings)")
+            send = client.incr
         client.marker(rest[1])  # the start marker (opens the connection, untimed)
         send()  # untimed, like every first send
         seconds = timed(send, n)

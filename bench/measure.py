@@ -63,8 +63,13 @@ def drain_two_solo(broker_url: str, n: int) -> dict:
 
 
 def enqueue(system: str, broker_url: str, n: int) -> dict:
-    """Tasks per second sent one call at a time (``delay()`` or the library's equivalent)."""
-    return {"rate": n / client(system, environment(broker_url), "enqueue", n)["seconds"]}
+    """Tasks per second sent one call at a time (``delay()`` or the library's equivalent), and the Redis
+    commands per task those sends made (``INFO commandstats``, reset after the untimed first send)."""
+    sent = client(system, environment(broker_url), "enqueue", n, "commands")
+    commands = sent["commands"]
+    shown = ", ".join(f"{name} {calls / n:.3f}" for name, calls in sorted(commands.items()))
+    print(f"  {'enqueue':<9} {system:<16} commands per task: {shown}", flush=True)
+    return {"rate": n / sent["seconds"], "commands_per_task": sum(commands.values()) / n}
 
 
 def bulk(system: str, broker_url: str, n: int) -> dict:
@@ -84,9 +89,54 @@ def roundtrip(system: str, broker_url: str, result_url: str, n: int, **extra: st
             "p99_ms": 1000 * latencies[math.ceil(0.99 * len(latencies)) - 1]}
 
 
+def drain_stored(system: str, broker_url: str, result_url: str, counter_url: str, n: int, task: str,
+                 pool: str = "solo", concurrency: int = 1) -> dict:
+    """The ``prefork2`` row: :func:`drain` with every task's result stored in Redis (``result_url``), and
+    ``task`` either ``noop`` or ``incr`` (one ``INCR`` on the counter server at ``counter_url``).
+
+    Ours runs with ``bench/ours_settings.py`` (the testproject's settings plus the app holding ``incr``), in
+    both variants. ``counted`` is the counter after the end marker ran (up to a second later, for a
+    task still running in the other process): N + 1 when every ``incr`` ran once.
+    """
+    import redis
+
+    from bench import counter
+
+    extra = {"BENCH_COUNTER_URL": counter_url}
+    if system == "ours":
+        extra["DJANGO_SETTINGS_MODULE"] = "bench.ours_settings"
+    env = environment(broker_url, result_url, **extra)
+    redis.Redis.from_url(counter_url).flushall()
+    start, end = new_marker(), new_marker()
+    flags = ["results", "incr"] if task == "incr" else ["results"]
+    sent = client(system, env, "fill", n, start, end, *flags)
+    with Worker(worker_command(system, broker_url, pool, concurrency), env) as worker:
+        began = worker.wait_for(start)
+        began_cpu = worker.cpu_seconds()
+        ended = worker.wait_for(end)
+        cpu = worker.cpu_seconds() - began_cpu
+        counted = counter.read(counter_url)
+        deadline = time.monotonic() + 1.0
+        while task == "incr" and counted < n + 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+            counted = counter.read(counter_url)
+    tasks = n + 2
+    figures = {"rate": tasks / (ended - began), "cpu_ms": 1000 * cpu / tasks, "enqueue_rate": n / sent["seconds"]}
+    if task == "incr":
+        figures["counted"] = counted
+    return figures
+
+
 def idle_memory(system: str, broker_url: str, pool: str, concurrency: int) -> dict:
-    """RSS and PSS (MiB) of an idle worker and all its processes, after it has run one task."""
+    """RSS and PSS (MiB) of an idle worker and all its processes, after it has run one task.
+
+    ``celery-plain`` is ``bench/celery_app.py`` without ``DJANGO_SETTINGS_MODULE``: with it set (as the
+    bench sets it for everyone), Celery's Django fix-up runs ``django.setup()`` with the testproject's
+    settings in the worker, which the ``celery`` system has always measured.
+    """
     env = environment(broker_url)
+    if system == "celery-plain":
+        env.pop("DJANGO_SETTINGS_MODULE")
     marker = new_marker()
     client(system, env, "marker", marker)
     with Worker(worker_command(system, broker_url, pool, concurrency), env) as worker:

@@ -24,11 +24,21 @@ TARGETS: list[tuple[str, Key, str, Key, str, str, float]] = [
      "<=", 0.5),
     ("drain, RabbitMQ, 1 process", ("amqp", "ours"), "rate", ("amqp", "celery"), "Celery -P solo", ">=", 4),
     ("drain, RabbitMQ, 1 process", ("amqp", "ours"), "rate", ("amqp", "dramatiq"), "Dramatiq -p 1 -t 1", ">=", 1.5),
-    ("idle worker RSS, -P solo", ("rss-solo", "ours"), "rss_mib", ("rss-solo", "celery"), "Celery -P solo", "<=", 1),
+    ("idle worker RSS, -P solo", ("rss-solo", "ours"), "rss_mib", ("rss-solo", "celery"),
+     "Celery -P solo (fix-up: testproject settings)", "<=", 1),
     ("idle worker RSS, -P prefork -c 2", ("rss-prefork", "ours"), "rss_mib", ("rss-prefork", "celery"),
-     "Celery -P prefork -c 2", "<=", 1),
+     "Celery -P prefork -c 2 (fix-up: testproject settings)", "<=", 1),
+    ("idle worker RSS in a Django site (admin, sessions, messages), -P solo", ("rss-solo", "ours"), "rss_mib",
+     ("rss-solo", "celery-site"), "Celery -P solo in a Django site", "<=", 1),
+    ("idle worker RSS in a Django site (admin, sessions, messages), -P prefork -c 2", ("rss-prefork", "ours"),
+     "rss_mib", ("rss-prefork", "celery-site"), "Celery -P prefork -c 2 in a Django site", "<=", 1),
     ("drain, Redis, 1 process, results in the ORM on PostgreSQL", ("pgresults", "ours"), "rate",
      ("pgresults", "celery-django"), "Celery -P solo + django-celery-results", ">=", 2),
+    *[(f"drain, Redis, results in Redis, {what}: ours -P prefork -c 2", (f"prefork2-{task}", "ours-prefork"), "rate",
+       (f"prefork2-{task}", peer), peer_name, ">=", target)
+      for task, what in (("noop", "no-op"), ("incr", "one INCR per task"))
+      for peer, peer_name, target in (("ours-solo", "ours -P solo (1 process)", 1.8),
+                                      ("huey", "Huey -w 2 -k process", 1))],
 ]
 
 #: (what, keys whose best figure counts, metric, comparison, target): a figure of ours alone against a number.
@@ -83,7 +93,23 @@ EXTRAS: list[tuple[str, Key, str, Key | None, str]] = [
     ("idle worker PSS, -P solo, Celery", ("rss-solo", "celery"), "pss_mib", ("rss-solo", "ours"), "ours"),
     ("idle worker PSS, -P prefork -c 2, Celery", ("rss-prefork", "celery"), "pss_mib", ("rss-prefork", "ours"),
      "ours"),
+    ("idle worker PSS, -P solo, Celery in a Django site", ("rss-solo", "celery-site"), "pss_mib", ("rss-solo", "ours"),
+     "ours"),
+    ("idle worker PSS, -P prefork -c 2, Celery in a Django site", ("rss-prefork", "celery-site"), "pss_mib",
+     ("rss-prefork", "ours"), "ours"),
+    ("idle worker RSS, -P solo, plain Celery (no DJANGO_SETTINGS_MODULE, no Django)", ("rss-solo", "celery-plain"),
+     "rss_mib", ("rss-solo", "ours"), "ours"),
+    ("idle worker RSS, -P prefork -c 2, plain Celery (no DJANGO_SETTINGS_MODULE, no Django)",
+     ("rss-prefork", "celery-plain"), "rss_mib", ("rss-prefork", "ours"), "ours"),
+    ("Redis commands per enqueued task, ours delay()", ("enqueue", "ours"), "commands_per_task", None, ""),
+    ("Redis commands per enqueued task, Celery delay()", ("enqueue", "celery"), "commands_per_task", None, ""),
+    ("Redis commands per enqueued task, Huey noop()", ("enqueue", "huey"), "commands_per_task", None, ""),
 ]
+
+#: The prefork2 row's systems, as the report names them.
+PREFORK2 = {"ours-prefork": "ours -P prefork -c 2", "ours-solo": "ours -P solo (1 process)",
+            "celery": "Celery -P prefork -c 2", "huey": "Huey -w 2 -k process"}
+PREFORK2_TASKS = {"noop": "no-op", "incr": "one Redis INCR on a separate server"}
 
 #: (what, why): rows the report names although nothing measures them.
 NOT_MEASURED: list[tuple[str, str]] = []
@@ -92,7 +118,8 @@ COMPARE = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 UNITS = {"rate": "{:,.0f}/s", "enqueue_rate": "{:,.0f}/s", "p50_ms": "{:.2f} ms", "p99_ms": "{:.2f} ms",
          "rss_mib": "{:.1f} MiB", "pss_mib": "{:.1f} MiB", "cpu_ms": "{:.3f} ms", "ms_per_task": "{:.3f} ms",
          "server_cpu_ms": "{:.3f} ms", "start_late_ms": "{:.0f} ms",
-         "enqueue_us": "{:.1f} µs", "locked": "{:.0f}", "fill_rate": "{:,.0f}/s", "stored": "{:,.0f}"}
+         "enqueue_us": "{:.1f} µs", "locked": "{:.0f}", "fill_rate": "{:,.0f}/s", "stored": "{:,.0f}",
+         "commands_per_task": "{:.2f}", "counted": "{:,.0f}"}
 
 
 def show(medians: dict[Key, dict[str, float]], selected: list[str]) -> None:
@@ -123,7 +150,7 @@ def show(medians: dict[Key, dict[str, float]], selected: list[str]) -> None:
         print(f"  {what} vs {peer_name}: {line}")
         table.append(f"| {what} | {unit.format(mine)} | {peer_name}: {unit.format(theirs)} | {ratio:.2f} "
                      f"| {compare} {target:g} | {verdict} | {cpu} |")
-    table += absolute(medians, selected) + scaled(medians, selected)
+    table += absolute(medians, selected) + scaled(medians, selected) + prefork2(medians, selected)
     print("\nfor information (no target)")
     for what, key, metric, other, other_name in EXTRAS:
         if key not in medians:
@@ -148,7 +175,7 @@ def show(medians: dict[Key, dict[str, float]], selected: list[str]) -> None:
             server = f", PostgreSQL {figures['db_cpu_ms']:.3f} ms" if "db_cpu_ms" in figures else ""
             if "server_cpu_ms" in figures:
                 server = f", {'Redis' if system == 'redis' else 'PostgreSQL'} {figures['server_cpu_ms']:.3f} ms"
-            print(f"  {row:<7} {system:<9} {figures['cpu_ms']:.3f} ms{server}  ({figures['rate']:,.0f}/s)")
+            print(f"  {row:<13} {system:<12} {figures['cpu_ms']:.3f} ms{server}  ({figures['rate']:,.0f}/s)")
     for what, why in NOT_MEASURED:
         print(f"{what}: {why}")
     print("\n| row | ours | peer | ratio ours/peer | target | result | worker CPU per task, ours / peer |")
@@ -156,6 +183,28 @@ def show(medians: dict[Key, dict[str, float]], selected: list[str]) -> None:
     print("\n".join(table))
     for what, why in NOT_MEASURED:
         print(f"| {what} | | | | | {why} | |")
+
+
+def prefork2(medians: dict[Key, dict[str, float]], selected: list[str]) -> list[str]:
+    """Print the prefork2 row system by system: tasks/s and worker CPU per task (the whole process tree); table rows."""
+    table = []
+    if "prefork2" not in selected:
+        return table
+    print("\nprefork2: drain on Redis, two processes per system, results stored in Redis "
+          "(tasks/s; worker CPU ms per task, summed over the worker's processes)")
+    for task, what in PREFORK2_TASKS.items():
+        print(f"  task: {what}")
+        for system, name in PREFORK2.items():
+            figures = medians.get((f"prefork2-{task}", system))
+            if figures is None:
+                print(f"    {name:<26} not measured: the measurement failed (its error is above)")
+                table.append(f"| prefork2, {what}: {name} | | not measured: failed | | | info | |")
+                continue
+            counted = f", counter {figures['counted']:,.0f}" if "counted" in figures else ""
+            line = f"{figures['rate']:,.0f}/s, CPU {figures['cpu_ms']:.3f} ms per task{counted}"
+            print(f"    {name:<26} {line}")
+            table.append(f"| prefork2, {what}: {name} | | {line} | | | info | |")
+    return table
 
 
 def absolute(medians: dict[Key, dict[str, float]], selected: list[str]) -> list[str]:

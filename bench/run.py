@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/run.py [--tasks 20000] [--runs 3] [--only drain,enqueue,...]
 
-Starts a private redis-server (and, for the ``amqp`` row, a private RabbitMQ;
+Starts a private redis-server (and, for the ``prefork2`` row, a second one for its
+``incr`` task's counter; for the ``amqp`` row, a private RabbitMQ;
 for ``pgresults``, ``django2`` and ``scale``, a private PostgreSQL) on free
 loopback ports with ``tests/servers.py``, measures every selected row
 ``--runs`` times, the systems of a row one after another within each run so
@@ -32,7 +33,11 @@ sys.path.insert(0, str(ROOT))
 from bench import measure, measure_db, report  # noqa: E402
 from bench.measure_db import Database  # noqa: E402
 
-ROWS = ("drain", "drain2", "enqueue", "bulk", "roundtrip", "amqp", "rss", "pgresults", "django2", "scale")
+ROWS = ("drain", "drain2", "prefork2", "enqueue", "bulk", "roundtrip", "amqp", "rss", "pgresults", "django2",
+        "scale")
+#: The prefork2 row: (label, system, pool, concurrency); ours -P solo is the one-process reference.
+PREFORK2 = (("ours-prefork", "ours", "prefork", 2), ("ours-solo", "ours", "solo", 1),
+            ("celery", "celery", "prefork", 2), ("huey", "huey", "process", 2))
 #: Tasks queued behind the scale row's timed window in its "few" case.
 SCALE_FEW = 1000
 
@@ -54,7 +59,8 @@ def flush(redis_url: str) -> None:
 
 
 def measure_run(rows: list[str], redis_url: str, amqp_url: str | None, n: int, roundtrips: int,
-                figures: dict[tuple[str, str], list[dict]], databases: Databases, args: argparse.Namespace) -> None:
+                figures: dict[tuple[str, str], list[dict]], databases: Databases, args: argparse.Namespace,
+                counter_url: str | None = None) -> None:
     """One run of every selected row; appends one dict per (row, system) to ``figures``."""
 
     def record(row: str, system: str, call, *args, **kwargs) -> None:
@@ -80,6 +86,13 @@ def measure_run(rows: list[str], redis_url: str, amqp_url: str | None, n: int, r
         record("drain2", "ours", measure.drain_two_solo, redis_url, n)
         flush(redis_url)
         record("drain2", "prefork", measure.drain, "ours", redis_url, n, pool="prefork", concurrency=2)
+    if "prefork2" in rows and counter_url:
+        results = redis_url.rsplit("/", 1)[0] + "/1"
+        for task in ("noop", "incr"):
+            for label, system, pool, concurrency in PREFORK2:
+                flush(redis_url)
+                record(f"prefork2-{task}", label, measure.drain_stored, system, redis_url, results, counter_url, n,
+                       task, pool, concurrency)
     if "enqueue" in rows:
         for system in ("ours", "celery", "huey"):
             on_redis("enqueue", system, measure.enqueue, n)
@@ -97,7 +110,7 @@ def measure_run(rows: list[str], redis_url: str, amqp_url: str | None, n: int, r
             record("amqp", system, measure.drain, system, amqp_url, n)
     if "rss" in rows:
         for pool, concurrency in (("solo", 1), ("prefork", 2)):
-            for system in ("ours", "celery"):
+            for system in ("ours", "celery", "celery-site", "celery-plain"):
                 on_redis(f"rss-{pool}", system, measure.idle_memory, pool, concurrency)
     if "pgresults" in rows:
         for system in ("ours", "celery-django"):
@@ -205,10 +218,12 @@ def main() -> None:
                    env={**os.environ, "DJANGO_SETTINGS_MODULE": "testproject.settings"})
     broker_sqlite = tempfile.mktemp(prefix="bench-broker-", suffix=".sqlite3")
     redis_server, rabbitmq_server, postgres_server = RedisServer(), None, None
+    counter_server = RedisServer() if "prefork2" in rows else None
     figures: dict[tuple[str, str], list[dict]] = {}
     started = time.monotonic()
     try:
         redis_url = redis_server.start()
+        counter_url = counter_server.start() if counter_server is not None else None
         amqp_url = None
         if "amqp" in rows:
             rabbitmq_server = RabbitMQServer()
@@ -221,13 +236,15 @@ def main() -> None:
         print("\n".join(header), flush=True)
         for run in range(args.runs):
             print(f"run {run + 1} of {args.runs}", flush=True)
-            measure_run(rows, redis_url, amqp_url, args.tasks, roundtrips, figures, databases, args)
+            measure_run(rows, redis_url, amqp_url, args.tasks, roundtrips, figures, databases, args, counter_url)
     finally:
         if postgres_server is not None:
             postgres_server.stop()
         if rabbitmq_server is not None:
             rabbitmq_server.stop()
         redis_server.stop()
+        if counter_server is not None:
+            counter_server.stop()
         for base in (database, broker_sqlite):
             for path in (base, base + "-wal", base + "-shm"):
                 Path(path).unlink(missing_ok=True)

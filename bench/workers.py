@@ -41,7 +41,8 @@ def worker_command(system: str, broker_url: str, pool: str = "solo", concurrency
 
     The pools the issue fixes: one process for every drain (Celery and ours
     ``-P solo``, Huey ``-w 1``, RQ's SimpleWorker in burst mode, Dramatiq
-    ``-p 1 -t 1``); ``pool``/``concurrency`` apply to ours and Celery only.
+    ``-p 1 -t 1``); ``pool``/``concurrency`` apply to ours and Celery, and ``concurrency`` to Huey
+    (``-w``; ``pool="process"`` adds ``-k process``: the ``prefork2`` row's two processes).
     ``name`` gives ours a node name of its own (``-n``), for two workers side by side;
     ``queue`` makes ours consume that queue instead of the default one (``-Q``).
     """
@@ -51,12 +52,16 @@ def worker_command(system: str, broker_url: str, pool: str = "solo", concurrency
         queues = ["-Q", queue] if queue else []
         return [python, "manage.py", "taskworker", "-P", pool, "-c", str(concurrency), "-l", "WARNING", *named,
                 *queues]
-    if system in ("celery", "celery-django"):
-        app = "bench.celery_app" if system == "celery" else "bench.peers.celery_django_app"
+    if system in ("celery", "celery-plain", "celery-django", "celery-site"):
+        app = {"celery": "bench.celery_app", "celery-plain": "bench.celery_app",
+               "celery-django": "bench.peers.celery_django_app",
+               "celery-site": "bench.peers.celery_site_app"}[system]
         return [python, "-m", "celery", "-A", app, "worker", "-P", pool, "-c", str(concurrency),
                 "-l", "WARNING", "-Q", "default", "--without-gossip", "--without-mingle", "--without-heartbeat"]
     if system == "huey":
-        return [python, "-m", "huey.bin.huey_consumer", "bench.peers.huey_app.huey", "-w", "1", "-q"]
+        kind = ["-k", "process"] if pool == "process" else []
+        return [python, "-m", "huey.bin.huey_consumer", "bench.peers.huey_app.huey", "-w", str(concurrency), *kind,
+                "-q"]
     if system == "rq":
         return [python, "-m", "rq.cli", "worker", "--burst", "-w", "rq.worker.SimpleWorker", "--quiet",
                 "--url", broker_url, "default"]

@@ -9,6 +9,8 @@ import os
 
 from huey import RedisHuey
 
+from bench import counter
+
 huey = RedisHuey("bench", url=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0"),
                  notify_result=os.environ.get("BENCH_HUEY_NOTIFY") == "1")
 
@@ -21,6 +23,11 @@ def noop():
 @huey.task()
 def add(x, y):
     return x + y
+
+
+@huey.task()
+def incr():
+    return counter.incr()  # one INCR on BENCH_COUNTER_URL (the prefork2 row); the value is stored
 
 
 @huey.task()
