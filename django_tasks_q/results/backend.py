@@ -116,6 +116,11 @@ class ResultBackend:
         """The STARTED write before a task runs; a backend may write it without waiting."""
         self.mark(task_id, TaskState.STARTED, request=request, task_name=task_name)
 
+    def mark_received(self, task_id: str, *, request: Any = None, task_name: str = "") -> None:
+        """The RECEIVED write of a task that waits in a worker; a backend may write it without waiting,
+        as long as a RECEIVED that lands late never replaces a later state."""
+        self.mark(task_id, TaskState.RECEIVED, request=request, task_name=task_name)
+
     def meta(self, task_id: str) -> ResultMeta | None:
         raise NotImplementedError
 

@@ -17,6 +17,7 @@ thread keeps its subscription connection from one ``get()`` to the next.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -49,19 +50,31 @@ logger = logging.getLogger(__name__)
 
 #: STARTED as :meth:`RedisBackend.mark_started` writes it: never over a final state (``lua/started.lua``).
 STARTED_SCRIPT = load_script(__name__, "started.lua")
+#: RECEIVED as :meth:`RedisBackend.mark_received` writes it: never over a later state (``lua/received.lua``).
+RECEIVED_SCRIPT = load_script(__name__, "received.lua")
+SCRIPT_SHAS = {source: hashlib.sha1(source.encode()).hexdigest() for source in (STARTED_SCRIPT, RECEIVED_SCRIPT)}
 
 
 class StartedConnection:
-    """One thread's connection for STARTED writes (:meth:`RedisBackend.mark_started`): each write
-    goes out without waiting, and the answers owed are read before the next write."""
+    """One thread's connection for the writes that do not wait (STARTED, RECEIVED): each goes out
+    without waiting, and the answers owed are read before the next write.
+
+    The scripts run by ``EVALSHA``: the first use of a script on a connection sends its ``SCRIPT
+    LOAD`` in the same write, ahead of it, so the source crosses the network once per connection
+    instead of with every task (Redis would hash it every time, too). A ``NOSCRIPT`` answer (someone
+    ran ``SCRIPT FLUSH``) costs that one write and loads the scripts again with the next."""
 
     def __init__(self, pool: Any) -> None:
         self.pid = os.getpid()
         self.connection = pool.make_connection()  # outside the pool's limit, never handed to anyone else
-        self.owed = 0
+        self.owed: list[str] = []  # what each answer still to read is for: "SCRIPT LOAD", "STARTED" ...
+        self._loaded: set[str] = set()  # the scripts loaded on this connection's server (by sha)
+        self._loaded_on: Any = None  # ... through this socket: a new one starts afresh
         weakref.finalize(self, _close_started, pool, self.connection)  # the thread ended
 
-    def write(self, *command: Any) -> None:
+    def write_script(self, what: str, source: str, sha: str, keys: list[str], arguments: list[Any]) -> None:
+        """Run the script ``source`` (whose SHA-1 is ``sha``) without waiting; ``what`` names the write in
+        a warning should Redis refuse it."""
         self._settle()
         try:  # anything to read now is an EOF (Redis restarted, CLIENT KILL) or worse: start afresh
             stale = self.connection._sock is not None and self.connection.can_read(timeout=0)
@@ -69,30 +82,42 @@ class StartedConnection:
             stale = True
         if stale:
             self.connection.disconnect()
-        self.connection.send_packed_command(self.connection.pack_command(*command), check_health=False)
-        self.owed += 1
+        if self.connection._sock is None:
+            self.connection.connect()
+        if self.connection._sock is not self._loaded_on:
+            self._loaded_on, self._loaded = self.connection._sock, set()
+        commands: list[tuple[Any, ...]] = []
+        if sha not in self._loaded:
+            commands.append(("SCRIPT", "LOAD", source))
+            self.owed.append("SCRIPT LOAD")
+            self._loaded.add(sha)
+        commands.append(("EVALSHA", sha, len(keys), *keys, *arguments))
+        self.owed.append(what)
+        self.connection.send_packed_command(self.connection.pack_commands(commands), check_health=False)
 
     def _settle(self) -> None:
         if self.connection._sock is None:  # closed since (the pool's disconnect() closes it too)
-            self.owed = 0
+            self.owed = []
         while self.owed:
-            self.owed -= 1
+            what = self.owed.pop(0)
             try:  # long since arrived, normally; a half-open connection gives up, as a pooled write would
                 if not self.connection.can_read(timeout=CONNECTION_WAIT):
                     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-                    raise RedisTimeoutError(f"no answer to a STARTED write within {CONNECTION_WAIT} s")
+                    raise RedisTimeoutError(f"no answer to a {what} write within {CONNECTION_WAIT} s")
                 self.connection.read_response()
             except Exception as exc:
-                from redis.exceptions import ResponseError  # here, not per task: redis is imported lazily
+                from redis.exceptions import NoScriptError, ResponseError  # here: redis is imported lazily
 
                 if not isinstance(exc, ResponseError):
                     raise
-                logger.warning("Redis refused a STARTED write (that task ran; its state skipped STARTED): %s", exc)
+                if isinstance(exc, NoScriptError):
+                    self._loaded.clear()  # flushed: load them again with the next write
+                logger.warning("Redis refused a %s write (the task is not affected; its state skips it): %s", what, exc)
 
     def broken(self) -> None:
         """After an error: nothing owed, the next write reconnects."""
-        self.owed = 0
+        self.owed = []
         self.connection.disconnect()
 
 
@@ -150,19 +175,34 @@ class RedisBackend(ResultBackend):
         replacing it. Past ``STARTED_WRITERS`` threads in a process (``-P threads`` with a large
         ``-c``), or when this thread's connection breaks, STARTED is written through the pool and
         waited for."""
+        if not self._write_quietly(TaskState.STARTED, STARTED_SCRIPT, task_id, request, task_name, FINAL_STATES):
+            super().mark_started(task_id, request=request, task_name=task_name)
+
+    def mark_received(self, task_id: str, *, request: Any = None, task_name: str = "") -> None:
+        """RECEIVED without waiting, as STARTED (:meth:`mark_started`): a worker that receives faster than it
+        runs writes one for nearly every task, and waiting for each cost a round trip of the main loop.
+        The script writes it only where nothing later is recorded, so a RECEIVED that lands after the
+        task's STARTED (a prefork child writes that on its own connection) changes nothing."""
+        if not self._write_quietly(TaskState.RECEIVED, RECEIVED_SCRIPT, task_id, request, task_name, ()):
+            super().mark_received(task_id, request=request, task_name=task_name)
+
+    def _write_quietly(self, state: str, script: str, task_id: str, request: Any, task_name: str,
+                       extra: tuple[str, ...]) -> bool:
+        """``script`` with ``state``'s document on this thread's own connection, without waiting; False
+        when it must go through the pool instead (no connection of its own left, or it just broke)."""
         writer = self._started_writer()
-        if writer is not None:
-            document = encode_meta(task_id, TaskState.STARTED, None, "", request, task_name)
-            try:
-                writer.write("EVAL", STARTED_SCRIPT, 1, task_key(task_id), document,
-                             int(settings.RESULT_EXPIRES or 0), *FINAL_STATES)
-                return
-            except Exception:
-                logger.warning("the STARTED write of task %s could not go out on its own connection (an "
-                               "earlier STARTED on it may be lost); writing it through the pool", task_id,
-                               exc_info=True)
-                writer.broken()
-        super().mark_started(task_id, request=request, task_name=task_name)
+        if writer is None:
+            return False
+        document = encode_meta(task_id, state, None, "", request, task_name)
+        try:
+            writer.write_script(state, script, SCRIPT_SHAS[script], [task_key(task_id)],
+                                [document, int(settings.RESULT_EXPIRES or 0), *extra])
+            return True
+        except Exception:
+            logger.warning("the %s write of task %s could not go out on its own connection (an earlier write "
+                           "on it may be lost); writing it through the pool", state, task_id, exc_info=True)
+            writer.broken()
+            return False
 
     def _started_writer(self) -> StartedConnection | None:
         """This thread's STARTED connection; None when ``STARTED_WRITERS`` live threads have one."""

@@ -349,7 +349,7 @@ class Worker:
             return
         try:
             request = Request.from_message(job.message, job.delivery_info, self.hostname)
-            self.backend.mark(job.message.id, TaskState.RECEIVED, request=request, task_name=job.message.task)
+            self.backend.mark_received(job.message.id, request=request, task_name=job.message.task)
         except Exception:
             logger.exception("could not record %s for %s", TaskState.RECEIVED, job.message.id)
 

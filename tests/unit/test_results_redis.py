@@ -151,6 +151,63 @@ def test_started_goes_out_without_waiting_and_never_over_a_final_state(backend, 
     listener.close()
 
 
+def test_received_goes_out_without_waiting_and_never_over_a_later_state(backend, raw):
+    """RECEIVED (a task waiting in a worker) does not wait for Redis either; it replaces nothing but a
+    RECEIVED, so one that lands after the STARTED a prefork child wrote on its own connection, after a
+    custom state or after the final state changes nothing."""
+    backend.mark_received(str(uuid.uuid4()), task_name=NAME)  # this thread's own connection is made
+    waiting, started, progress, done = (str(uuid.uuid4()) for _ in range(4))
+    raw.execute_command("CLIENT", "PAUSE", 400, "ALL")  # Redis answers nobody for 0.4 s
+    began = time.monotonic()
+    backend.mark_received(waiting, request=request(waiting), task_name=NAME)
+    assert time.monotonic() - began < 0.2, "the RECEIVED write waited for Redis"
+    assert backend.meta(waiting).state == TaskState.RECEIVED
+    assert json.loads(raw.get(f"celery-task-meta-{waiting}"))["worker"] == "w1@host"
+    backend.mark_received(waiting, request=request(waiting, hostname="w2@host"), task_name=NAME)  # redelivered
+    backend.mark_started(str(uuid.uuid4()), task_name=NAME)  # same connection, in order: the one above landed
+    assert json.loads(raw.get(f"celery-task-meta-{waiting}"))["worker"] == "w2@host"
+
+    backend.mark_started(started, task_name=NAME)
+    backend.mark(progress, "PROGRESS", result={"done": 1})
+    backend.mark(done, TaskState.SUCCESS, result=3)
+    for task_id in (started, progress, done):
+        backend.mark_received(task_id, request=request(task_id), task_name=NAME)
+    backend.mark_received(str(uuid.uuid4()), task_name=NAME)  # reads the answers owed: all have landed
+    assert [backend.meta(task_id).state for task_id in (started, progress, done)] == [
+        TaskState.STARTED, "PROGRESS", TaskState.SUCCESS]
+
+
+def test_the_quiet_writes_load_their_scripts_once_and_again_after_a_flush(settings, url, raw, caplog):
+    """STARTED and RECEIVED run as EVALSHA: each script's source crosses once per connection (a SCRIPT
+    LOAD in the same write as its first use), not with every task. After SCRIPT FLUSH one write is refused
+    (NOSCRIPT, logged) and the next loads the scripts again."""
+    settings.TASKS_Q = {**settings.TASKS_Q, "RESULT_BACKEND": url, "RESULT_EXPIRES": 120}
+    backend = RedisBackend(url)  # its own: this thread's connection of the shared one has loaded them already
+    first = str(uuid.uuid4())
+    backend.mark_received(first, task_name=NAME)  # loads RECEIVED's script (and makes the connection)
+    raw.config_resetstat()
+    ids = [str(uuid.uuid4()) for _ in range(20)]
+    for task_id in ids:
+        backend.mark_received(task_id, task_name=NAME)
+        backend.mark_started(task_id, task_name=NAME)
+    backend.mark_received(str(uuid.uuid4()), task_name=NAME)  # settles the answers owed
+    stats = raw.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 41 and "cmdstat_eval" not in stats
+    script_loads = {name: figures["calls"] for name, figures in stats.items() if "script" in name}
+    assert sum(script_loads.values()) == 1, script_loads  # STARTED's, with its first use: RECEIVED's was loaded
+    assert all(backend.meta(task_id).state == TaskState.STARTED for task_id in ids)
+
+    raw.script_flush()
+    lost, landed = str(uuid.uuid4()), str(uuid.uuid4())
+    with caplog.at_level(logging.WARNING, logger="django_tasks_q.results.redis"):
+        backend.mark_started(lost, task_name=NAME)
+        backend.mark_started(landed, task_name=NAME)  # reads `lost`'s NOSCRIPT, then loads the script again
+        backend.mark_started(str(uuid.uuid4()), task_name=NAME)
+    assert caplog.text.count("Redis refused a STARTED write") == 1 and "No matching script" in caplog.text
+    assert backend.meta(lost) is None
+    assert backend.meta(landed).state == TaskState.STARTED
+
+
 BUSY_FOR_400_MS = """
 local began = redis.call('TIME')
 while true do
