@@ -75,15 +75,7 @@ class StartedConnection:
     def write_script(self, what: str, source: str, sha: str, keys: list[str], arguments: list[Any]) -> None:
         """Run the script ``source`` (whose SHA-1 is ``sha``) without waiting; ``what`` names the write in
         a warning should Redis refuse it."""
-        self._settle()
-        try:  # anything to read now is an EOF (Redis restarted, CLIENT KILL) or worse: start afresh
-            stale = self.connection._sock is not None and self.connection.can_read(timeout=0)
-        except Exception:
-            stale = True
-        if stale:
-            self.connection.disconnect()
-        if self.connection._sock is None:
-            self.connection.connect()
+        self._ready()
         if self.connection._sock is not self._loaded_on:
             self._loaded_on, self._loaded = self.connection._sock, set()
         commands: list[tuple[Any, ...]] = []
@@ -94,6 +86,38 @@ class StartedConnection:
         commands.append(("EVALSHA", sha, len(keys), *keys, *arguments))
         self.owed.append(what)
         self.connection.send_packed_command(self.connection.pack_commands(commands), check_health=False)
+
+    def call(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one write and wait for their answers (a final state's SET and PUBLISH):
+        after the quiet writes before them on the same connection, without redis-py's pipeline object per
+        call. An error answer is raised once every answer is read, so none is left on the connection."""
+        self._ready()
+        self.connection.send_packed_command(self.connection.pack_commands(commands), check_health=False)
+        answers, refused = [], None
+        for _ in commands:
+            try:
+                answers.append(self.connection.read_response())
+            except Exception as exc:
+                from redis.exceptions import ResponseError
+
+                if not isinstance(exc, ResponseError):
+                    raise
+                refused = refused or exc
+        if refused is not None:
+            raise refused
+        return answers
+
+    def _ready(self) -> None:
+        """Read the answers owed, and (re)connect when Redis closed the connection meanwhile."""
+        self._settle()
+        try:  # anything to read now is an EOF (Redis restarted, CLIENT KILL) or worse: start afresh
+            stale = self.connection._sock is not None and self.connection.can_read(timeout=0)
+        except Exception:
+            stale = True
+        if stale:
+            self.connection.disconnect()
+        if self.connection._sock is None:
+            self.connection.connect()
 
     def _settle(self) -> None:
         if self.connection._sock is None:  # closed since (the pool's disconnect() closes it too)
@@ -160,6 +184,20 @@ class RedisBackend(ResultBackend):
         document = encode_meta(task_id, state, result, traceback, request, task_name)
         key = task_key(task_id)
         expires = settings.RESULT_EXPIRES
+        writer = self._started_writer()
+        if writer is not None:  # after this thread's quiet writes, in order, and without a pipeline object
+            setting = ("SET", key, document, "EX", int(expires)) if expires else ("SET", key, document)
+            try:
+                writer.call([setting, ("PUBLISH", key, document)])
+                return
+            except Exception as exc:
+                from redis.exceptions import ResponseError  # here, not per task: redis is imported lazily
+
+                if isinstance(exc, ResponseError):
+                    raise  # Redis refused the write (out of memory, a replica): as through the pool
+                logger.warning("the %s write of task %s failed on this thread's connection; writing it through "
+                               "the pool", state, task_id, exc_info=True)
+                writer.broken()
         with self.client.pipeline(transaction=False) as pipe:
             pipe.set(key, document, ex=int(expires) if expires else None)
             pipe.publish(key, document)
@@ -170,9 +208,9 @@ class RedisBackend(ResultBackend):
         message's arrival and its result. The write goes out on a connection this thread keeps for
         it alone, and its reply is read before the thread's next STARTED write: a refusal (out of
         memory, a busy script, a replica) is logged then, one task late, and no reply is ever left
-        where another command could read it. The final state's write goes through the pool -- another
-        connection -- and waits, as always; a script keeps a STARTED that reaches Redis after it from
-        replacing it. Past ``STARTED_WRITERS`` threads in a process (``-P threads`` with a large
+        where another command could read it. The final state's write follows on the same connection
+        (:meth:`mark`) and waits, as always; a script keeps a STARTED that reaches Redis after a final
+        state written elsewhere (another thread, the pool) from replacing it. Past ``STARTED_WRITERS`` threads in a process (``-P threads`` with a large
         ``-c``), or when this thread's connection breaks, STARTED is written through the pool and
         waited for."""
         if not self._write_quietly(TaskState.STARTED, STARTED_SCRIPT, task_id, request, task_name, FINAL_STATES):

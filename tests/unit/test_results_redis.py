@@ -208,6 +208,27 @@ def test_the_quiet_writes_load_their_scripts_once_and_again_after_a_flush(settin
     assert backend.meta(landed).state == TaskState.STARTED
 
 
+def test_the_final_write_follows_the_quiet_ones_and_a_refusal_is_raised_with_nothing_left_unread(backend, raw):
+    """A final state goes out on the thread's own connection after its STARTED (so always after it), and
+    waits for Redis: a SET that Redis refuses (out of memory) raises as through the pool, and the next
+    write on that connection reads its own answers, not that one's."""
+    task_id, after = str(uuid.uuid4()), str(uuid.uuid4())
+    backend.mark_started(task_id, task_name=NAME)
+    backend.mark(task_id, TaskState.SUCCESS, result=1)
+    assert backend.meta(task_id).state == TaskState.SUCCESS
+    maxmemory, policy = raw.config_get("maxmemory")["maxmemory"], raw.config_get("maxmemory-policy")
+    raw.config_set("maxmemory-policy", "noeviction")
+    raw.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):
+            backend.mark(str(uuid.uuid4()), TaskState.SUCCESS, result="x" * 1000)
+    finally:
+        raw.config_set("maxmemory", maxmemory)
+        raw.config_set("maxmemory-policy", policy["maxmemory-policy"])
+    backend.mark(after, TaskState.SUCCESS, result=2)
+    assert (backend.meta(after).state, backend.meta(after).result) == (TaskState.SUCCESS, 2)
+
+
 BUSY_FOR_400_MS = """
 local began = redis.call('TIME')
 while true do
