@@ -77,12 +77,15 @@ def bulk(system: str, broker_url: str, n: int) -> dict:
     return {"rate": n / client(system, environment(broker_url), "bulk", n)["seconds"]}
 
 
-def roundtrip(system: str, broker_url: str, result_url: str, n: int, **extra: str) -> dict:
-    """p50 and p99 milliseconds from ``delay()`` to ``get()`` returning, one idle worker, Redis results."""
+def roundtrip(system: str, broker_url: str, result_url: str, n: int, pool: str = "solo", concurrency: int = 1,
+              **extra: str) -> dict:
+    """p50 and p99 milliseconds from ``delay()`` to ``get()`` returning, one idle worker, Redis results
+    (``pool``/``concurrency``: ours' and Celery's pool; the row runs ours on ``-P solo`` and on the default
+    ``-P prefork -c 2``)."""
     env = environment(broker_url, result_url, **extra)
     marker = new_marker()
     client(system, env, "marker", marker)
-    with Worker(worker_command(system, broker_url), env) as worker:
+    with Worker(worker_command(system, broker_url, pool, concurrency), env) as worker:
         worker.wait_for(marker)  # started and idle
         latencies = sorted(client(system, env, "roundtrip", n)["latencies"])
     return {"p50_ms": 1000 * statistics.median(latencies),

@@ -22,6 +22,9 @@ TARGETS: list[tuple[str, Key, str, Key, str, str, float]] = [
     ("round trip delay() -> get(), p50", ("roundtrip", "ours"), "p50_ms", ("roundtrip", "huey"), "Huey", "<", 1),
     ("round trip delay() -> get(), p99", ("roundtrip", "ours"), "p99_ms", ("roundtrip", "celery"), "Celery",
      "<=", 0.5),
+    *[(f"round trip delay() -> get(), {metric[:3]}, ours {pool}", ("roundtrip", label), metric,
+       ("roundtrip", "huey-notify"), "Huey notify_result=True", "<", 1)
+      for label, pool in (("ours", "-P solo"), ("ours-prefork", "-P prefork -c 2")) for metric in ("p50_ms", "p99_ms")],
     ("drain, RabbitMQ, 1 process", ("amqp", "ours"), "rate", ("amqp", "celery"), "Celery -P solo", ">=", 4),
     ("drain, RabbitMQ, 1 process", ("amqp", "ours"), "rate", ("amqp", "dramatiq"), "Dramatiq -p 1 -t 1", ">=", 1.5),
     ("idle worker RSS, -P solo", ("rss-solo", "ours"), "rss_mib", ("rss-solo", "celery"),

@@ -101,7 +101,9 @@ def measure_run(rows: list[str], redis_url: str, amqp_url: str | None, n: int, r
             on_redis("bulk", system, measure.bulk, n)
     if "roundtrip" in rows:
         results = redis_url.rsplit("/", 1)[0] + "/1"
-        for label, system, extra in (("ours", "ours", {}), ("celery", "celery", {}), ("huey", "huey", {}),
+        for label, system, extra in (("ours", "ours", {}), ("ours-prefork", "ours", {"pool": "prefork",
+                                                                                      "concurrency": 2}),
+                                     ("celery", "celery", {}), ("huey", "huey", {}),
                                      ("huey-notify", "huey", {"BENCH_HUEY_NOTIFY": "1"})):
             flush(redis_url)
             record("roundtrip", label, measure.roundtrip, system, redis_url, results, roundtrips, **extra)

@@ -90,9 +90,13 @@ class StartedConnection:
     def call(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send ``commands`` in one write and wait for their answers (a final state's SET and PUBLISH):
         after the quiet writes before them on the same connection, without redis-py's pipeline object per
-        call. An error answer is raised once every answer is read, so none is left on the connection."""
-        self._ready()
+        call. They go out before the answers still owed to those writes are read (a no-op task's STARTED
+        answer is often still on its way): the PUBLISH a waiting ``get()`` sleeps on leaves a round trip
+        sooner. An error answer is raised once every answer is read, so none is left on the connection."""
+        if not self.owed or self.connection._sock is None:
+            self._ready()  # idle since the last write: Redis may have closed the connection meanwhile
         self.connection.send_packed_command(self.connection.pack_commands(commands), check_health=False)
+        self._settle()  # the quiet writes' answers come first, in order
         answers, refused = [], None
         for _ in commands:
             try:
@@ -210,9 +214,9 @@ class RedisBackend(ResultBackend):
         memory, a busy script, a replica) is logged then, one task late, and no reply is ever left
         where another command could read it. The final state's write follows on the same connection
         (:meth:`mark`) and waits, as always; a script keeps a STARTED that reaches Redis after a final
-        state written elsewhere (another thread, the pool) from replacing it. Past ``STARTED_WRITERS`` threads in a process (``-P threads`` with a large
-        ``-c``), or when this thread's connection breaks, STARTED is written through the pool and
-        waited for."""
+        state written elsewhere (another thread, the pool) from replacing it. Past ``STARTED_WRITERS``
+        threads in a process (``-P threads`` with a large ``-c``), or when this thread's connection
+        breaks, STARTED is written through the pool and waited for."""
         if not self._write_quietly(TaskState.STARTED, STARTED_SCRIPT, task_id, request, task_name, FINAL_STATES):
             super().mark_started(task_id, request=request, task_name=task_name)
 
