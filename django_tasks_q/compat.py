@@ -23,8 +23,8 @@ its types also names ``unused-ignore``, so that mypy passes on older kombu.
 
 Not listed: public API (``kombu.Connection``, ``redis.Redis`` commands,
 Django's ORM) and the exception classes we import. amqp is used only
-through its public ``amqp.exceptions``; django-redis is not imported by the
-package.
+through its public API, but for two names below (a batch's publishes
+without a confirm wait each); django-redis is not imported by the package.
 """
 
 from __future__ import annotations
@@ -260,6 +260,13 @@ PRIVATE_NAMES: tuple[Private, ...] = (
             "a thread's STARTED connection is dropped from the pool's list when the thread ends"),
     Private("redis", "redis.Redis", "parse_response", "call",
             "reads the BRPOP answer as kombu does", ("connection", "command_name")),
+    # -- py-amqp (broker/amqp_confirms.py) ---------------------------------------------------------------------
+    Private("amqp", "amqp.channel.Channel", "_basic_publish", "call",
+            "publishes a batch without py-amqp's wait for each confirm, whose confirms are then read together",
+            ("msg", "exchange", "routing_key")),
+    Private("amqp", "amqp.channel.Channel", "events", "attr",
+            "a batch's confirms are counted by basic_ack/basic_nack listeners: py-amqp reads a waiting frame "
+            "before each publish, so a confirm can arrive while the batch is still going out"),
     # -- Django, croniter, django-tasks ------------------------------------------------------------------------
     Private("Django", "django.forms.models.BaseModelForm", "_post_clean", "override",
             "the periodic task form points the instance at its schedule row before the model is validated"),

@@ -245,6 +245,13 @@ class RabbitMQServer(Server):
         self.env: dict[str, str] | None = None
         self.sbin: str | None = None
 
+    def ctl(self, *args: str) -> str:
+        """``rabbitmqctl ARGS`` against this node (a test sets a policy, say); raises with its output on failure."""
+        done = self._cli("rabbitmqctl", "-q", *args)
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stdout} {done.stderr}")
+        return done.stdout
+
     def _cli(self, tool: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
         return subprocess.run(
             [os.path.join(self.sbin, tool), *args],
@@ -571,6 +578,13 @@ def serve(server: Server) -> Iterator[str]:
             import pytest  # here, so that bench/run.py can use the server classes without pytest
 
             pytest.fail(message, pytrace=False)
+        RUNNING[url] = server
         yield url
     finally:
+        RUNNING.pop(getattr(server, "url", None) or "", None)
         server.stop()
+
+
+#: The servers ``serve`` runs now, by URL: a test that needs more than the URL (a RabbitMQ policy) finds
+#: the session's server here.
+RUNNING: dict[str, Server] = {}

@@ -166,10 +166,13 @@ def publish_many(messages: list[tuple[EncodedMessage, str, float | None]], route
     """Publish ``(message, task id, deliver_at)`` items to one route, in as few round trips as the broker allows.
 
     On Redis, messages go out pipelined (a thousand commands per round trip),
-    on ``django://`` in multi-row INSERTs, parked ones (an eta) included;
-    elsewhere, and for parked messages on Redis, one by one through
-    :func:`publish`. A broker failure part-way raises ``BrokerUnavailable``
-    saying how many were sent (those before it in the list).
+    on ``django://`` in multi-row INSERTs, parked ones (an eta) included; on
+    RabbitMQ a batch at a time with its confirms read after it
+    (:mod:`~django_tasks_q.broker.amqp_confirms`); parked messages on Redis
+    and RabbitMQ, and every message while publish signals have receivers,
+    one by one through :func:`publish`. A broker failure part-way raises
+    ``BrokerUnavailable`` saying how many were sent (those before it in the
+    list; on RabbitMQ, how many of the failed batch were confirmed).
 
     ``shared_headers``: the messages differ in no header but :data:`OWN_HEADERS`
     (one ``apply_async_many()``), so on Redis the JSON of the rest is written
@@ -198,6 +201,9 @@ def publish_many(messages: list[tuple[EncodedMessage, str, float | None]], route
                 prepared = [envelope(message, exchange, routing_key, _properties(task_id, route, None),
                                      headers=None if at is None else {**message.headers, delayed.PARK_HEADER: at})
                             for message, task_id, at in batch]
+        if prepared is None and not parked and not _observed() and state.connection.transport.driver_type == "amqp":
+            sent += _confirmed_batch(state, batch, route, exchange, routing_key, sent, len(messages))
+            continue
         try:
             routed = None if prepared is None else _put(channel, queue, exchange, routing_key, prepared,
                                                         encoded=copied)
@@ -214,6 +220,28 @@ def publish_many(messages: list[tuple[EncodedMessage, str, float | None]], route
                 f"could not send tasks {first.headers.get('task')} to {connection.mask_url(settings.BROKER_URL)}: "
                 f"{exc} ({sent} of {len(messages)} messages were sent, in order)") from exc
         sent += len(batch)
+
+
+def _confirmed_batch(state: Any, batch: list[tuple[EncodedMessage, str, float | None]], route: Route, exchange: str,
+                     routing_key: str, sent: int, total: int) -> int:
+    """RabbitMQ: ``batch`` published with its confirms pipelined (broker/amqp_confirms.py); how many."""
+    from . import amqp_confirms
+
+    outgoing = [(message.payload, message.content_type, message.content_encoding, message.headers,
+                 _properties(task_id, route, None)) for message, task_id, _ in batch]
+    try:
+        return amqp_confirms.publish_confirmed(state.connection, outgoing, exchange, routing_key,
+                                               timeout=settings.BROKER_CONNECTION_TIMEOUT * 10)
+    except amqp_confirms.Refused as exc:
+        raise BrokerUnavailable(f"could not send tasks {batch[0][0].headers.get('task')} to "
+                                f"{connection.mask_url(settings.BROKER_URL)}: {exc} ({sent} of {total} messages "
+                                f"were sent before this batch of {len(batch)})") from exc
+    except (OperationalError, OSError, *state.connection.connection_errors, *state.connection.channel_errors) as exc:
+        connection.reset()
+        raise BrokerUnavailable(
+            f"could not send tasks {batch[0][0].headers.get('task')} to {connection.mask_url(settings.BROKER_URL)}: "
+            f"{exc} ({sent} of {total} messages were sent, in order; of the next {len(batch)}, published with "
+            f"their confirms read after them, any may or may not have been queued)") from exc
 
 
 def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: str | None = None,

@@ -194,3 +194,75 @@ def test_new_ids_are_random_version_4_uuids():
     assert len(set(ids)) == 5000
     parsed = [uuid.UUID(value) for value in ids]
     assert all(u.version == 4 and u.variant == uuid.RFC_4122 and str(u) == value for u, value in zip(parsed, ids))
+
+
+def _consume_all(url: str, queue_name: str, expected: int, timeout: float = 30) -> list:
+    """Every message of ``queue_name`` (acked), as kombu hands them to a consumer."""
+    from django_tasks_q.broker.connection import new_connection
+    from django_tasks_q.broker.queues import get_queue
+
+    got: list = []
+    deadline = time.monotonic() + timeout
+    with new_connection(url) as conn:
+        with conn.Consumer(get_queue(queue_name), callbacks=[lambda body, message: got.append(message)],
+                           accept=["json"]):
+            while len(got) < expected and time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=1)
+                except TimeoutError:
+                    pass
+        for message in got:
+            message.ack()
+    return got
+
+
+def test_a_bulk_send_on_rabbitmq_publishes_the_batch_then_reads_its_confirms(amqp_url, broker):
+    """``apply_async_many()`` on RabbitMQ: after the first message (which declares the queue), each batch of
+    500 goes out on a confirm-mode channel of its own and its confirms are read after it. The messages reach
+    a consumer in order, each exactly as a single ``apply_async()`` writes it (same properties, headers and
+    body layout), and a worker runs them all."""
+    broker(amqp_url)
+    purge(amqp_url, QUEUE)
+    single = add.apply_async((0, 0), queue=QUEUE)
+    results = add.apply_async_many([((i, i), None) for i in range(1200)], queue=QUEUE)
+    got = _consume_all(amqp_url, QUEUE, 1201)
+    assert [message.headers["id"] for message in got] == [single.id] + [r.id for r in results]
+    assert [message.payload[0] for message in got[1:]] == [[i, i] for i in range(1200)]
+    reference, batched = got[0], got[600]
+    for message in (reference, batched):
+        assert message.properties["delivery_mode"] == 2
+        assert message.properties["correlation_id"] == message.headers["id"]
+        assert (message.content_type, message.content_encoding) == ("application/json", "utf-8")
+    assert set(batched.headers) == set(reference.headers)
+    assert set(batched.properties) == set(reference.properties)
+    results = add.apply_async_many([((i, 1), None) for i in range(600)], queue=QUEUE)
+    with WorkerProcess(amqp_url, "-P", "threads", "-c", "4", "-Q", QUEUE, "-n", "bulkamqp@%h"):
+        assert [r.get(timeout=60) for r in results[-2:]] == [599, 600]
+        assert TaskResult.objects.filter(task_id__in=[r.id for r in results], state=TaskState.SUCCESS).count() == 600
+
+
+def test_messages_rabbitmq_refuses_in_a_bulk_send_are_reported_not_dropped_silently(amqp_url, broker):
+    """A queue that rejects publishes past 5 messages (a policy with ``overflow: reject-publish``) nacks the
+    rest of a batch: the send raises ``BrokerUnavailable`` saying how many were confirmed and refused."""
+    from django_tasks_q.exceptions import BrokerUnavailable
+    from tests import servers
+
+    name = f"bulk-capped-{uuid.uuid4().hex[:6]}"
+    server = servers.RUNNING[amqp_url]
+    server.ctl("set_policy", "--apply-to", "queues", f"cap-{name}", f"^{name}$",
+               '{"max-length": 5, "overflow": "reject-publish"}')
+    try:
+        broker(amqp_url)
+        purge(amqp_url, name)
+        deadline = time.monotonic() + 10  # the policy reaches the queue asynchronously
+        with pytest.raises(BrokerUnavailable) as refused:
+            while time.monotonic() < deadline:
+                purge(amqp_url, name)
+                add.apply_async_many([((i, i), None) for i in range(20)], queue=name)
+                time.sleep(0.2)
+        message = str(refused.value)
+        assert "RabbitMQ refused (nacked) 15 of 19 messages; 4 were confirmed" in message, message
+        assert "1 of 20 messages were sent before this batch of 19" in message, message
+        assert queue_size(amqp_url, name) == 5
+    finally:
+        server.ctl("clear_policy", f"cap-{name}")
