@@ -43,16 +43,15 @@ MAX_CONNECTIONS = 100
 CONNECTION_WAIT = 30.0
 #: Threads per process that keep a connection of their own for STARTED writes at once (mark_started).
 STARTED_WRITERS = 8
-#: The states a STARTED write never replaces (STARTED_SCRIPT's last arguments), in a fixed order.
+#: The states a STARTED write never replaces (QUIET_SCRIPT's last arguments), in a fixed order.
 FINAL_STATES = tuple(sorted(READY_STATES))
 logger = logging.getLogger(__name__)
 
 
-#: STARTED as :meth:`RedisBackend.mark_started` writes it: never over a final state (``lua/started.lua``).
-STARTED_SCRIPT = load_script(__name__, "started.lua")
-#: RECEIVED as :meth:`RedisBackend.mark_received` writes it: never over a later state (``lua/received.lua``).
-RECEIVED_SCRIPT = load_script(__name__, "received.lua")
-SCRIPT_SHAS = {source: hashlib.sha1(source.encode()).hexdigest() for source in (STARTED_SCRIPT, RECEIVED_SCRIPT)}
+#: STARTED and RECEIVED as :meth:`RedisBackend.mark_started` / ``mark_received`` write them without waiting:
+#: never over a later state (``lua/quiet_write.lua``).
+QUIET_SCRIPT = load_script(__name__, "quiet_write.lua")
+QUIET_SHA = hashlib.sha1(QUIET_SCRIPT.encode()).hexdigest()
 
 
 class StartedConnection:
@@ -217,7 +216,7 @@ class RedisBackend(ResultBackend):
         state written elsewhere (another thread, the pool) from replacing it. Past ``STARTED_WRITERS``
         threads in a process (``-P threads`` with a large ``-c``), or when this thread's connection
         breaks, STARTED is written through the pool and waited for."""
-        if not self._write_quietly(TaskState.STARTED, STARTED_SCRIPT, task_id, request, task_name, FINAL_STATES):
+        if not self._write_quietly(TaskState.STARTED, task_id, request, task_name, ("never", *FINAL_STATES)):
             super().mark_started(task_id, request=request, task_name=task_name)
 
     def mark_received(self, task_id: str, *, request: Any = None, task_name: str = "") -> None:
@@ -225,20 +224,20 @@ class RedisBackend(ResultBackend):
         runs writes one for nearly every task, and waiting for each cost a round trip of the main loop.
         The script writes it only where nothing later is recorded, so a RECEIVED that lands after the
         task's STARTED (a prefork child writes that on its own connection) changes nothing."""
-        if not self._write_quietly(TaskState.RECEIVED, RECEIVED_SCRIPT, task_id, request, task_name, ()):
+        if not self._write_quietly(TaskState.RECEIVED, task_id, request, task_name, ("only", TaskState.RECEIVED)):
             super().mark_received(task_id, request=request, task_name=task_name)
 
-    def _write_quietly(self, state: str, script: str, task_id: str, request: Any, task_name: str,
-                       extra: tuple[str, ...]) -> bool:
-        """``script`` with ``state``'s document on this thread's own connection, without waiting; False
-        when it must go through the pool instead (no connection of its own left, or it just broke)."""
+    def _write_quietly(self, state: str, task_id: str, request: Any, task_name: str, guard: tuple[str, ...]) -> bool:
+        """``state``'s document by QUIET_SCRIPT (``guard``: which stored states it may replace) on this thread's
+        own connection, without waiting; False when it must go through the pool instead (no connection of
+        its own left, or it just broke)."""
         writer = self._started_writer()
         if writer is None:
             return False
         document = encode_meta(task_id, state, None, "", request, task_name)
         try:
-            writer.write_script(state, script, SCRIPT_SHAS[script], [task_key(task_id)],
-                                [document, int(settings.RESULT_EXPIRES or 0), *extra])
+            writer.write_script(state, QUIET_SCRIPT, QUIET_SHA, [task_key(task_id)],
+                                [document, int(settings.RESULT_EXPIRES or 0), *guard])
             return True
         except Exception:
             logger.warning("the %s write of task %s could not go out on its own connection (an earlier write "

@@ -47,7 +47,7 @@ def test_wheel_carries_templates_static_migrations_lua_and_py_typed(dists):
     wanted = package_files("django_tasks_q/templates/**/*.html", "django_tasks_q/static/**/*.*",
                            "django_tasks_q/migrations/*.py", "django_tasks_q/**/*.lua") | {"django_tasks_q/py.typed"}
     assert any(name.startswith("django_tasks_q/migrations/0001") for name in wanted)
-    assert "django_tasks_q/results/lua/started.lua" in wanted
+    assert "django_tasks_q/results/lua/quiet_write.lua" in wanted
     assert not wanted - names, f"missing from {dists.wheel.name}: {sorted(wanted - names)}"
     stray = sorted(name for name in names if name.split("/")[0] in ("tests", "testproject", "docs", "bench"))
     assert not stray, f"{dists.wheel.name} ships files that are not the package: {stray[:10]}"
