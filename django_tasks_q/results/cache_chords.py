@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.states import TaskState
 from ..exceptions import EncodeError
 from .backend import describe_exception
-from .chord_body import fail_for_member, send_body
+from .chord_body import chord_members_ahead, fail_for_member, send_body
 from .redis_keys import group_key
 
 if TYPE_CHECKING:
@@ -73,11 +73,8 @@ def on_chord_part_return(message: TaskMessage, state: str, retval: Any, backend:
     if message.chord and message.group_id and state in _COUNTED:
         count_member(backend, message.group_id, message.id, message.chord, state, retval, culprit)
     elif state in _FAILED and message.chain:
-        # a chain that is a chord member failed before its last step, which will never run: count that
-        # step as failed now, or the chord would wait for it forever
-        for step in message.chain:
-            options = (step.get("options") or {}) if isinstance(step, dict) else {}
-            if options.get("group_id") and options.get("task_id") and isinstance(options.get("chord"), dict):
+        for options in chord_members_ahead(message):
+            if options.get("task_id"):
                 count_member(backend, options["group_id"], options["task_id"], options["chord"], state, retval,
                              culprit)
 

@@ -15,7 +15,8 @@ gave it, and the body's ``link_error`` errbacks are called or sent
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from ..core import context
 from ..core.callbacks import call_errbacks, sendable
@@ -23,7 +24,20 @@ from ..core.states import TaskState
 from ..exceptions import ChordError
 from .backend import ResultBackend, describe_exception
 
+if TYPE_CHECKING:
+    from ..core.protocol import TaskMessage
+
 logger = logging.getLogger(__name__)
+
+
+def chord_members_ahead(message: TaskMessage) -> Iterator[dict[str, Any]]:
+    """The options of the steps still ahead in ``message``'s chain that are chord members (a ``group_id``
+    and a ``chord`` body): when the chain fails before them they never run, so every backend counts them
+    failed at once, or their chord would wait for them forever (as Celery does)."""
+    for step in message.chain or []:
+        options = (step.get("options") or {}) if isinstance(step, dict) else {}
+        if options.get("group_id") and isinstance(options.get("chord"), dict):
+            yield options
 
 
 def send_body(body: dict, results: list, group_id: str, backend: ResultBackend) -> bool:

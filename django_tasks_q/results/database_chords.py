@@ -26,7 +26,7 @@ from django.db.models import F
 
 from ..core.states import TaskState
 from ..models import ChordCounter, TaskResult
-from .chord_body import fail_for_member, send_body
+from .chord_body import chord_members_ahead, fail_for_member, send_body
 
 if TYPE_CHECKING:
     from ..core.protocol import TaskMessage
@@ -61,11 +61,9 @@ def on_chord_part_return(message: TaskMessage, state: str, retval: Any, backend:
 
 def _fail_chords_ahead(message: TaskMessage, retval: Any, backend: ResultBackend) -> None:
     """A chain that is a chord member failed before its last step: that step will never be counted."""
-    for step in message.chain or []:
-        options = step.get("options") or {} if isinstance(step, dict) else {}
-        group_id, body = options.get("group_id"), options.get("chord")
-        if group_id and isinstance(body, dict) and _first_failure(group_id):
-            _fail_chord(message, body, retval, backend, group_id)
+    for options in chord_members_ahead(message):
+        if _first_failure(options["group_id"]):
+            _fail_chord(message, options["chord"], retval, backend, options["group_id"])
 
 
 def increment(group_id: str) -> Mapping[str, Any] | None:

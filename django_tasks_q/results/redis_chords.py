@@ -29,7 +29,7 @@ from ..core.states import PROPAGATE_STATES, TaskState
 from ..exceptions import ChordError
 from ..lua import load_script
 from .backend import describe_exception
-from .chord_body import record_body_failure, send_body
+from .chord_body import chord_members_ahead, record_body_failure, send_body
 from .redis_keys import group_key
 
 if TYPE_CHECKING:
@@ -68,11 +68,8 @@ def on_chord_part_return(message: Any, state: str, retval: Any, backend: RedisBa
     if message.chord and message.group_id and state in _COUNTED:
         count_member(backend, message.group_id, message.id, message.group_index, message.chord, state, retval)
     elif state in _FAILED and message.chain:
-        # a chain that is a chord member failed before its last step, which will never run: count
-        # that step as failed now (as Celery does), or the chord would wait for it forever
-        for step in message.chain:
-            options = (step.get("options") or {}) if isinstance(step, dict) else {}
-            if options.get("group_id") and options.get("task_id") and isinstance(options.get("chord"), dict):
+        for options in chord_members_ahead(message):
+            if options.get("task_id"):
                 count_member(backend, options["group_id"], options["task_id"], options.get("group_index"),
                              options["chord"], state, retval)
 
