@@ -193,15 +193,16 @@ def publish_many(messages: list[tuple[EncodedMessage, str, float | None]], route
         channel = _direct_channel(state, queue.name)
         prepared: list | None = None
         parked = any(at is not None for _, _, at in batch)
+        observed = _observed()
         copied = shared_headers and not parked and hasattr(channel, "put_encoded")
-        if channel is not None and not _observed() and (not parked or delayed.parks_by_header(state.connection)):
+        if channel is not None and not observed and (not parked or delayed.parks_by_header(state.connection)):
             if copied:
                 prepared = _texts(channel, batch, exchange, routing_key, route)
             else:  # a parked message carries its time in a header; put_messages may take it or decline (None)
                 prepared = [envelope(message, exchange, routing_key, _properties(task_id, route, None),
                                      headers=None if at is None else {**message.headers, delayed.PARK_HEADER: at})
                             for message, task_id, at in batch]
-        if prepared is None and not parked and not _observed() and state.connection.transport.driver_type == "amqp":
+        if prepared is None and not parked and not observed and state.connection.transport.driver_type == "amqp":
             sent += _confirmed_batch(state, batch, route, exchange, routing_key, sent, len(messages))
             continue
         try:
@@ -216,9 +217,7 @@ def publish_many(messages: list[tuple[EncodedMessage, str, float | None]], route
             raise BrokerUnavailable(f"{exc} ({sent} of {len(messages)} messages were sent, in order)") from exc
         except (OperationalError, OSError, *state.connection.connection_errors) as exc:
             connection.reset()
-            raise BrokerUnavailable(
-                f"could not send tasks {first.headers.get('task')} to {connection.mask_url(settings.BROKER_URL)}: "
-                f"{exc} ({sent} of {len(messages)} messages were sent, in order)") from exc
+            raise _unsent(first, f"{exc} ({sent} of {len(messages)} messages were sent, in order)") from exc
         sent += len(batch)
 
 
@@ -233,15 +232,19 @@ def _confirmed_batch(state: Any, batch: list[tuple[EncodedMessage, str, float | 
         return amqp_confirms.publish_confirmed(state.connection, outgoing, exchange, routing_key,
                                                timeout=settings.BROKER_CONNECTION_TIMEOUT * 10)
     except amqp_confirms.Refused as exc:
-        raise BrokerUnavailable(f"could not send tasks {batch[0][0].headers.get('task')} to "
-                                f"{connection.mask_url(settings.BROKER_URL)}: {exc} ({sent} of {total} messages "
-                                f"were sent before this batch of {len(batch)})") from exc
+        raise _unsent(batch[0][0], f"{exc} ({sent} of {total} messages were sent before this batch of "
+                                   f"{len(batch)})") from exc
     except (OperationalError, OSError, *state.connection.connection_errors, *state.connection.channel_errors) as exc:
         connection.reset()
-        raise BrokerUnavailable(
-            f"could not send tasks {batch[0][0].headers.get('task')} to {connection.mask_url(settings.BROKER_URL)}: "
-            f"{exc} ({sent} of {total} messages were sent, in order; of the next {len(batch)}, published with "
-            f"their confirms read after them, any may or may not have been queued)") from exc
+        raise _unsent(batch[0][0], f"{exc} ({sent} of {total} messages were sent, in order; of the next "
+                                   f"{len(batch)}, published with their confirms read after them, any may or may "
+                                   "not have been queued)") from exc
+
+
+def _unsent(first: EncodedMessage, detail: str) -> BrokerUnavailable:
+    """A bulk send that failed part-way: the task, the masked broker URL, and ``detail`` (what was sent)."""
+    return BrokerUnavailable(f"could not send tasks {first.headers.get('task')} to "
+                             f"{connection.mask_url(settings.BROKER_URL)}: {detail}")
 
 
 def publish(message: EncodedMessage, route: Route, *, task_id: str, reply_to: str | None = None,
