@@ -41,8 +41,8 @@ if TYPE_CHECKING:
 MAX_CONNECTIONS = 100
 #: ... and how long a writer waits for one of them before the write fails.
 CONNECTION_WAIT = 30.0
-#: Threads per process that keep a connection of their own for STARTED writes at once (mark_started).
-STARTED_WRITERS = 8
+#: Threads per process that keep a connection of their own for result writes at once (ThreadConnection).
+THREAD_CONNECTIONS = 8
 #: The states a STARTED write never replaces (QUIET_SCRIPT's last arguments), in a fixed order.
 FINAL_STATES = tuple(sorted(READY_STATES))
 logger = logging.getLogger(__name__)
@@ -54,9 +54,9 @@ QUIET_SCRIPT = load_script(__name__, "quiet_write.lua")
 QUIET_SHA = hashlib.sha1(QUIET_SCRIPT.encode()).hexdigest()
 
 
-class StartedConnection:
-    """One thread's connection for the writes that do not wait (STARTED, RECEIVED): each goes out
-    without waiting, and the answers owed are read before the next write.
+class ThreadConnection:
+    """One thread's connection for its result writes: those that do not wait (STARTED, RECEIVED) go out
+    without their answers being read until the next write, and a final state follows them (``call``).
 
     The scripts run by ``EVALSHA``: the first use of a script on a connection sends its ``SCRIPT
     LOAD`` in the same write, ahead of it, so the source crosses the network once per connection
@@ -187,7 +187,7 @@ class RedisBackend(ResultBackend):
         document = encode_meta(task_id, state, result, traceback, request, task_name)
         key = task_key(task_id)
         expires = settings.RESULT_EXPIRES
-        writer = self._started_writer()
+        writer = self._thread_connection()
         if writer is not None:  # after this thread's quiet writes, in order, and without a pipeline object
             setting = ("SET", key, document, "EX", int(expires)) if expires else ("SET", key, document)
             try:
@@ -213,7 +213,7 @@ class RedisBackend(ResultBackend):
         memory, a busy script, a replica) is logged then, one task late, and no reply is ever left
         where another command could read it. The final state's write follows on the same connection
         (:meth:`mark`) and waits, as always; a script keeps a STARTED that reaches Redis after a final
-        state written elsewhere (another thread, the pool) from replacing it. Past ``STARTED_WRITERS``
+        state written elsewhere (another thread, the pool) from replacing it. Past ``THREAD_CONNECTIONS``
         threads in a process (``-P threads`` with a large ``-c``), or when this thread's connection
         breaks, STARTED is written through the pool and waited for."""
         if not self._write_quietly(TaskState.STARTED, task_id, request, task_name, ("never", *FINAL_STATES)):
@@ -231,7 +231,7 @@ class RedisBackend(ResultBackend):
         """``state``'s document by QUIET_SCRIPT (``guard``: which stored states it may replace) on this thread's
         own connection, without waiting; False when it must go through the pool instead (no connection of
         its own left, or it just broke)."""
-        writer = self._started_writer()
+        writer = self._thread_connection()
         if writer is None:
             return False
         document = encode_meta(task_id, state, None, "", request, task_name)
@@ -245,8 +245,8 @@ class RedisBackend(ResultBackend):
             writer.broken()
             return False
 
-    def _started_writer(self) -> StartedConnection | None:
-        """This thread's STARTED connection; None when ``STARTED_WRITERS`` live threads have one."""
+    def _thread_connection(self) -> ThreadConnection | None:
+        """This thread's STARTED connection; None when ``THREAD_CONNECTIONS`` live threads have one."""
         held = getattr(self._local, "started", None)
         pid = os.getpid()
         if held is not None and held.pid == pid:
@@ -255,9 +255,9 @@ class RedisBackend(ResultBackend):
         with self._lock:
             if self._writers_pid != pid:  # a forked child counts its own
                 self._writers_pid, self._writers = pid, weakref.WeakSet()
-            if len(self._writers) >= STARTED_WRITERS:
+            if len(self._writers) >= THREAD_CONNECTIONS:
                 return None
-            held = StartedConnection(pool)
+            held = ThreadConnection(pool)
             self._writers.add(held)  # leaves the set when its thread ends (the thread's locals go)
         self._local.started = held
         return held

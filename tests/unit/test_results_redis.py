@@ -288,11 +288,11 @@ def test_a_started_connection_the_pool_disconnected_is_not_read_for_a_lost_reply
 
 
 def test_started_writes_past_the_per_process_limit_wait_for_redis(backend, raw, monkeypatch):
-    """Threads past STARTED_WRITERS (``-P threads -c 500``) do not each open a connection: their
+    """Threads past THREAD_CONNECTIONS (``-P threads -c 500``) do not each open a connection: their
     STARTED goes through the pool and waits, as other writes do."""
     from django_tasks_q.results import redis as redis_results
 
-    monkeypatch.setattr(redis_results, "STARTED_WRITERS", 1)
+    monkeypatch.setattr(redis_results, "THREAD_CONNECTIONS", 1)
     backend._local.started = None
     backend._writers = weakref.WeakSet()
     backend.mark_started(str(uuid.uuid4()), task_name=NAME)  # this thread takes the only one
@@ -315,7 +315,7 @@ def test_a_thread_that_ends_gives_its_started_connection_back(backend, monkeypat
     the connections up for good."""
     from django_tasks_q.results import redis as redis_results
 
-    monkeypatch.setattr(redis_results, "STARTED_WRITERS", 1)
+    monkeypatch.setattr(redis_results, "THREAD_CONNECTIONS", 1)
     backend._local.started = None
     backend._writers = weakref.WeakSet()
     kept: list[bool] = []
