@@ -93,6 +93,9 @@ def test_dashboard_shows_a_worker_a_moving_progress_bar_and_retries_a_failure(br
         browser.find_element(By.ID, "id_password").send_keys("dashboard-pw")
         browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
         eventually(lambda: browser.current_url.endswith("/admin/django_tasks_q/dashboard/"))
+        # the dashboard page itself, loaded: a flag set while the login's redirect still loads it is dropped
+        eventually(lambda: browser.execute_script("return document.readyState") == "complete"
+                   and browser.find_elements(By.ID, "tasksq-dashboard"))
 
         browser.execute_script("window.tqSamePage = true")  # a reload would drop it
         eventually(lambda: "online" in browser.find_element(By.CSS_SELECTOR,
