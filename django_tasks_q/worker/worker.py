@@ -354,10 +354,15 @@ class Worker:
             logger.exception("could not record %s for %s", TaskState.RECEIVED, job.message.id)
 
     def _update_qos(self) -> None:
-        """Held eta tasks must not use up the prefetch window (as Celery does)."""
+        """Held eta tasks must not use up the prefetch window (as Celery does).
+
+        The window is the channel's, shared by its consumers (``global``, as Celery asks of RabbitMQ):
+        RabbitMQ applies a per-consumer window only to consumers started after it, so a window widened
+        for a held eta task would not reach the consumer already running -- its one slot stays full.
+        """
         size = self.prefetch + len(self.held)
         if self._channel is not None and size != self._qos_size:
-            self._channel.basic_qos(0, size, False)
+            self._channel.basic_qos(0, size, True)
             self._qos_size = size
 
     def _start(self, job: Job) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from django_tasks_q.core.states import TaskState
 from django_tasks_q.worker.pools.prefork import WorkerLostError
-from testproject.videos.tasks import kill_own_child, mark, sleep
+from testproject.videos.tasks import add, kill_own_child, mark, sleep
 from tests.workers import WorkerProcess
 
 from .test_spine import wait_until
@@ -61,3 +61,16 @@ def test_acks_late_task_that_kills_its_child_is_given_back_once_then_fails(url, 
             result.get(timeout=30)
         assert mark.apply_async((str(tmp_path / "after"), "next"), queue="kill").get(timeout=20) == "next"
     assert path.read_text().splitlines() == ["ran", "ran"], "given back once, then failed"
+
+
+def test_a_held_eta_task_does_not_use_up_the_prefetch_window(url):
+    """A window of one message (solo, multiplier 1): the eta task the worker holds widens it, so a task sent
+    after it starts at once -- on RabbitMQ too, where a window set per consumer would not reach the consumer
+    already running (the worker sets the channel's)."""
+    with WorkerProcess(url, "-P", "solo", "-Q", "window", "-n", "window@%h", "--prefetch-multiplier", "1"):
+        later = add.apply_async((1, 1), queue="window", countdown=8)
+        wait_until(lambda: later.state == TaskState.RECEIVED, timeout=10)  # held in the worker
+        started = time.monotonic()
+        assert add.apply_async((2, 2), queue="window").get(timeout=5) == 4
+        assert time.monotonic() - started < 4 and later.state == TaskState.RECEIVED
+        assert later.get(timeout=20) == 2
