@@ -1,4 +1,12 @@
-"""Tasks started after an early ack the broker may not have taken: run once, whatever comes back.
+"""Copies the broker gives back of tasks already started or ended here: acked, not run again.
+
+Two cases. *Started after an early ack the broker may not have taken* (below).
+*Ended*: a redelivered message whose task already has a final result
+(:func:`ended_state`) -- a prefork parent records a task whose child it killed
+or lost before the broker gives the ``acks_late`` message back, and so does any
+worker that finished a task and lost its connection before the ack.
+
+Tasks started after an early ack the broker may not have taken: run once, whatever comes back.
 
 An ack can be lost with the connection either way (AMQP's is never
 confirmed; a Redis killed while it synced its log has applied it and sent no
@@ -9,9 +17,14 @@ again (``Worker._already_started``).
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
+from typing import Any
 
+from ..core.states import READY_STATES
 from .pools.base import Job
+
+logger = logging.getLogger(__name__)
 
 #: Most task ids remembered as started with an unconfirmed ack (each outage adds at most the prefetch window).
 MAX_STARTED_UNACKED = 10_000
@@ -38,3 +51,18 @@ class StartedUnacked:
             return False
         del self._started[key]
         return True
+
+
+def ended_state(backend: Any, job: Job) -> str | None:
+    """The final state of a *redelivered* job's task, or ``None`` (not redelivered, not ended, unknown).
+
+    Only a redelivered message pays the read; one that cannot be read runs (the task is not lost).
+    """
+    if not job.delivery_info.get("redelivered"):
+        return None
+    try:
+        meta = backend.meta(job.message.id)
+    except Exception:
+        logger.exception("could not read the result of redelivered task %s; running it", job.message.id)
+        return None
+    return meta.state if meta is not None and meta.state in READY_STATES else None

@@ -45,7 +45,7 @@ from .deliveries import OneAtATime
 from .events import EventDispatcher
 from .handoff import Handoff
 from .limit_overrides import LimitOverrides
-from .lost_acks import StartedUnacked
+from .lost_acks import StartedUnacked, ended_state
 from .monitor import LoopStats, Monitor
 from .parking import Parking
 from .pools import create_pool
@@ -320,7 +320,7 @@ class Worker:
 
     def _on_message(self, queue: str, kombu_message: Any) -> None:
         job = intake.read(kombu_message, queue, self.intake_policy)
-        if job is None or self._revoked(job) or self._already_started(job):
+        if job is None or self._revoked(job) or self._already_started(job) or self._already_ended(job):
             return
         logger.debug("received task %s[%s]", job.message.task, job.message.id)
         eta = job.message.eta
@@ -403,6 +403,16 @@ class Worker:
             return False
         logger.warning("task %s[%s] came back after its ack was lost with the connection; it was already "
                        "started here, so this copy is acked, not run again", job.message.task, job.message.id)
+        self._ack(job)
+        return True
+
+    def _already_ended(self, job: Job) -> bool:
+        """A redelivered copy of a task whose result is already final: acked, not run again (lost_acks.py)."""
+        state = ended_state(self.backend, job)
+        if state is None:
+            return False
+        logger.warning("task %s[%s] came back from the broker but already ended %s; acked, not run again",
+                       job.message.task, job.message.id, state)
         self._ack(job)
         return True
 

@@ -72,3 +72,37 @@ def test_a_task_whose_ack_was_lost_runs_once(caplog):
         publish(channel, retry)
         worker._on_message("lost-ack", channel.basic_get("lost-ack"))
         assert len(worker.ready) == 1
+
+
+def test_a_redelivered_message_whose_task_already_ended_is_acked_not_run(caplog):
+    """What a prefork parent relies on: it records a task whose child it killed before the broker gives the
+    acks_late message back; the copy finds the final result and is dropped. A task still STARTED (its worker
+    died under it) runs again, and so does a finished task sent anew (not redelivered)."""
+    worker = Worker(queues=["lost-ack"], pool="solo", hostname="lost-ack@host", heartbeat=0)
+    TaskResult.objects.create(task_id="ended-1", task_name=ADD, state=TaskState.FAILURE)
+    TaskResult.objects.create(task_id="started-1", task_name=ADD, state=TaskState.STARTED)
+    with Connection("memory://") as conn:
+        channel = conn.channel()
+        queue = get_queue("lost-ack")(channel)
+        queue.declare()
+        queue.purge()
+        worker._channel = channel
+
+        def deliver(task_id: str, redelivered: bool):
+            publish(channel, TaskMessage(id=task_id, task=ADD, args=(1, 1)))
+            delivered = channel.basic_get("lost-ack")
+            delivered.delivery_info["redelivered"] = redelivered
+            worker._on_message("lost-ack", delivered)
+            return delivered
+
+        ended = deliver("ended-1", redelivered=True)
+        assert ended.acknowledged and not worker.ready
+        assert "already ended FAILURE; acked, not run again" in caplog.text
+        assert TaskResult.objects.get(task_id="ended-1").state == TaskState.FAILURE
+
+        lost = deliver("started-1", redelivered=True)
+        assert not lost.acknowledged and [job.message.id for job in worker.ready] == ["started-1"]
+
+        worker.ready.clear()
+        again = deliver("ended-1", redelivered=False)  # sent again on purpose: runs
+        assert not again.acknowledged and [job.message.id for job in worker.ready] == ["ended-1"]
