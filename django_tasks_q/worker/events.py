@@ -49,7 +49,7 @@ import reprlib
 import threading
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from kombu import Exchange, Producer
 from kombu.clocks import LamportClock
@@ -143,6 +143,16 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+class Clock(Protocol):
+    """A Lamport clock: kombu's ``LamportClock``, or a prefork worker's one for all its processes
+    (worker/child_slot.py's ``SharedClock``)."""
+
+    @property
+    def value(self) -> int: ...
+
+    def forward(self) -> int: ...
+
+
 class EventDispatcher:
     """Builds Celery events in the caller's thread and publishes them from its own.
 
@@ -152,9 +162,9 @@ class EventDispatcher:
     """
 
     def __init__(self, hostname: str, enabled: bool = False, *, heartbeat: float = 0.0,
-                 clock: LamportClock | None = None, url: str | None = None):
+                 clock: Clock | None = None, url: str | None = None):
         self.hostname = hostname
-        self.clock = clock or LamportClock()
+        self.clock: Clock = clock or LamportClock()
         self.freq = float(heartbeat)
         self.pid = os.getpid()
         self.url = url

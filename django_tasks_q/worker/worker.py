@@ -184,9 +184,7 @@ class Worker:
                          how="cold" if self.cold else "warm", exitcode=1 if self.cold else 0)
 
     def run(self) -> None:
-        signals.send(signals.worker_init, sender=self)
-        print(banner(self), flush=True)
-        self.pool.start()
+        self._starting()
         self._loops = self.background_loops()
         delay = 1.0
         try:
@@ -195,8 +193,7 @@ class Worker:
             self.revocations.load()  # before the first message: a revoked task never slips through
             for loop in self._loops:
                 loop.start()
-            self.send_worker_event("worker-online")
-            signals.send(signals.worker_ready, sender=self)
+            self._online()
             while not self.stopping:
                 try:
                     self._serve()
@@ -224,8 +221,21 @@ class Worker:
             finally:
                 for loop in self._loops:
                     loop.stop()  # the monitor writes stopped_at as it ends
-                self.send_worker_event("worker-offline")
-                self.events.stop()  # publishes what is queued, worker-offline last
+                self._offline()
+
+    # what a worker says as it starts and stops; a prefork child (worker/child.py) leaves it to its parent
+    def _starting(self) -> None:
+        signals.send(signals.worker_init, sender=self)
+        print(banner(self), flush=True)
+        self.pool.start()
+
+    def _online(self) -> None:
+        self.send_worker_event("worker-online")
+        signals.send(signals.worker_ready, sender=self)
+
+    def _offline(self) -> None:
+        self.send_worker_event("worker-offline")
+        self.events.stop()  # publishes what is queued, worker-offline last
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

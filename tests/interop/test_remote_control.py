@@ -17,7 +17,7 @@ import pytest
 from celery import Celery
 
 from django_tasks_q.core.states import TaskState
-from testproject.videos.tasks import add, sleep
+from testproject.videos.tasks import add, sleep_late
 from tests.integration.test_spine import wait_until
 from tests.workers import WorkerProcess
 
@@ -29,8 +29,9 @@ NAME = "rc@tests"
 
 @pytest.fixture(scope="module")
 def worker(interop_broker):
-    # one process slot: a second task waits in `reserved` while the first runs
-    process = WorkerProcess(interop_broker, "-P", "prefork", "-c", "1", "-n", NAME, "-Q", "default",
+    # two children: one runs a long task while the other holds an eta task and runs the rest; each
+    # reserves one message at a time, whatever --prefetch-multiplier says
+    process = WorkerProcess(interop_broker, "-P", "prefork", "-c", "2", "-n", NAME, "-Q", "default",
                             "--prefetch-multiplier", "4")
     with process:
         yield process
@@ -68,8 +69,9 @@ def test_ping_stats_registered_queues_and_conf(ours, interop_broker, app):
     stats = celery_json(interop_broker, "inspect", "stats")[NAME]
     assert stats["pid"] == ours.process.pid
     assert stats["total"][add.name] >= 1
-    assert stats["pool"]["max-concurrency"] == 1 and len(stats["pool"]["processes"]) == 1
-    assert stats["prefetch_count"] == 4 and stats["uptime"] >= 0 and int(stats["clock"]) > 0
+    assert stats["pool"]["max-concurrency"] == 2 and len(stats["pool"]["processes"]) == 2
+    assert ours.process.pid not in stats["pool"]["processes"]
+    assert stats["prefetch_count"] == 2 and stats["uptime"] >= 0 and int(stats["clock"]) > 0
     assert stats["broker"]["port"] == int(interop_broker.rsplit(":", 1)[1].split("/")[0])
     assert "password" not in stats["broker"] and stats["rusage"]["maxrss"] > 0
 
@@ -79,7 +81,7 @@ def test_ping_stats_registered_queues_and_conf(ours, interop_broker, app):
     queues = inspect.active_queues()[NAME]
     assert [q["name"] for q in queues] == ["default"] and queues[0]["exchange"]["name"] == "default"
     conf = inspect.conf()[NAME]
-    assert conf["task_default_queue"] == "default" and conf["worker_concurrency"] == 1
+    assert conf["task_default_queue"] == "default" and conf["worker_concurrency"] == 2
     assert "guest:guest" not in json.dumps(conf)  # the RabbitMQ password is masked
     assert inspect.clock()[NAME]["clock"] > 0
     # a command we do not implement answers with an error, not silence
@@ -87,25 +89,25 @@ def test_ping_stats_registered_queues_and_conf(ours, interop_broker, app):
 
 
 def test_active_reserved_scheduled_revoke_and_terminate(ours, interop_broker, app):
-    running = sleep.delay(30)
+    # acks_late: a busy child then reserves nothing (an early ack would let RabbitMQ push it the next one)
+    running = sleep_late.delay(30)
     wait_until(lambda: running.state == TaskState.STARTED, timeout=20)
-    later = add.apply_async((2, 2), countdown=25)  # held by the worker until due: scheduled
+    later = add.apply_async((2, 2), countdown=25)  # held by the idle child until due: scheduled
     inspect = app.control.inspect(destination=[NAME], timeout=5)
     wait_until(lambda: any(t["request"]["id"] == later.id for t in inspect.scheduled()[NAME]), timeout=10)
-    waiting = add.delay(1, 1)  # the one slot is busy: reserved
-    wait_until(lambda: inspect.reserved()[NAME], timeout=10)
+    assert add.delay(1, 1).get(timeout=10) == 2  # the child holding the eta task runs this one meanwhile
 
     active = celery_json(interop_broker, "inspect", "active")[NAME]
     assert [task["id"] for task in active] == [running.id]
     task = active[0]
-    assert task["name"] == sleep.name and task["args"] is None and task["kwargs"] is None  # may hold secrets
+    assert task["name"] == sleep_late.name and task["args"] is None and task["kwargs"] is None  # may hold secrets
     assert inspect.active(safe=False)[NAME][0]["args"] == [30]  # given when asked with Celery's safe=False
-    assert task["hostname"] == NAME and task["acknowledged"] is True and task["time_start"] <= time.time()
+    assert task["hostname"] == NAME and task["acknowledged"] is False and task["time_start"] <= time.time()
     assert task["worker_pid"] in celery_json(interop_broker, "inspect", "stats")[NAME]["pool"]["processes"]
     assert task["delivery_info"]["routing_key"] == "default"
     assert inspect.active(safe=True)[NAME][0]["args"] == "(30,)"  # Flower asks for reprs
 
-    assert [t["id"] for t in inspect.reserved()[NAME]] == [waiting.id]
+    assert inspect.reserved()[NAME] == []
     scheduled = celery_json(interop_broker, "inspect", "scheduled")[NAME]
     assert [entry["request"]["id"] for entry in scheduled] == [later.id]
     eta = datetime.fromisoformat(scheduled[0]["eta"])
@@ -117,11 +119,14 @@ def test_active_reserved_scheduled_revoke_and_terminate(ours, interop_broker, ap
     assert later.state == TaskState.REVOKED
     wait_until(lambda: later.id in inspect.revoked()[NAME], timeout=10)
 
-    # terminate: the running task stops now, REVOKED; the worker goes on with the reserved one
+    # terminate: the running task stops now, REVOKED; its child is replaced and the worker goes on
+    before = celery_json(interop_broker, "inspect", "stats")[NAME]["pool"]["processes"]
     reply = celery_json(interop_broker, "control", "terminate", "SIGKILL", running.id)
     assert reply == {NAME: {"ok": f"terminate: {running.id}"}}
     wait_until(lambda: running.state == TaskState.REVOKED, timeout=15)
-    assert waiting.get(timeout=20) == 2
+    wait_until(lambda: celery_json(interop_broker, "inspect", "stats")[NAME]["pool"]["processes"] != before,
+               timeout=15)
+    assert [add.delay(i, 1).get(timeout=20) for i in range(3)] == [1, 2, 3]
     wait_until(lambda: inspect.active()[NAME] == [] and inspect.reserved()[NAME] == [], timeout=10)
 
 
@@ -129,7 +134,13 @@ def test_rate_limit(ours, interop_broker, app):
     reply = celery_json(interop_broker, "control", "rate_limit", add.name, "2/s")
     assert reply == {NAME: {"ok": "new rate limit set successfully"}}
     started = time.monotonic()
-    assert [r.get(timeout=20) for r in [add.delay(i, 0) for i in range(4)]] == [0, 1, 2, 3]
+    waiting = [add.delay(i, 0) for i in range(4)]
+    # a job waiting for its slot is held by a child, and reported reserved (asked of the children)
+    inspect = app.control.inspect(destination=[NAME], timeout=5)
+    held: list[dict] = []
+    wait_until(lambda: held.extend(inspect.reserved()[NAME]) or held, timeout=5)
+    assert {task["id"] for task in held} <= {r.id for r in waiting}
+    assert [r.get(timeout=20) for r in waiting] == [0, 1, 2, 3]
     assert time.monotonic() - started >= 1.4  # four starts 0.5 s apart
     control = app.control
     assert control.rate_limit(add.name, "0", destination=[NAME], reply=True, timeout=5) == [

@@ -1,4 +1,4 @@
-"""``manage.py taskworker``: parse options, run ``Worker``."""
+"""``manage.py taskworker``: parse options, run the worker (a ``Supervisor`` of children for prefork)."""
 
 import sys
 import threading
@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from ...exceptions import ImproperlyConfigured
 from ...worker import daemon
 from ...worker.logging import configure_logging
-from ...worker.worker import Worker
+from ...worker.supervisor import create_worker
 
 
 class Command(BaseCommand):
@@ -50,12 +50,12 @@ class Command(BaseCommand):
         configure_logging(options["loglevel"])
         queues = [q.strip() for q in (options["queues"] or "").split(",") if q.strip()] or None
         try:
-            worker = Worker(queues=queues, concurrency=options["concurrency"], pool=options["pool"],
-                            hostname=options["hostname"], prefetch_multiplier=options["prefetch_multiplier"],
-                            max_tasks_per_child=options["max_tasks_per_child"],
-                            max_memory_per_child=options["max_memory_per_child"],
-                            heartbeat=0 if options["without_heartbeat"] else None,
-                            events=True if options["events"] else None)
+            worker = create_worker(queues=queues, concurrency=options["concurrency"], pool=options["pool"],
+                                   hostname=options["hostname"], prefetch_multiplier=options["prefetch_multiplier"],
+                                   max_tasks_per_child=options["max_tasks_per_child"],
+                                   max_memory_per_child=options["max_memory_per_child"],
+                                   heartbeat=0 if options["without_heartbeat"] else None,
+                                   events=True if options["events"] else None)
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
         worker.install_signal_handlers()

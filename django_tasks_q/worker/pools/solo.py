@@ -19,6 +19,8 @@ from .base import Job, Pool
 
 class SoloPool(Pool):
     name = "solo"
+    #: a prefork child runs this pool, and its parent kills it at the hard limit (worker/child.py)
+    enforces_hard_limit = False
 
     def __init__(self, concurrency: int, hostname: str, **options):
         super().__init__(1, hostname)
@@ -37,7 +39,8 @@ class SoloPool(Pool):
     def apply(self, job: Job) -> None:
         job.started_at = time.monotonic()
         task_id = job.message.id
-        timelimits.warn_hard_limit_unenforced(self.name, job.message.task, job.message.time_limit)
+        if not self.enforces_hard_limit:
+            timelimits.warn_hard_limit_unenforced(self.name, job.message.task, job.message.time_limit)
         with self._lock:
             self._current = task_id
         try:
