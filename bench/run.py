@@ -36,7 +36,8 @@ from bench.measure_db import Database  # noqa: E402
 ROWS = ("drain", "drain2", "prefork2", "enqueue", "bulk", "roundtrip", "amqp", "rss", "pgresults", "django2",
         "scale")
 #: The prefork2 row: (label, system, pool, concurrency); ours -P solo is the one-process reference.
-PREFORK2 = (("ours-prefork", "ours", "prefork", 2), ("ours-solo", "ours", "solo", 1),
+PREFORK2 = (("ours-prefork", "ours", "prefork", 2), ("ours-prefork4", "ours", "prefork", 4),
+            ("ours-solo", "ours", "solo", 1),
             ("celery", "celery", "prefork", 2), ("huey", "huey", "process", 2))
 #: Tasks queued behind the scale row's timed window in its "few" case.
 SCALE_FEW = 1000

@@ -31,8 +31,10 @@ NAME = "rc@tests"
 def worker(interop_broker):
     # two children: one runs a long task while the other holds an eta task and runs the rest; each
     # reserves one message at a time, whatever --prefetch-multiplier says
+    # a visibility timeout of a second: the message of the task terminated below comes back at once on Redis
+    quick = {"TASKS_Q_BROKER_TRANSPORT_OPTIONS": '{"visibility_timeout": 1, "unacked_restore_throttle": 1}'}
     process = WorkerProcess(interop_broker, "-P", "prefork", "-c", "2", "-n", NAME, "-Q", "default",
-                            "--prefetch-multiplier", "4")
+                            "--prefetch-multiplier", "4", env=quick)
     with process:
         yield process
         print(process.output())  # shown when a test failed
@@ -127,6 +129,11 @@ def test_active_reserved_scheduled_revoke_and_terminate(ours, interop_broker, ap
     wait_until(lambda: celery_json(interop_broker, "inspect", "stats")[NAME]["pool"]["processes"] != before,
                timeout=15)
     assert [add.delay(i, 1).get(timeout=20) for i in range(3)] == [1, 2, 3]
+    # its acks_late message, never acked, comes back from the broker: acked, not run again (found revoked,
+    # or found ended)
+    wait_until(lambda: any(running.id in line and ("dropped without running" in line or "not run again" in line)
+                           for line in ours.output().splitlines()), timeout=15)
+    assert running.state == TaskState.REVOKED
     wait_until(lambda: inspect.active()[NAME] == [] and inspect.reserved()[NAME] == [], timeout=10)
 
 
