@@ -45,8 +45,9 @@ from .worker import Worker
 logger = logging.getLogger(__name__)
 
 
-#: messages each child reserves: one, so that a task never waits behind a sibling's long one while
-#: another child is idle (Celery's parent hands tasks to free children for the same reason)
+#: messages each child reserves unless ``--prefetch-multiplier`` is given: one, so that a task never
+#: waits behind a sibling's long one while another child is idle (Celery's parent hands tasks to free
+#: children for the same reason)
 CHILD_PREFETCH = 1
 
 
@@ -279,6 +280,8 @@ class Supervisor(Worker):
 
     def __init__(self, **options: Any):
         super().__init__(**options)
+        # a window asked for on the command line is each child's (tiny tasks travel in batches); else one
+        self.child_prefetch = options.get("prefetch_multiplier") or CHILD_PREFETCH
         pool = self.pool
         pool.spec = self._child_spec
         pool.child_main = child_main
@@ -296,7 +299,7 @@ class Supervisor(Worker):
 
     def _child_spec(self) -> dict[str, Any]:
         return {"queues": list(self.queue_names), "hostname": self.hostname,
-                "prefetch_multiplier": CHILD_PREFETCH, "events": self.events.wanted,
+                "prefetch_multiplier": self.child_prefetch, "events": self.events.wanted,
                 "time_limits": self.time_limits.all(), "rate_limits": dict(self.rate_limits.overrides)}
 
     def _task_ended(self, message: TaskMessage, state: str) -> None:
@@ -314,7 +317,7 @@ class Supervisor(Worker):
             self._run_periodic()
 
     def update_prefetch(self) -> None:
-        self.prefetch = self.pool.concurrency * CHILD_PREFETCH  # the children's windows together
+        self.prefetch = self.pool.concurrency * self.child_prefetch  # the children's windows together
 
     def _shutdown(self) -> None:
         logger.info("warm shutdown: waiting for %d running task(s)", self.pool.in_flight())

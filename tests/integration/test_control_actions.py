@@ -133,3 +133,19 @@ def test_pool_grow_shrink_and_time_limit(pool, redis_url, broker, transactional_
             assert "hard time limit (0.5s)" in str(killed.result)
             assert add.apply_async((1, 2), queue=queue).get(timeout=15) == 3  # a new child took over
         assert "pool grown by 2 to concurrency 3" in worker.output()
+
+
+def test_prefork_children_reserve_what_the_command_line_asks(redis_url, broker, transactional_db):
+    """``--prefetch-multiplier 3``: each child takes up to three messages at once (the default is one), and
+    ``inspect reserved`` asks the child for the two it holds while it runs the first."""
+    broker(redis_url)
+    name, queue = f"window@{HOST}", "window"
+    purge(redis_url, queue)
+    sleeping = [sleep.apply_async((1.0,), queue=queue) for _ in range(3)]  # queued before the worker starts
+    with WorkerProcess(redis_url, "-Q", queue, "-P", "prefork", "-c", "1", "-n", name, "--prefetch-multiplier", "3",
+                       env=FAST) as worker:
+        assert "prefetch 3)" in worker.output()
+        wait_until(lambda: len(inspect("active", name)) == 1, timeout=10)
+        held = inspect("reserved", name)
+        assert len(held) == 2 and {task["id"] for task in held} < {r.id for r in sleeping}
+        assert [r.get(timeout=15) for r in sleeping] == [1.0] * 3

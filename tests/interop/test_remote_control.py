@@ -30,11 +30,10 @@ NAME = "rc@tests"
 @pytest.fixture(scope="module")
 def worker(interop_broker):
     # two children: one runs a long task while the other holds an eta task and runs the rest; each
-    # reserves one message at a time, whatever --prefetch-multiplier says
+    # reserves one message at a time (no --prefetch-multiplier given)
     # a visibility timeout of a second: the message of the task terminated below comes back at once on Redis
     quick = {"TASKS_Q_BROKER_TRANSPORT_OPTIONS": '{"visibility_timeout": 1, "unacked_restore_throttle": 1}'}
-    process = WorkerProcess(interop_broker, "-P", "prefork", "-c", "2", "-n", NAME, "-Q", "default",
-                            "--prefetch-multiplier", "4", env=quick)
+    process = WorkerProcess(interop_broker, "-P", "prefork", "-c", "2", "-n", NAME, "-Q", "default", env=quick)
     with process:
         yield process
         print(process.output())  # shown when a test failed
