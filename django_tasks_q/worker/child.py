@@ -186,9 +186,14 @@ class ParentLink:
         self.worker = worker
         self.pipe = pipe
         self.loop = Loop("parent-link", self.serve, 0, what="answer the prefork parent", close_db=False)
+        #: the process that made us: a new parent means ours died (a sibling forked later holds our pipe's
+        #: other end too, so a dead parent does not always show as end of file)
+        self.parent_pid = os.getppid()
 
     def serve(self) -> None:
         try:
+            if os.getppid() != self.parent_pid:
+                raise EOFError("the parent process is gone")
             if not self.pipe.poll(0.25):
                 return
             number, verb, arguments = self.pipe.recv()

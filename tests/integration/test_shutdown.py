@@ -8,8 +8,10 @@ connections the server killed while it idled.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +133,36 @@ def test_database_connections_killed_while_idle_do_not_fail_the_next_tasks(
     for symptom in ("terminating connection", "server closed the connection", "connection is closed",
                     "could not record", "Traceback"):
         assert symptom not in out, out
+
+
+def test_prefork_children_stop_when_their_parent_is_killed(on_django):
+    """SIGKILL to the prefork parent: its children notice (each sibling holds the others' pipes open, so
+    it is not an end of file they see) and stop, warm, instead of consuming for ever as orphans."""
+    worker = WorkerProcess("django://", "-P", "prefork", "-c", "2", "-n", "orphans@%h").start()
+    children: list[int] = []
+    try:
+        wait_until(lambda: len(_children(worker.process.pid)) == 2, timeout=15)
+        children = _children(worker.process.pid)
+        os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.wait(10)
+        wait_until(lambda: not any(_alive(pid) for pid in children), timeout=15)
+        assert worker.output().count("lost its parent; stopping") == 2
+    finally:
+        worker.kill()
+        for pid in children:  # a failed run must not leave them behind
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
