@@ -42,6 +42,7 @@ from ..conf import settings
 from ..loops import Loop
 from ..results.backend import get_backend
 from .child_slot import COLD_SIGNAL, OFF_LOOP, OFF_RECEIVED, SharedClock, Slot
+from .control_actions import add_queue, cancel_queue
 from .handoff import Pending, Refused
 from .logging import configure_logging
 from .monitor import LoopStats
@@ -75,10 +76,11 @@ class SlotStats(LoopStats):
         super().__init__()
         self.slot = slot
 
-    def tick(self) -> None:
+    def tick(self) -> None:  # every pass of the loop: one stamp; the error is cleared only when there is one
+        if self.broker_error_since is not None:
+            self.slot.broker_error(None)
         super().tick()
         self.slot.stamp(OFF_LOOP)
-        self.slot.broker_error(None)
 
     def received(self) -> None:
         super().received()
@@ -137,12 +139,12 @@ class ChildWorker(Worker):
         self.events.stop()
         self.link.goodbye(dict(self.totals))
 
-    def _already_ended(self, job: Job) -> bool:
+    def _done_before(self, job: Job) -> bool:
         """A redelivered message: first let the parent record a task a sibling just died under (its
         ``settle``), so that the result read next is the parent's verdict (worker/pools/prefork.py)."""
         if job.delivery_info.get("redelivered"):
             self._await_parent()
-        return super()._already_ended(job)
+        return super()._done_before(job)
 
     def _await_parent(self) -> None:
         try:
@@ -237,20 +239,10 @@ class ParentLink:
         return dict(self.worker.totals)
 
     def do_queue(self, name: str, add: bool) -> str:
-        worker = self.worker
-
-        def change() -> str:
-            if worker.consumers is None:
-                raise Refused(f"not connected to the broker; change {name} again once the worker is")
-            if add:
-                worker.consumers.add(name)
-                worker.queue_names = [*worker.queue_names, name]
-            else:
-                worker.consumers.cancel(name)
-                worker.queue_names = [queue for queue in worker.queue_names if queue != name]
-            return "done"
+        """``add_consumer`` / ``cancel_consumer`` as a worker makes them, in the child's main loop."""
+        change = add_queue if add else cancel_queue
         try:
-            return worker.handoff.call(change)
+            return self.worker.handoff.call(lambda: change(self.worker, name))
         except Pending:
             return "pending"
 

@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 
 # -- run in the worker's main loop ---------------------------------------
-def _add_queue(worker: ControlledWorker, name: str) -> str:
+def add_queue(worker: ControlledWorker, name: str) -> str:
     if worker.consumers is None:
         raise Refused(f"not connected to the broker; add {name} again once the worker is")
     worker.consumers.add(name)
@@ -59,7 +59,7 @@ def _add_queue(worker: ControlledWorker, name: str) -> str:
     return f"add consumer {name}"
 
 
-def _cancel_queue(worker: ControlledWorker, name: str) -> str:
+def cancel_queue(worker: ControlledWorker, name: str) -> str:
     if worker.consumers is None:
         raise Refused(f"not connected to the broker; cancel {name} again once the worker is")
     worker.consumers.cancel(name)
@@ -102,7 +102,7 @@ def add_consumer(control: RemoteControl, queue: str = "", exchange: Any = None, 
     queue = queue.strip()
     if queue in control.worker.queue_names:  # answered here too, for a main loop that is busy
         return nok(f"already consuming from {queue}")
-    return _in_main_loop(control, lambda: _add_queue(control.worker, queue), f"add consumer {queue}")
+    return _in_main_loop(control, lambda: add_queue(control.worker, queue), f"add consumer {queue}")
 
 
 @command()
@@ -111,7 +111,7 @@ def cancel_consumer(control: RemoteControl, queue: str = "", **kwargs: Any) -> d
     if not isinstance(queue, str) or queue.strip() not in control.worker.queue_names:
         return nok(f"not consuming from {queue}")
     queue = queue.strip()
-    return _in_main_loop(control, lambda: _cancel_queue(control.worker, queue), f"no longer consuming from {queue}")
+    return _in_main_loop(control, lambda: cancel_queue(control.worker, queue), f"no longer consuming from {queue}")
 
 
 @command()
@@ -165,4 +165,5 @@ def pool_shrink(control: RemoteControl, n: Any = 1, **kwargs: Any) -> dict[str, 
     return _resize(control, n, grow=False)
 
 
-__all__ = ["add_consumer", "cancel_consumer", "max_concurrency", "pool_grow", "pool_shrink", "time_limit"]
+__all__ = ["add_consumer", "add_queue", "cancel_consumer", "cancel_queue", "max_concurrency", "pool_grow",
+           "pool_shrink", "time_limit"]

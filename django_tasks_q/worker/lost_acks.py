@@ -12,7 +12,7 @@ An ack can be lost with the connection either way (AMQP's is never
 confirmed; a Redis killed while it synced its log has applied it and sent no
 reply). The worker runs such a task rather than lose it, and remembers it
 here by ``(id, retries)``: a copy that comes back afterwards is acked, not run
-again (``Worker._already_started``).
+again (``Worker._done_before``).
 """
 
 from __future__ import annotations
@@ -66,3 +66,12 @@ def ended_state(backend: Any, job: Job) -> str | None:
         logger.exception("could not read the result of redelivered task %s; running it", job.message.id)
         return None
     return meta.state if meta is not None and meta.state in READY_STATES else None
+
+
+def already_done(started: StartedUnacked, backend: Any, job: Job) -> str | None:
+    """Why this delivered copy must be acked and not run -- its task already started here after an ack
+    that may be lost, or (redelivered) already ended -- in words for the log; ``None``: run it."""
+    if started.take_copy(job):
+        return "came back after its ack was lost with the connection; it was already started here"
+    state = ended_state(backend, job)
+    return None if state is None else f"came back from the broker but already ended {state}"

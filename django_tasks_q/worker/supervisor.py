@@ -62,22 +62,43 @@ def _refusal(answer: Any) -> str | None:
     return None
 
 
-class RunningTasks(Mapping):
-    """``active``: task id -> (job, epoch seconds started), read from the children's pages."""
+class _Snapshot(Mapping):
+    """A mapping read from the children: taken once, and kept for ``FRESH`` seconds, so that ``dict(view)``
+    or ``view.values()`` -- a key list, then one lookup per key -- reads the children once, not per key."""
+
+    FRESH = 0.2
 
     def __init__(self, pool: PreforkPool):
         self.pool = pool
+        self._taken: tuple[float, dict] = (-1.0, {})
 
-    def _now(self) -> dict[str, tuple[Job, float]]:
-        return {running.task_id: (_job(running), running.started) for running, _pid in self.pool.running()}
+    def _read(self) -> dict:
+        raise NotImplementedError
 
-    def __getitem__(self, task_id: str) -> tuple[Job, float]:
-        return self._now()[task_id]
+    def _now(self) -> dict:
+        taken_at, values = self._taken
+        if time.monotonic() - taken_at > self.FRESH:
+            values = self._read()
+            self._taken = (time.monotonic(), values)
+        return values
+
+    def __getitem__(self, key: str) -> Any:
+        return self._now()[key]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._now())
 
     def __len__(self) -> int:
+        return len(self._now())
+
+
+class RunningTasks(_Snapshot):
+    """``active``: task id -> (job, epoch seconds started), read from the children's pages."""
+
+    def _read(self) -> dict[str, tuple[Job, float]]:
+        return {running.task_id: (_job(running), running.started) for running, _pid in self.pool.running()}
+
+    def __len__(self) -> int:  # the heartbeat's count: no message unpickled
         return self.pool.in_flight()
 
 
@@ -118,27 +139,15 @@ class Asked:
         return len(self) > 0
 
 
-class Totals(Mapping):
+class Totals(_Snapshot):
     """``totals``: finished tasks by name, over every child (gone ones included)."""
 
-    def __init__(self, pool: PreforkPool):
-        self.pool = pool
-
-    def _sum(self) -> Counter[str]:
+    def _read(self) -> Counter[str]:
         total = Counter(self.pool.ended_totals)
         for answer in self.pool.broadcast("totals"):
             if isinstance(answer, dict):
                 total.update(answer)
         return total
-
-    def __getitem__(self, name: str) -> int:
-        return self._sum()[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._sum())
-
-    def __len__(self) -> int:
-        return len(self._sum())
 
 
 class ChildrenStats:

@@ -45,7 +45,7 @@ from .deliveries import OneAtATime
 from .events import EventDispatcher
 from .handoff import Handoff
 from .limit_overrides import LimitOverrides
-from .lost_acks import StartedUnacked, ended_state
+from .lost_acks import StartedUnacked, already_done
 from .monitor import LoopStats, Monitor
 from .parking import Parking
 from .pools import create_pool
@@ -330,7 +330,7 @@ class Worker:
 
     def _on_message(self, queue: str, kombu_message: Any) -> None:
         job = intake.read(kombu_message, queue, self.intake_policy)
-        if job is None or self._revoked(job) or self._already_started(job) or self._already_ended(job):
+        if job is None or self._revoked(job) or self._done_before(job):
             return
         logger.debug("received task %s[%s]", job.message.task, job.message.id)
         eta = job.message.eta
@@ -406,23 +406,12 @@ class Worker:
         self.pool.apply(job)
         self.revocations.check_started(job.message.id)
 
-    def _already_started(self, job: Job) -> bool:
-        """A copy of an early-acked task this worker already started -- any copy when the ack raised, a
-        redelivered one when it seemed to go through: ack it instead of running the task twice."""
-        if not self._started_unacked.take_copy(job):
+    def _done_before(self, job: Job) -> bool:
+        """A copy of a task already started or ended (worker/lost_acks.py): acked, not run twice."""
+        why = already_done(self._started_unacked, self.backend, job)
+        if why is None:
             return False
-        logger.warning("task %s[%s] came back after its ack was lost with the connection; it was already "
-                       "started here, so this copy is acked, not run again", job.message.task, job.message.id)
-        self._ack(job)
-        return True
-
-    def _already_ended(self, job: Job) -> bool:
-        """A redelivered copy of a task whose result is already final: acked, not run again (lost_acks.py)."""
-        state = ended_state(self.backend, job)
-        if state is None:
-            return False
-        logger.warning("task %s[%s] came back from the broker but already ended %s; acked, not run again",
-                       job.message.task, job.message.id, state)
+        logger.warning("task %s[%s] %s; acked, not run again", job.message.task, job.message.id, why)
         self._ack(job)
         return True
 

@@ -11,6 +11,9 @@ on the in-process memory:// broker, followed by the error a dying server gives.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from kombu import Connection
@@ -42,7 +45,9 @@ def ack_then_lose_the_reply(kombu_message) -> None:
     kombu_message.ack = ack
 
 
-def test_a_task_whose_ack_was_lost_runs_once(caplog):
+@contextmanager
+def worker_on_memory() -> Iterator[tuple[Worker, Any]]:
+    """A solo worker of the "lost-ack" queue on the in-process memory:// broker, and its channel."""
     worker = Worker(queues=["lost-ack"], pool="solo", hostname="lost-ack@host", heartbeat=0)
     with Connection("memory://") as conn:
         channel = conn.channel()
@@ -50,6 +55,11 @@ def test_a_task_whose_ack_was_lost_runs_once(caplog):
         queue.declare()
         queue.purge()
         worker._channel = channel
+        yield worker, channel
+
+
+def test_a_task_whose_ack_was_lost_runs_once(caplog):
+    with worker_on_memory() as (worker, channel):
         message = TaskMessage(id="lost-ack-1", task=ADD, args=(2, 3))
         publish(channel, message)
         first = channel.basic_get("lost-ack")
@@ -78,16 +88,9 @@ def test_a_redelivered_message_whose_task_already_ended_is_acked_not_run(caplog)
     """What a prefork parent relies on: it records a task whose child it killed before the broker gives the
     acks_late message back; the copy finds the final result and is dropped. A task still STARTED (its worker
     died under it) runs again, and so does a finished task sent anew (not redelivered)."""
-    worker = Worker(queues=["lost-ack"], pool="solo", hostname="lost-ack@host", heartbeat=0)
     TaskResult.objects.create(task_id="ended-1", task_name=ADD, state=TaskState.FAILURE)
     TaskResult.objects.create(task_id="started-1", task_name=ADD, state=TaskState.STARTED)
-    with Connection("memory://") as conn:
-        channel = conn.channel()
-        queue = get_queue("lost-ack")(channel)
-        queue.declare()
-        queue.purge()
-        worker._channel = channel
-
+    with worker_on_memory() as (worker, channel):
         def deliver(task_id: str, redelivered: bool):
             publish(channel, TaskMessage(id=task_id, task=ADD, args=(1, 1)))
             delivered = channel.basic_get("lost-ack")

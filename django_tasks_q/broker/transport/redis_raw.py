@@ -75,7 +75,7 @@ class RawConnection:
         replica's ``READONLY``) is not reported; the next take, which writes
         too, is -- and a started task whose ack did not land is acked, not
         run, when it comes back to this worker, as when the connection breaks
-        (``Worker._already_started``).
+        (``Worker._done_before``).
 
         A server that does not take ``CLIENT REPLY`` (some proxies) is asked
         once per connection; there each ``wait=False`` call owes its replies,

@@ -11,7 +11,7 @@ replaces one that ends, and does what a child cannot do for itself:
   killed (SIGKILL), the task recorded FAILURE (``TimeLimitExceeded``), its
   errbacks and chord told -- *before* the kill, so that an ``acks_late``
   message the broker gives back finds its result final and is acked, not run
-  again (``Worker._already_ended``);
+  again (``Worker._done_before``);
 * **terminate** (a revoke with ``terminate=True``, ``control terminate``): the
   same, recorded REVOKED (``TaskRevokedError("terminated")``). SIGTERM and
   SIGINT become SIGKILL, since children ignore them; another signal is sent
