@@ -26,7 +26,7 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {
 TIERS: list[tuple[str, tuple[str, ...]]] = [
     ("message", ("core.protocol", "core.options", "core.states", "core.routing", "core.registry", "core.signing",
                  "core.message_signing", "core.wire_values", "core.context", "core.aio", "core", "conf",
-                 "exceptions", "masking", "lua", "loops", "signals", "compat", "extras", "log")),
+                 "exceptions", "masking", "lua", "resp", "loops", "signals", "compat", "extras", "log")),
     ("calls and stores", ("core.", "broker", "results")),
     ("worker", ("worker",)),
     ("surfaces", ("beat", "admin", "web", "contrib", "management", "inspection", "eventreceiver", "eventstore",

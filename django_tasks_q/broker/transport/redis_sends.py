@@ -26,6 +26,7 @@ from redis import ConnectionPool
 from ...compat import requires_argument
 from ...core.protocol import fast_json
 from ...exceptions import ImproperlyConfigured
+from ...resp import bulk_string, resp  # noqa: F401  (re-exported for the channel's modules)
 from ..delayed import PARK_HEADER, REDIS_KEY, RELEASE_LEAD
 
 if TYPE_CHECKING:
@@ -61,17 +62,6 @@ def pipelined(client: Any, *commands: tuple) -> list:
         raise
     finally:
         pool.release(connection)
-
-
-def bulk_string(value: bytes) -> bytes:
-    """``value`` as a RESP bulk string."""
-    return b"$%d\r\n%s\r\n" % (len(value), value)
-
-
-def resp(*parts: str | bytes | int | float) -> bytes:
-    """One Redis command as RESP bytes (what redis-py's packer makes, without its per-call machinery)."""
-    encoded = [part if isinstance(part, bytes) else str(part).encode() for part in parts]
-    return b"*%d\r\n" % len(encoded) + b"".join(bulk_string(part) for part in encoded)
 
 
 class Sends:

@@ -25,7 +25,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from ...core.protocol import fast_loads
 from .redis_scripts import GIVE_BACK_SCRIPT, POP_SCRIPT
-from .redis_sends import WAKE_PREFIX, resp
+from .redis_sends import WAKE_PREFIX, bulk_string, resp
 
 if TYPE_CHECKING:
     from .redis import Channel
@@ -60,6 +60,7 @@ class Takes:
         self.found_last_time = True  # look before the first wait
         self.queued: Take | None = None  # the take behind the wait in flight (brpop_start)
         self._shas: dict[str, str] = {}
+        self._take_cache: tuple[tuple, tuple[bytes, bytes]] | None = None  # see _take_parts
 
     def brpop_start(self, timeout: float | None = None) -> None:
         """Wait for a wake token, with a take of one message queued behind the wait on the same
@@ -170,18 +171,34 @@ class Takes:
         """The take script's call for up to ``most`` messages, as many as the prefetch window has
         room for (None: no room): it pops them from this channel's lists in order and records each
         unacked with the stamp it carries, except from the queues consumed with no_ack."""
-        channel = self.channel
-        queues = list(channel.active_queues)
-        keys = [channel._q_for_pri(queue, pri) for pri in channel.priority_steps for queue in queues]
-        unrecorded = ([int(queue in self.unrecorded) for pri in channel.priority_steps for queue in queues]
-                      if self.unrecorded else [])  # none (a worker's task queues): every take is recorded
-        room = channel.qos.can_consume_max_estimate()  # None: no prefetch limit
+        room = self.channel.qos.can_consume_max_estimate()  # None: no prefetch limit
         want = most if room is None else min(most, room)
         if want < 1:
             return None
-        keys += [channel.unacked_key, channel.unacked_index_key]
+        head, flags = self._take_parts()
         stamp = time()
-        return Take(self._evalsha(POP_SCRIPT, keys, [stamp, want, *unrecorded]), stamp, frozenset(self.unrecorded))
+        command = head + bulk_string(repr(stamp).encode()) + bulk_string(b"%d" % want) + flags
+        return Take(command, stamp, frozenset(self.unrecorded))
+
+    def _take_parts(self) -> tuple[bytes, bytes]:
+        """The parts of the take script's call that change only with the consumed queues: the RESP of
+        ``EVALSHA`` up to its keys, and of the no_ack flags after its stamp and count. Kept while the
+        queues stay the same: a worker with a window of one builds a call per task, and the keys
+        (every queue at every priority step) were most of its cost."""
+        channel = self.channel
+        queues, unrecorded = tuple(channel.active_queues), tuple(self.unrecorded)
+        if self._take_cache is not None and self._take_cache[0] == (queues, unrecorded):
+            return self._take_cache[1]
+        keys = [channel._q_for_pri(queue, pri) for pri in channel.priority_steps for queue in queues]
+        flags = ([int(queue in unrecorded) for pri in channel.priority_steps for queue in queues]
+                 if unrecorded else [])  # none (a worker's task queues): every take is recorded
+        keys += [channel.unacked_key, channel.unacked_index_key]
+        sha = self._sha(POP_SCRIPT)
+        head = resp("EVALSHA", sha, len(keys), *keys)
+        size = 3 + len(keys) + 2 + len(flags)  # the call's parts: its name, sha, key count, keys, stamp, count, flags
+        parts = b"*%d" % size + head[head.index(b"\r\n"):], b"".join(bulk_string(b"%d" % flag) for flag in flags)
+        self._take_cache = ((queues, unrecorded), parts)
+        return parts
 
     def take_one(self) -> bool:
         """Take as many messages as the prefetch window allows (one round trip) and deliver them."""
@@ -281,15 +298,15 @@ class Takes:
         if tag is not None:
             channel.raw.call(resp("ZREM", channel.unacked_index_key, tag) + resp("HDEL", channel.unacked_key, tag), 2)
 
-    def _evalsha(self, source: str, keys: list[str], args: list) -> bytes:
-        """``EVALSHA`` of ``source`` as RESP bytes."""
+    def _sha(self, source: str) -> str:
+        """The SHA-1 ``EVALSHA`` names ``source`` by."""
         sha = self._shas.get(source)
         if sha is None:
             sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
-        return resp("EVALSHA", sha, len(keys), *keys, *args)
+        return sha
 
     def _eval(self, source: str, command: bytes) -> Any:
-        """Run ``command`` (:meth:`_evalsha` of ``source``) on the channel's raw connection, loading the
+        """Run ``command`` (an ``EVALSHA`` of ``source``) on the channel's raw connection, loading the
         script first when Redis does not know it."""
         raw = self.channel.raw
         try:
