@@ -9,6 +9,8 @@ Starts a private RabbitMQ (``tests/servers.py``) and, in each run, measures one 
   confirms within 1.2x of it);
 * **ours delay()**: one ``noop.delay()`` per task (confirms on, our default);
 * **ours delay_many()**: the same tasks in one call, each batch's confirms read after it;
+* **ours delay_on_commit()**: the same tasks registered in one transaction, sent after its commit
+  (``core/commit_batch.py``: as ``delay_many()`` sends them);
 * **Celery delay()**: one ``noop.delay()`` per task (Celery's default: no confirms).
 
 Prints tasks per second (medians over runs) and the ratios the issue sets: ours ``delay()`` against
@@ -64,8 +66,6 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     database = tempfile.mktemp(prefix="bench-", suffix=".sqlite3")
-
-
     os.environ["TESTPROJECT_SQLITE"] = database
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True,
                    env={**os.environ, "DJANGO_SETTINGS_MODULE": "testproject.settings"})
@@ -79,6 +79,7 @@ def main() -> None:
                 "floor: py-amqp, confirm per message": floor(url, args.tasks),
                 "ours delay()": client("ours", env, "enqueue", args.tasks)["seconds"],
                 "ours delay_many()": client("ours", env, "bulk", args.tasks)["seconds"],
+                "ours delay_on_commit(), one transaction": client("ours", env, "on_commit", args.tasks)["seconds"],
                 "Celery delay() (no confirms)": client("celery", env, "enqueue", args.tasks)["seconds"],
             }
             for name, seconds in figures.items():

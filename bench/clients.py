@@ -19,7 +19,8 @@ marker task that writes END), ``bulkfill N START END [BEHIND]`` (the same layout
 the bulk API in chunks, then BEHIND more no-ops after the END marker),
 ``enqueue-pair N QUEUE`` (N sends to the default queue and N to QUEUE,
 alternating in blocks of 100, each side timed apart), ``bulk N`` (one
-bulk call of N tasks), ``marker PATH``, ``roundtrip N`` (N send-then-wait
+bulk call of N tasks), ``on_commit N`` (ours: N ``delay_on_commit()`` in
+one transaction, committed), ``marker PATH``, ``roundtrip N`` (N send-then-wait
 latencies, after 20 untimed ones).
 
 For the scale row's parked (eta) tasks: ``park-backlog N READY`` (N no-ops
@@ -57,6 +58,7 @@ class Client:
     bulk_quiet: Callable[[int], object] | None = None  # send N no-ops now, results not stored (bulkfill)
     send_to: Callable[[str], object] | None = None  # the drain rows' send, to the queue named (enqueue-pair)
     incr: Callable[[], object] | None = None  # send the incr task (one Redis INCR), result stored (prefork2)
+    on_commit: Callable[[int], object] | None = None  # N delay_on_commit() in one transaction (amqp_confirms)
 
 
 def ours() -> Client:
@@ -79,7 +81,17 @@ def ours() -> Client:
         bulk_quiet=lambda n: noop.apply_async_many([((), None)] * n, ignore_result=True),
         send_to=lambda queue: noop.apply_async(ignore_result=True, queue=queue),
         incr=incr.delay if incr is not None else None,
+        on_commit=lambda n: _on_commit(noop, n),
     )
+
+
+def _on_commit(task: object, n: int) -> None:
+    """``n`` ``delay_on_commit()`` calls in one transaction, committed (they go out after the commit)."""
+    from django.db import transaction
+
+    with transaction.atomic():
+        for _ in range(n):
+            task.delay_on_commit()  # type: ignore[attr-defined]
 
 
 def celery() -> Client:
@@ -353,6 +365,11 @@ def main(argv: list[str]) -> dict:
         call = client.bulk(n)
         started = time.perf_counter()
         call()
+        return {"seconds": time.perf_counter() - started}
+    if action == "on_commit":
+        client.send()  # opens the connection, untimed
+        started = time.perf_counter()
+        client.on_commit(n)
         return {"seconds": time.perf_counter() - started}
     if action == "roundtrip":
         for _ in range(WARMUP):

@@ -274,6 +274,9 @@ PRIVATE_NAMES: tuple[Private, ...] = (
             "the periodic task form drops the model's errors about schedule fields it set itself", ("errors",)),
     Private("Django", "django.db.backends.base.operations.BaseDatabaseOperations", "adapt_datetimefield_value",
             "call", "django:// claims with raw SQL and adapts its datetimes as the ORM would", ("value",)),
+    Private("Django", "django.db.backends.base.base.BaseDatabaseWrapper", "run_on_commit", "attr",
+            "delay_on_commit's batch appends its send callback as on_commit would, (savepoint ids, callback, "
+            "robust), but in no savepoint, so that a rolled-back savepoint cannot drop it (core/commit_batch.py)"),
     Private("croniter", "croniter.croniter.croniter", "expand", "call",
             "validates one crontab field and names it in the error (beat/schedules.py)", ("expr_format",)),
     Private("django-tasks", "django_tasks.TaskResult", "_return_value", "attr",

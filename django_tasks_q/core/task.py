@@ -21,7 +21,7 @@ from django.db import transaction
 from ..exceptions import ImproperlyConfigured, MaxRetriesExceededError, Retry
 from ..results.async_result import AsyncResult
 from ..results.backend import get_backend
-from . import aio, context
+from . import aio, commit_batch, context
 from .calling import send, send_many
 from .canvas import Signature, builtin_signature
 from .options import TaskOptions
@@ -127,9 +127,13 @@ class Task(Generic[P, R]):
         """Send after the current transaction commits; never if it rolls back.
 
         Returns ``None`` because the task id does not exist until the commit,
-        as with Celery's ``delay_on_commit``.
+        as with Celery's ``delay_on_commit``. Calls registered one after another
+        are sent together, as ``apply_async_many()`` sends (:mod:`.commit_batch`).
         """
-        transaction.on_commit(lambda: self.apply_async(args, kwargs))
+        if type(self).apply_async is not Task.apply_async:  # an override sees each call, as it always did
+            transaction.on_commit(lambda: self.apply_async(args, kwargs))
+        else:
+            commit_batch.delay_on_commit(self, args, kwargs)
 
     def apply(self, args: tuple | list | None = None, kwargs: dict | None = None, **options: Any) -> AsyncResult[R]:
         """Run now in this process and return an ``EagerResult`` (used by ALWAYS_EAGER)."""

@@ -147,6 +147,37 @@ def test_delay_on_commit_sends_only_after_commit(worker, use_broker):
     assert not TaskResult.objects.filter(args=[100, 1]).exists()
 
 
+def test_delay_on_commit_sends_the_committed_calls_together(worker, use_broker, broker_url):
+    tag = uuid.uuid4().int % 10**9
+    pushes = _lpush_count(broker_url)
+    with transaction.atomic():
+        for number in range(6):
+            add.delay_on_commit(tag, number)
+        try:
+            with transaction.atomic():
+                add.delay_on_commit(tag, -1)
+                raise RuntimeError("this savepoint rolls back")
+        except RuntimeError:
+            pass
+        add.delay_on_commit(tag, 6)
+    for number in range(7):
+        wait_until(lambda: TaskResult.objects.filter(args=[tag, number], state="SUCCESS").exists(), timeout=15)
+    if pushes is not None:  # one LPUSH per message and one per wake token when sent one by one: 14
+        assert _lpush_count(broker_url) - pushes <= 4  # the first message (2), then the rest in one batch (2)
+    time.sleep(0.5)
+    assert not TaskResult.objects.filter(args=[tag, -1]).exists()
+
+
+def _lpush_count(broker_url: str) -> int | None:
+    """How many LPUSH commands the Redis behind ``broker_url`` has run (None: not Redis)."""
+    if not broker_url.startswith("redis://"):
+        return None
+    import redis
+
+    stats = redis.Redis.from_url(broker_url).info("commandstats")
+    return stats.get("cmdstat_lpush", {}).get("calls", 0)
+
+
 def test_queue_isolation_only_named_queues_are_consumed(broker_url, use_broker):
     result = send_task("reports.build", args=["2026-11-22"])
     assert result.get.__self__.state == "PENDING"
