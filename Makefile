@@ -17,6 +17,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 LOWEST_VENV := .venv-lowest
 # what runs against both ends of the supported range (docs/installation.md#supported-versions)
 RANGE_TESTS := tests/unit tests/integration/test_transport_redis.py tests/integration/test_transport_django.py \
+               tests/integration/test_transport_amqp.py \
                tests/integration/test_spine.py tests/interop
 
 .PHONY: venv servers test test-lowest demo bench clean

@@ -23,8 +23,9 @@ its types also names ``unused-ignore``, so that mypy passes on older kombu.
 
 Not listed: public API (``kombu.Connection``, ``redis.Redis`` commands,
 Django's ORM) and the exception classes we import. amqp is used only
-through its public API, but for two names below (a batch's publishes
-without a confirm wait each); django-redis is not imported by the package.
+through its public API, but for the names below (a batch's publishes
+without a confirm wait each; the transport that reads the socket ahead);
+django-redis is not imported by the package.
 """
 
 from __future__ import annotations
@@ -267,6 +268,24 @@ PRIVATE_NAMES: tuple[Private, ...] = (
     Private("amqp", "amqp.channel.Channel", "events", "attr",
             "a batch's confirms are counted by basic_ack/basic_nack listeners: py-amqp reads a waiting frame "
             "before each publish, so a confirm can arrive while the batch is still going out"),
+    # -- py-amqp (broker/transport/amqp.py: the socket read ahead) ---------------------------------------------
+    Private("amqp", "amqp.transport.TCPTransport", "_read", "override",
+            "reads what the socket holds, not one frame part at a time, and buffers the rest",
+            ("n", "initial", "_errnos")),
+    Private("amqp", "amqp.transport.SSLTransport", "_read", "override",
+            "reads what the TLS socket holds, not one frame part at a time, and buffers the rest",
+            ("n", "initial", "_errnos")),
+    Private("amqp", "amqp.transport._AbstractTransport", "_read_buffer", "attr",
+            "where py-amqp keeps bytes read ahead of a frame; our _read keeps the rest of each read there"),
+    Private("amqp", "amqp.transport.TCPTransport", "_quick_recv", "attr",
+            "the socket's recv that py-amqp's _read calls; ours asks it for more at once"),
+    Private("amqp", "amqp.transport.SSLTransport", "_quick_recv", "attr",
+            "the TLS socket's read that py-amqp's _read calls; ours asks it for more at once"),
+    Private("amqp", "amqp.connection.Connection", "Transport", "override",
+            "connect() makes the transport through it: ours makes the read-ahead one",
+            ("host", "connect_timeout", "ssl", "read_timeout", "write_timeout", "socket_settings", "kwargs")),
+    Private("kombu", "kombu.transport.pyamqp.Transport", "Connection", "attr",
+            "the py-amqp connection class the transport connects with: ours, on the read-ahead transport"),
     # -- Django, croniter, django-tasks ------------------------------------------------------------------------
     Private("Django", "django.forms.models.BaseModelForm", "_post_clean", "override",
             "the periodic task form points the instance at its schedule row before the model is validated"),

@@ -35,10 +35,16 @@ def new_connection(url: str | None = None) -> Connection:
         # persistent message it still buffered is lost if the node crashes.
         options.setdefault("confirm_publish", True)
     connection = Connection(url, connect_timeout=settings.BROKER_CONNECTION_TIMEOUT, transport_options=options)
-    if url.split("://", 1)[0] in ("redis", "rediss"):
+    scheme = url.split("://", 1)[0]
+    if scheme in ("redis", "rediss"):
         from .transport.redis import Transport as RedisTransport
 
         connection.transport_cls = RedisTransport  # kombu's, minus per-message client set-up
+    elif scheme in AMQP_SCHEMES:
+        from .transport import amqp
+
+        # kombu's py-amqp transport, reading the socket ahead
+        connection.transport_cls = amqp.SecureTransport if scheme == "amqps" else amqp.Transport
     return connection
 
 
