@@ -145,9 +145,10 @@ def rq() -> Client:
 
 
 def dramatiq() -> Client:
-    from bench.peers.dramatiq_app import noop, touch
+    from bench.peers.dramatiq_app import add, noop, touch
 
-    return Client(send=noop.send, marker=touch.send)
+    return Client(send=noop.send, marker=touch.send,
+                  roundtrip=lambda: add.send(1, 2).get_result(block=True, timeout=30000))
 
 
 CLIENTS = {"ours": ours, "celery": celery, "celery-plain": celery, "celery-django": celery_django,

@@ -27,6 +27,9 @@ TARGETS: list[tuple[str, Key, str, Key, str, str, float]] = [
       for label, pool in (("ours", "-P solo"), ("ours-prefork", "-P prefork -c 2")) for metric in ("p50_ms", "p99_ms")],
     ("drain, RabbitMQ, 1 process", ("amqp", "ours"), "rate", ("amqp", "celery"), "Celery -P solo", ">=", 4),
     ("drain, RabbitMQ, 1 process", ("amqp", "ours"), "rate", ("amqp", "dramatiq"), "Dramatiq -p 1 -t 1", ">=", 1.5),
+    *[(f"round trip delay() -> get() on RabbitMQ, p50, ours {pool}", ("amqp-roundtrip", label), "p50_ms",
+       ("amqp-roundtrip", "dramatiq"), "Dramatiq, Results middleware (no confirms)", "<=", 1)
+      for label, pool in (("ours", "-P solo"), ("ours-prefork", "-P prefork -c 2"))],
     ("idle worker RSS, -P solo", ("rss-solo", "ours"), "rss_mib", ("rss-solo", "celery"),
      "Celery -P solo (fix-up: testproject settings)", "<=", 1),
     ("idle worker RSS, -P prefork -c 2", ("rss-prefork", "ours"), "rss_mib", ("rss-prefork", "celery"),
@@ -94,6 +97,8 @@ EXTRAS: list[tuple[str, Key, str, Key | None, str]] = [
     ("round trip p99, Huey notify_result=True (not its default)", ("roundtrip", "huey-notify"), "p99_ms",
      ("roundtrip", "ours"), "ours"),
     ("round trip p99, Huey (default)", ("roundtrip", "huey"), "p99_ms", ("roundtrip", "ours"), "ours"),
+    ("round trip p50 on RabbitMQ, ours -P solo with confirms off", ("amqp-roundtrip", "ours-no-confirms"), "p50_ms",
+     ("amqp-roundtrip", "ours"), "ours"),
     ("enqueue while filling the RabbitMQ queue, Celery", ("amqp", "celery"), "enqueue_rate", ("amqp", "ours"), "ours"),
     ("enqueue while filling the RabbitMQ queue, Dramatiq", ("amqp", "dramatiq"), "enqueue_rate", ("amqp", "ours"),
      "ours"),

@@ -33,8 +33,12 @@ sys.path.insert(0, str(ROOT))
 from bench import measure, measure_db, report  # noqa: E402
 from bench.measure_db import Database  # noqa: E402
 
-ROWS = ("drain", "drain2", "prefork2", "enqueue", "bulk", "roundtrip", "amqp", "rss", "pgresults", "django2",
-        "scale")
+ROWS = ("drain", "drain2", "prefork2", "enqueue", "bulk", "roundtrip", "amqp", "amqp-roundtrip", "rss", "pgresults",
+        "django2", "scale")
+#: The amqp-roundtrip row: (label, system, extra); results in Redis for every system.
+AMQP_ROUNDTRIP = (("ours", "ours", {}), ("ours-prefork", "ours", {"pool": "prefork", "concurrency": 2}),
+                  ("ours-no-confirms", "ours", {"TASKS_Q_BROKER_TRANSPORT_OPTIONS": '{"confirm_publish": false}'}),
+                  ("dramatiq", "dramatiq", {}))
 #: The prefork2 row: (label, system, pool, concurrency); ours -P solo is the one-process reference.
 PREFORK2 = (("ours-prefork", "ours", "prefork", 2), ("ours-prefork4", "ours", "prefork", 4),
             ("ours-solo", "ours", "solo", 1),
@@ -111,6 +115,11 @@ def measure_run(rows: list[str], redis_url: str, amqp_url: str | None, n: int, r
     if "amqp" in rows and amqp_url:
         for system in ("ours", "celery", "dramatiq"):
             record("amqp", system, measure.drain, system, amqp_url, n)
+    if "amqp-roundtrip" in rows and amqp_url:
+        results = redis_url.rsplit("/", 1)[0] + "/1"
+        for label, system, extra in AMQP_ROUNDTRIP:
+            flush(redis_url)
+            record("amqp-roundtrip", label, measure.roundtrip, system, amqp_url, results, roundtrips, **extra)
     if "rss" in rows:
         for pool, concurrency in (("solo", 1), ("prefork", 2)):
             for system in ("ours", "celery", "celery-site", "celery-plain"):

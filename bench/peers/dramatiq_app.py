@@ -1,5 +1,9 @@
 """Dramatiq's side of the benchmark: a ``RabbitmqBroker`` with its default middleware.
 
+With ``BENCH_RESULT_BACKEND`` set (the RabbitMQ round-trip row), the ``Results`` middleware is added with
+a ``RedisBackend`` there, which ``add`` stores its result in: ``get_result(block=True)`` is Dramatiq's
+blocking wait (a BRPOP on the result's key).
+
 The actors use their own queue name because Dramatiq declares its queues with
 dead-letter arguments, and RabbitMQ refuses to re-declare the ``default`` queue
 that Celery and django-tasks-q declared without them.
@@ -15,6 +19,12 @@ URL = os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 dramatiq.set_broker(RabbitmqBroker(url=URL[:-2] + "/%2F" if URL.endswith("//") else URL))
 
 QUEUE = "bench-dramatiq"
+RESULTS = os.environ.get("BENCH_RESULT_BACKEND")
+if RESULTS:
+    from dramatiq.results import Results
+    from dramatiq.results.backends.redis import RedisBackend
+
+    dramatiq.get_broker().add_middleware(Results(backend=RedisBackend(url=RESULTS)))
 
 
 @dramatiq.actor(queue_name=QUEUE)
@@ -26,3 +36,8 @@ def noop():
 def touch(path):
     with open(path, "w") as fh:
         fh.write("done")
+
+
+@dramatiq.actor(queue_name=QUEUE, **({"store_results": True} if RESULTS else {}))
+def add(x, y):
+    return x + y
