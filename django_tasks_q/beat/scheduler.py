@@ -6,13 +6,16 @@ change detection -- an edit made through the admin, ``QuerySet.update()`` or
 raw SQL shows up on the next tick, with no signal involved -- and the input
 for what is due. Due runs are claimed (compare-and-set on ``last_run_at``)
 and sent through the normal calling path. Then it sleeps until the next due
-time, capped by ``poll_interval``. Only the lease holder sends.
+time, capped by ``poll_interval``. Only the lease holder sends. ``stop()``
+(SIGTERM, SIGINT) is seen between two rows of a tick, so a long tick over
+many schedules does not keep the process alive.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from datetime import datetime
 
 from django.db import close_old_connections
@@ -25,6 +28,8 @@ from . import entries
 from .lock import Lease
 
 logger = logging.getLogger(__name__)
+#: Rows a tick reads at a time: between two reads, and between two rows, it sees a request to stop.
+TICK_CHUNK = 500
 
 
 class Scheduler:
@@ -71,8 +76,9 @@ class Scheduler:
             return self.poll_interval
         next_due = None
         sent: list[str] = []
-        tasks = PeriodicTask.objects.filter(enabled=True).select_related("interval", "crontab", "clocked", "solar")
-        for task in tasks:
+        for task in self._enabled_tasks():
+            if self.stop_event.is_set():  # asked to stop: the rest is the next leader's (run() releases the lease)
+                return 0.0
             self._rebase_if_changed(task, now)
             due = entries.next_run_at(task, now)
             if due is None:
@@ -87,6 +93,18 @@ class Scheduler:
         if next_due is None:
             return self.poll_interval
         return max(0.01, min(self.poll_interval, (next_due - timezone.now()).total_seconds()))
+
+    def _enabled_tasks(self) -> Iterator[PeriodicTask]:
+        """Every enabled periodic task with its schedule, read :data:`TICK_CHUNK` rows at a time by primary key
+        (not a server-side cursor, which PgBouncer's transaction pooling does not allow)."""
+        rows = PeriodicTask.objects.filter(enabled=True).select_related("interval", "crontab", "clocked", "solar")
+        last = None
+        while not self.stop_event.is_set():
+            chunk = list((rows if last is None else rows.filter(pk__gt=last)).order_by("pk")[:TICK_CHUNK])
+            yield from chunk
+            if len(chunk) < TICK_CHUNK:
+                return
+            last = chunk[-1].pk
 
     def _rebase_if_changed(self, task: PeriodicTask, now: datetime) -> None:
         """A new or edited schedule counts from now: it does not fire at once."""

@@ -5,6 +5,7 @@ without restarts; two beats never send a slot twice."""
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from datetime import datetime
 
 import pytest
 
-from django_tasks_q.models import IntervalSchedule, PeriodicTask, TaskResult
+from django_tasks_q.models import BeatLease, CrontabSchedule, IntervalSchedule, PeriodicTask, TaskResult
 from tests.workers import ROOT, WorkerProcess, worker_env
 
 from .test_spine import wait_until
@@ -110,3 +111,22 @@ def test_worker_beat_flag_embeds_the_scheduler(embedded):
 
 
 __all__ = ["worker_env"]
+
+
+def test_beat_stops_within_a_second_of_sigterm_in_the_middle_of_a_long_check(embedded):
+    every_three_hours = CrontabSchedule.objects.create(minute="0", hour="*/3", timezone="Europe/London")
+    PeriodicTask.objects.bulk_create([PeriodicTask(name=f"many-{number}", task=ECHO, crontab=every_three_hours)
+                                      for number in range(20000)])
+    beat = BeatProcess(embedded).start()
+    try:
+        time.sleep(1.5)  # its first check counts 20,000 new schedules from now, one UPDATE each: many seconds
+        assert PeriodicTask.objects.filter(baseline_at__isnull=True).exists(), "the check ended before the signal"
+        signalled = time.monotonic()
+        beat.process.send_signal(signal.SIGTERM)
+        beat.process.wait(timeout=15)
+        stopped_in = time.monotonic() - signalled
+    finally:
+        beat.kill()
+    assert stopped_in < 1.5, f"beat took {stopped_in:.1f}s to stop"
+    assert "beat stopped" in beat.output()
+    assert BeatLease.objects.get(name="beat").holder == ""  # released: another beat may lead at once
