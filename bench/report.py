@@ -90,7 +90,7 @@ POOLS = {"prefork": "-P prefork -c 2", "solo2": "two -P solo workers"}
 #: (what, system, metric, another figure to show beside it or None, its name): no target.
 EXTRAS: list[tuple[str, Key, str, Key | None, str]] = [
     ("drain, Redis, RQ SimpleWorker --burst", ("drain", "rq"), "rate", ("drain", "ours"), "ours"),
-    ("drain, Redis, ours -P prefork -c 2 (one parent hands tasks to two children)", ("drain2", "prefork"), "rate",
+    ("drain, Redis, ours -P prefork -c 2 (two children, each consuming)", ("drain2", "prefork"), "rate",
      ("drain", "ours"), "ours 1 process"),
     ("round trip p50, Huey notify_result=True (not its default)", ("roundtrip", "huey-notify"), "p50_ms",
      ("roundtrip", "ours"), "ours"),
