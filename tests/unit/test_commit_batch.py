@@ -11,7 +11,6 @@ from django.db import transaction
 from django_tasks_q import Task, task
 from django_tasks_q.core import commit_batch
 
-
 pytestmark = pytest.mark.django_db(transaction=True)  # real commits and rollbacks
 
 
