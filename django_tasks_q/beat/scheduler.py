@@ -76,10 +76,9 @@ class Scheduler:
             return self.poll_interval
         next_due = None
         sent: list[str] = []
-        for task in self._enabled_tasks():
+        for task in self._enabled_tasks(now):
             if self.stop_event.is_set():  # asked to stop: the rest is the next leader's (run() releases the lease)
                 return 0.0
-            self._rebase_if_changed(task, now)
             due = entries.next_run_at(task, now)
             if due is None:
                 continue
@@ -94,27 +93,41 @@ class Scheduler:
             return self.poll_interval
         return max(0.01, min(self.poll_interval, (next_due - timezone.now()).total_seconds()))
 
-    def _enabled_tasks(self) -> Iterator[PeriodicTask]:
+    def _enabled_tasks(self, now: datetime) -> Iterator[PeriodicTask]:
         """Every enabled periodic task with its schedule, read :data:`TICK_CHUNK` rows at a time by primary key
-        (not a server-side cursor, which PgBouncer's transaction pooling does not allow)."""
+        (not a server-side cursor, which PgBouncer's transaction pooling does not allow), each chunk's new and
+        edited schedules counted from ``now`` first (:meth:`_rebase_changed`)."""
         rows = PeriodicTask.objects.filter(enabled=True).select_related("interval", "crontab", "clocked", "solar")
         last = None
         while not self.stop_event.is_set():
             chunk = list((rows if last is None else rows.filter(pk__gt=last)).order_by("pk")[:TICK_CHUNK])
+            self._rebase_changed(chunk, now)
             yield from chunk
             if len(chunk) < TICK_CHUNK:
                 return
             last = chunk[-1].pk
 
-    def _rebase_if_changed(self, task: PeriodicTask, now: datetime) -> None:
-        """A new or edited schedule counts from now: it does not fire at once."""
-        digest = entries.fingerprint(task)
-        if digest == task.schedule_fingerprint:
-            return
-        PeriodicTask.objects.filter(pk=task.pk).update(schedule_fingerprint=digest, baseline_at=now)
-        task.schedule_fingerprint, task.baseline_at = digest, now
-        logger.info("periodic task %r: schedule is %s; counting from now", task.name,
-                    task.schedule_row.as_schedule().describe() if task.schedule_row else "missing")
+    def _rebase_changed(self, tasks: list[PeriodicTask], now: datetime) -> None:
+        """A new or edited schedule counts from now: it does not fire at once. One UPDATE per schedule the
+        changed tasks share (their fingerprint), not one per task: a bulk insert of many tasks on a few
+        schedules is taken in a few statements per chunk."""
+        changed: dict[str, list[PeriodicTask]] = {}
+        for task in tasks:
+            digest = entries.fingerprint(task)
+            if digest != task.schedule_fingerprint:
+                changed.setdefault(digest, []).append(task)
+        for digest, group in changed.items():
+            PeriodicTask.objects.filter(pk__in=[task.pk for task in group]).update(
+                schedule_fingerprint=digest, baseline_at=now)
+            for task in group:
+                task.schedule_fingerprint, task.baseline_at = digest, now
+            row = group[0].schedule_row
+            described = row.as_schedule().describe() if row else "missing"
+            if len(group) == 1:
+                logger.info("periodic task %r: schedule is %s; counting from now", group[0].name, described)
+            else:
+                logger.info("%d periodic tasks (%r, ...): schedule is %s; counting from now", len(group),
+                            group[0].name, described)
 
     def _run(self, task: PeriodicTask, due: datetime, now: datetime) -> bool:
         """Claim and send one due run; True when a task was sent."""

@@ -42,6 +42,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from croniter import CroniterBadDateError, CroniterError, croniter
@@ -50,7 +51,12 @@ from ..exceptions import TasksQError
 from .describe import describe_crontab
 from .solar import EVENTS, last_event, next_event
 
-__all__ = ["Clocked", "Crontab", "Interval", "InvalidSchedule", "Solar"]
+__all__ = ["Clocked", "Crontab", "Interval", "InvalidSchedule", "Solar", "crontab_of"]
+
+#: Distinct crontabs (field sets) kept built, and (crontab, moment) answers kept: bounded, so a process with
+#: many schedules keeps the ones it uses most.
+CRONTAB_CACHE = 4096
+SLOT_CACHE = 65536
 
 
 class InvalidSchedule(TasksQError, ValueError):
@@ -195,8 +201,11 @@ class Crontab:
             raise InvalidSchedule("day_of_month", f"{self.day_of_month!r} never falls in month_of_year "
                                   f"{self.month_of_year!r} on day_of_week {self.day_of_week!r}") from None
 
+    @lru_cache(maxsize=SLOT_CACHE)  # keeps its Crontab alive: fine, crontab_of keeps them anyway
     def _next_slot(self, moment: datetime) -> tuple[datetime, datetime]:
-        """(wall slot, its instant) of the first slot strictly after ``moment``.
+        """(wall slot, its instant) of the first slot strictly after ``moment``. Remembered: the tasks on one
+        crontab row count from the same moments (the slot they last ran in, the tick that first saw them),
+        and croniter's walk was most of a beat check over many such tasks.
 
         Instants never decrease as wall slots increase, and slots up to the
         wall reading of ``moment`` ran by ``moment``: scan on from that reading
@@ -228,6 +237,15 @@ class Crontab:
     def describe(self) -> str:
         return describe_crontab(self.minute, self.hour, self.day_of_week, self.day_of_month,
                                 self.month_of_year, self.timezone)
+
+
+@lru_cache(maxsize=CRONTAB_CACHE)
+def crontab_of(minute: str, hour: str, day_of_week: str, day_of_month: str, month_of_year: str,
+               timezone: str) -> Crontab:
+    """The ``Crontab`` of these fields, built once per process: building one checks its fields with croniter,
+    which cost more than answering a question with it. (A field that is wrong raises each time.)"""
+    return Crontab(minute=minute, hour=hour, day_of_week=day_of_week, day_of_month=day_of_month,
+                   month_of_year=month_of_year, timezone=timezone)
 
 
 # -- Clocked --------------------------------------------------------------------

@@ -67,10 +67,10 @@ class CrontabSchedule(models.Model):
         ordering = ["month_of_year", "day_of_month", "day_of_week", "hour", "minute", "timezone"]
 
     def as_schedule(self):
-        from ..beat.schedules import Crontab
+        from ..beat.schedules import crontab_of
 
-        return Crontab(minute=self.minute, hour=self.hour, day_of_week=self.day_of_week,
-                       day_of_month=self.day_of_month, month_of_year=self.month_of_year, timezone=self.timezone)
+        return crontab_of(self.minute, self.hour, self.day_of_week, self.day_of_month, self.month_of_year,
+                          self.timezone)
 
     def clean(self) -> None:
         from ..beat.schedules import InvalidSchedule

@@ -297,3 +297,27 @@ def test_settings_sync_reuses_duplicate_schedule_rows_and_validates_options(sett
         settings.TASKS_Q = {**settings.TASKS_Q, "BEAT_SCHEDULE": {"bad": {"task": "x", "schedule": 5, **bad}}}
         with pytest.raises(ImproperlyConfigured, match=f"BEAT_SCHEDULE\\['bad'\\].*{match}"):
             sync_settings_schedule()
+
+
+def test_many_new_tasks_on_a_few_schedules_are_counted_in_a_few_statements(sent, beat):
+    from django.db import connection as db
+    from django.test.utils import CaptureQueriesContext
+
+    rows = [CrontabSchedule.objects.create(minute=str(minute), hour="*/3", timezone="Europe/London")
+            for minute in (5, 10, 15)]
+    PeriodicTask.objects.bulk_create([PeriodicTask(name=f"bulk-{number}", task="testproject.videos.tasks.noop",
+                                                   crontab=rows[number % 3]) for number in range(1200)])
+    with CaptureQueriesContext(db) as first:
+        beat(T0)
+    rebases = [query for query in first.captured_queries if query["sql"].startswith("UPDATE")
+               and "schedule_fingerprint" in query["sql"]]
+    assert 1 <= len(rebases) <= 3 * 3  # per chunk of 500, one per schedule: not one per task (1,200)
+    assert not PeriodicTask.objects.filter(baseline_at__isnull=True).exists()
+    assert set(PeriodicTask.objects.values_list("baseline_at", flat=True)) == {T0}
+    with CaptureQueriesContext(db) as second:
+        beat(T0 + timedelta(seconds=1))
+    assert not [query for query in second.captured_queries if query["sql"].startswith("UPDATE")
+                and "schedule_fingerprint" in query["sql"]]
+    assert sent() == []
+    beat(T0 + timedelta(minutes=5))  # 12:05 in London (GMT in March), an hour */3 allows: minute 5's third runs
+    assert len(sent()) == 400
