@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator
 from datetime import datetime
 
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from .. import signals
@@ -109,16 +109,19 @@ class Scheduler:
 
     def _rebase_changed(self, tasks: list[PeriodicTask], now: datetime) -> None:
         """A new or edited schedule counts from now: it does not fire at once. One UPDATE per schedule the
-        changed tasks share (their fingerprint), not one per task: a bulk insert of many tasks on a few
-        schedules is taken in a few statements per chunk."""
+        chunk's changed tasks share (their fingerprint), all in one transaction: a bulk insert of many tasks
+        on a few schedules is taken in a few statements, and on many schedules without a commit (a disk
+        sync on SQLite) per task."""
         changed: dict[str, list[PeriodicTask]] = {}
         for task in tasks:
             digest = entries.fingerprint(task)
             if digest != task.schedule_fingerprint:
                 changed.setdefault(digest, []).append(task)
+        with transaction.atomic():
+            for digest, group in changed.items():
+                PeriodicTask.objects.filter(pk__in=[task.pk for task in group]).update(
+                    schedule_fingerprint=digest, baseline_at=now)
         for digest, group in changed.items():
-            PeriodicTask.objects.filter(pk__in=[task.pk for task in group]).update(
-                schedule_fingerprint=digest, baseline_at=now)
             for task in group:
                 task.schedule_fingerprint, task.baseline_at = digest, now
             row = group[0].schedule_row

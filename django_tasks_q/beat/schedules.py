@@ -57,6 +57,10 @@ __all__ = ["Clocked", "Crontab", "Interval", "InvalidSchedule", "Solar", "cronta
 #: many schedules keeps the ones it uses most.
 CRONTAB_CACHE = 4096
 SLOT_CACHE = 65536
+#: Checked crontab field values kept (one per field name and value), and checked whole expressions (a short
+#: string each: enough for every crontab of a site with tens of thousands).
+FIELD_CACHE = 4096
+EXPRESSION_CACHE = 65536
 
 
 class InvalidSchedule(TasksQError, ValueError):
@@ -127,6 +131,13 @@ def _cron_field(name: str, value: object, position: int, allowed: str, names: tu
     """The field as croniter should read it, or InvalidSchedule naming the field."""
     if not isinstance(value, str):
         raise InvalidSchedule(name, f"{value!r} is not a string")
+    return _checked_field(name, value, position, allowed, names)
+
+
+@lru_cache(maxsize=FIELD_CACHE)
+def _checked_field(name: str, value: str, position: int, allowed: str, names: tuple[str, ...]) -> str:
+    """:func:`_cron_field` of a string, remembered: checking a field with croniter cost more than a crontab's
+    every other use, and the same few field values ("0", "*/3", "mon-fri") recur across many crontabs."""
     text = value.strip().lower()
     words = re.findall(r"[a-z]+", text)
     if not _SYNTAX.match(text) or any(word not in names for word in words):
@@ -141,6 +152,12 @@ def _cron_field(name: str, value: object, position: int, allowed: str, names: tu
         detail = re.sub(r"^\[.*?\]\s*", "", str(exc))  # drop croniter's echo of the whole expression
         raise InvalidSchedule(name, f"{value!r} is not valid: {detail}") from None
     return _SAME_ENDS.sub(r"\1", text)
+
+
+@lru_cache(maxsize=EXPRESSION_CACHE)
+def _check_expression(expression: str) -> None:
+    """Raise CroniterBadDateError if the fields, each valid, never meet (day 31 of February); remembered."""
+    croniter(expression, datetime(2000, 1, 1), day_or=False).get_next(datetime)
 
 
 def _is_zone(name: object) -> bool:
@@ -196,7 +213,7 @@ class Crontab:
         if not _is_zone(self.timezone):
             raise InvalidSchedule("timezone", f"{self.timezone!r} is not an IANA zone like 'Europe/London'")
         try:
-            croniter(self._expression, datetime(2000, 1, 1), day_or=False).get_next(datetime)
+            _check_expression(self._expression)
         except CroniterBadDateError:
             raise InvalidSchedule("day_of_month", f"{self.day_of_month!r} never falls in month_of_year "
                                   f"{self.month_of_year!r} on day_of_week {self.day_of_week!r}") from None

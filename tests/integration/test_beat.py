@@ -114,16 +114,16 @@ __all__ = ["worker_env"]
 
 
 def test_beat_stops_within_a_second_of_sigterm_in_the_middle_of_a_long_check(embedded):
-    # 20,000 tasks on as many different monthly crontabs: nothing is shared between them, so the first check
-    # counts each from now with an UPDATE of its own and a croniter walk of its own -- a minute or so
+    # 40,000 tasks on as many different monthly crontabs: nothing is shared between them, so the first check
+    # counts each from now with an UPDATE and a croniter walk of its own -- several seconds
     schedules = CrontabSchedule.objects.bulk_create([
         CrontabSchedule(minute=str(number % 60), hour=str(number // 60 % 24), day_of_month=str(number // 1440 + 1),
-                        timezone="Europe/London") for number in range(20000)])
+                        timezone="Europe/London") for number in range(40000)])
     PeriodicTask.objects.bulk_create([PeriodicTask(name=f"many-{number}", task=ECHO, crontab=schedule)
                                       for number, schedule in enumerate(schedules)])
     beat = BeatProcess(embedded).start()
     try:
-        time.sleep(1.5)
+        time.sleep(1.0)
         assert PeriodicTask.objects.filter(baseline_at__isnull=True).exists(), "the check ended before the signal"
         signalled = time.monotonic()
         beat.process.send_signal(signal.SIGTERM)
