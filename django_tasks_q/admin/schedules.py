@@ -26,7 +26,7 @@ from ..core.calling import send
 from ..core.registry import registry
 from ..exceptions import BrokerUnavailable, EncodeError, ImproperlyConfigured
 from ..models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
-from ..models.schedules import ScheduleRow
+from ..models.schedules import SCHEDULE_FIELDS, ScheduleRow
 from .schedule_forms import PeriodicTaskForm, kind_fieldsets
 
 NEXT_RUNS = 5
@@ -45,12 +45,26 @@ def _moment(moment: datetime, zone: str = "UTC") -> str:
     return moment.astimezone(ZoneInfo(zone)).strftime("%a %Y-%m-%d %H:%M:%S %Z")
 
 
+class ScheduleKindFilter(admin.SimpleListFilter):
+    """Periodic tasks by the kind of their schedule (one foreign key of four is set)."""
+
+    title = "schedule kind"
+    parameter_name = "kind"
+
+    def lookups(self, request, model_admin):
+        return [(kind, kind) for kind in SCHEDULE_FIELDS]
+
+    def queryset(self, request, queryset):
+        kind = self.value()
+        return queryset.filter(**{f"{kind}__isnull": False}) if kind in SCHEDULE_FIELDS else queryset
+
+
 @admin.register(PeriodicTask)
 class PeriodicTaskAdmin(admin.ModelAdmin):
     form = PeriodicTaskForm
     list_display = ("name", "task", "schedule_display", "next_run_display", "last_run_at", "total_run_count",
                     "enabled", "source")
-    list_filter = ("enabled", "source", "queue")
+    list_filter = ("enabled", ScheduleKindFilter, "source", "queue")
     search_fields = ("name", "task")
     list_select_related = ("interval", "crontab", "clocked", "solar")
     actions = ("enable", "disable", "run_now")

@@ -367,3 +367,30 @@ def test_beat_lease_is_not_in_the_admin(admin_client):
     page = admin_client.get(reverse("admin:app_list", args=["django_tasks_q"])).content.decode()
     assert "Periodic tasks" in page and "Crontab schedules" in page
     assert "lease" not in page.lower()
+
+
+def test_changelist_filters_by_schedule_kind(admin_client):
+    periodic(name="by-interval")
+    periodic(name="by-crontab", crontab=CrontabSchedule.objects.create(minute="0", hour="9", timezone="UTC"))
+    crontabs = admin_client.get(CHANGELIST, {"kind": "crontab"}).content.decode()
+    assert "by-crontab" in crontabs and "by-interval" not in crontabs
+    intervals = admin_client.get(CHANGELIST, {"kind": "interval"}).content.decode()
+    assert "by-interval" in intervals and "by-crontab" not in intervals
+    assert "schedule kind" in admin_client.get(CHANGELIST).content.decode()
+
+
+def test_changelist_queries_do_not_grow_with_the_rows(admin_client):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    crontab = CrontabSchedule.objects.create(minute="0", hour="*/3", timezone="Europe/London")
+    PeriodicTask.objects.bulk_create([PeriodicTask(name=f"row-{number:04d}", task="testproject.videos.tasks.add",
+                                                   crontab=crontab) for number in range(10)])
+    with CaptureQueriesContext(connection) as few:
+        assert admin_client.get(CHANGELIST).status_code == 200
+    PeriodicTask.objects.bulk_create([PeriodicTask(name=f"row-{number:04d}", task="testproject.videos.tasks.add",
+                                                   crontab=crontab) for number in range(10, 2000)])
+    with CaptureQueriesContext(connection) as many:
+        page = admin_client.get(CHANGELIST).content.decode()
+    assert "2000 periodic tasks" in page or "2,000 periodic tasks" in page
+    assert len(many.captured_queries) == len(few.captured_queries)  # a page of 100 rows, no query per row
