@@ -1,14 +1,17 @@
 """``Scheduler``: the loop behind ``manage.py taskbeat`` and ``taskworker --beat``.
 
-Each tick (at least every ``poll_interval`` seconds, default 1) it reads
-every periodic task with its schedule in one query. That read is both the
-change detection -- an edit made through the admin, ``QuerySet.update()`` or
-raw SQL shows up on the next tick, with no signal involved -- and the input
-for what is due. Due runs are claimed (compare-and-set on ``last_run_at``)
-and sent through the normal calling path. Then it sleeps until the next due
-time, capped by ``poll_interval``. Only the lease holder sends. ``stop()``
-(SIGTERM, SIGINT) is seen between two rows of a tick, so a long tick over
-many schedules does not keep the process alive.
+Each tick (at least every ``poll_interval`` seconds, default 1) reads, through
+the due-time index (``next_run_at``, migration 0002), the periodic tasks that
+are due and those not planned yet; database triggers empty a task's
+``next_run_at`` when it is edited by any means (the admin, ``QuerySet.update()``,
+raw SQL), so an edit shows up on the next tick with no signal involved. A task
+planned again is compared with the schedule it was last counted from (its
+fingerprint: :mod:`.entries`). Due runs are claimed (compare-and-set on
+``last_run_at``) and sent through the normal calling path, and every task read
+gets its next run time stored. Then it sleeps until the next due time, capped by
+``poll_interval``. On a database without the triggers every tick reads every
+task instead. Only the lease holder sends. ``stop()`` (SIGTERM, SIGINT) is seen
+between two rows of a tick.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import logging
 import threading
 from collections.abc import Iterator
 from datetime import datetime
+from datetime import timezone as dt_timezone
 
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connection, transaction
+from django.db.models import Min, QuerySet
 from django.utils import timezone
 
 from .. import signals
@@ -30,6 +35,14 @@ from .lock import Lease
 logger = logging.getLogger(__name__)
 #: Rows a tick reads at a time: between two reads, and between two rows, it sees a request to stop.
 TICK_CHUNK = 500
+#: Tasks a check plans at most (after a bulk insert of many): the rest wait for the next checks, which send
+#: what came due first, so a large insert does not hold back runs that are due.
+PLAN_PER_CHECK = 5000
+#: The databases whose triggers keep the due-time index (migration 0002); on others every check reads every task.
+INDEXED_VENDORS = ("sqlite", "postgresql")
+#: ``next_run_at`` of a task that never runs again (expired, a clocked task that ran): past every real time.
+NEVER = datetime(9999, 12, 31, tzinfo=dt_timezone.utc)
+ENABLED = PeriodicTask.objects.filter(enabled=True)
 
 
 class Scheduler:
@@ -74,35 +87,61 @@ class Scheduler:
             self.leading = leading
         if not leading:
             return self.poll_interval
-        next_due = None
         sent: list[str] = []
-        for task in self._enabled_tasks(now):
-            if self.stop_event.is_set():  # asked to stop: the rest is the next leader's (run() releases the lease)
-                return 0.0
-            due = entries.next_run_at(task, now)
-            if due is None:
-                continue
-            if due <= now:
-                if self._run(task, due, now):
-                    sent.append(task.name)
-                due = entries.next_run_at(task, now)
-            if due is not None and (next_due is None or due < next_due):
-                next_due = due
+        if connection.vendor in INDEXED_VENDORS:
+            next_due = self._check_indexed(now, sent)
+        else:
+            next_due = min((due for chunk in self._chunks(ENABLED, now) for due in self._check(chunk, now, sent)
+                            if due is not None), default=None)
+        if self.stop_event.is_set():  # asked to stop: the rest is the next leader's (run() releases the lease)
+            return 0.0
         signals.send(signals.beat_tick, sender=self, due=sent)
         if next_due is None:
             return self.poll_interval
         return max(0.01, min(self.poll_interval, (next_due - timezone.now()).total_seconds()))
 
-    def _enabled_tasks(self, now: datetime) -> Iterator[PeriodicTask]:
-        """Every enabled periodic task with its schedule, read :data:`TICK_CHUNK` rows at a time by primary key
-        (not a server-side cursor, which PgBouncer's transaction pooling does not allow), each chunk's new and
-        edited schedules counted from ``now`` first (:meth:`_rebase_changed`)."""
-        rows = PeriodicTask.objects.filter(enabled=True).select_related("interval", "crontab", "clocked", "solar")
+    def _check_indexed(self, now: datetime, sent: list[str]) -> datetime | None:
+        """The due-time index (migration 0002): the tasks due by ``now``, then those not planned yet (new, or
+        changed: the triggers emptied their ``next_run_at``); each gets its next run time stored. Returns the
+        earliest stored one."""
+        unplanned = ENABLED.filter(next_run_at__isnull=True)
+        for rows, budget in ((ENABLED.filter(next_run_at__lte=now), None), (unplanned, PLAN_PER_CHECK)):
+            for chunk in self._chunks(rows, now):
+                plans: dict[datetime, list[int]] = {}
+                for task, due in zip(chunk, self._check(chunk, now, sent)):
+                    plans.setdefault(due or NEVER, []).append(task.pk)
+                with transaction.atomic():  # one UPDATE per distinct time; setting next_run_at, no trigger fires
+                    for due, pks in plans.items():
+                        PeriodicTask.objects.filter(pk__in=pks).update(next_run_at=due)
+                if budget is not None:
+                    budget -= len(chunk)
+                    if budget <= 0 and unplanned.exists():
+                        return now  # more to plan: check again at once, sending what came due meanwhile first
+        earliest = ENABLED.filter(next_run_at__isnull=False).aggregate(Min("next_run_at"))["next_run_at__min"]
+        return None if earliest is None or earliest >= NEVER else earliest
+
+    def _check(self, chunk: list[PeriodicTask], now: datetime, sent: list[str]) -> Iterator[datetime | None]:
+        """Send each task of ``chunk`` that is due by ``now``; yield each one's next run time (None: never)."""
+        for task in chunk:
+            if self.stop_event.is_set():
+                return
+            due = entries.next_run_at(task, now)
+            if due is not None and due <= now:
+                if self._run(task, due, now):
+                    sent.append(task.name)
+                due = entries.next_run_at(task, now)
+            yield due
+
+    def _chunks(self, rows: QuerySet[PeriodicTask], now: datetime) -> Iterator[list[PeriodicTask]]:
+        """``rows`` with their schedules, :data:`TICK_CHUNK` at a time by primary key (not a server-side cursor,
+        which PgBouncer's transaction pooling does not allow), each chunk's new and edited schedules counted
+        from ``now`` first (:meth:`_rebase_changed`)."""
+        rows = rows.select_related("interval", "crontab", "clocked", "solar")
         last = None
         while not self.stop_event.is_set():
             chunk = list((rows if last is None else rows.filter(pk__gt=last)).order_by("pk")[:TICK_CHUNK])
             self._rebase_changed(chunk, now)
-            yield from chunk
+            yield chunk
             if len(chunk) < TICK_CHUNK:
                 return
             last = chunk[-1].pk

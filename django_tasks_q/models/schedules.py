@@ -200,10 +200,15 @@ class PeriodicTask(models.Model):
     #: restarts the count from the edit instead of firing at once
     schedule_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
     baseline_at = models.DateTimeField(null=True, blank=True, editable=False)
+    #: written by the scheduler only: when it looks at the task next (its due-time index). Empty: not planned
+    #: yet -- a new row, or one whose schedule, timing, enabled flag or last run was changed, which database
+    #: triggers (migration 0002) note by emptying it, whatever made the change
+    next_run_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         app_label = "django_tasks_q"
         ordering = ["name"]
+        indexes = [models.Index(fields=["enabled", "next_run_at"], name="tasks_q_periodic_due")]
         constraints = [
             models.CheckConstraint(condition=_exactly_one_schedule(), name="tasks_q_periodic_one_schedule"),
             models.CheckConstraint(condition=Q(priority__isnull=True) | Q(priority__lte=255),

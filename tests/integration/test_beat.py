@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from datetime import datetime
 
 import pytest
@@ -134,3 +135,58 @@ def test_beat_stops_within_a_second_of_sigterm_in_the_middle_of_a_long_check(emb
     assert stopped_in < 1.5, f"beat took {stopped_in:.1f}s to stop"
     assert "beat stopped" in beat.output()
     assert BeatLease.objects.get(name="beat").holder == ""  # released: another beat may lead at once
+
+
+POSTGRES_INDEX_CHECK = """
+from datetime import datetime, timedelta, timezone
+
+import django
+
+django.setup()
+from django.db import connection
+
+from django_tasks_q.beat.lock import Lease
+from django_tasks_q.beat.scheduler import Scheduler
+from django_tasks_q.models import IntervalSchedule, PeriodicTask
+
+assert connection.vendor == "postgresql"
+T0 = datetime(2026, 3, 2, 12, tzinfo=timezone.utc)
+hourly = IntervalSchedule.objects.create(every=3600, period="seconds")
+minutely = IntervalSchedule.objects.create(every=60, period="seconds")
+PeriodicTask.objects.bulk_create([PeriodicTask(name=f"pg-{n}", task="testproject.videos.tasks.noop",
+                                               interval=hourly) for n in range(1200)])
+scheduler, lease = Scheduler(), Lease()
+scheduler.tick(lease, T0)
+assert not PeriodicTask.objects.filter(next_run_at__isnull=True).exists()
+assert set(PeriodicTask.objects.values_list("next_run_at", flat=True)) == {T0 + timedelta(hours=1)}
+PeriodicTask.objects.filter(name="pg-1").update(interval=minutely)
+assert PeriodicTask.objects.get(name="pg-1").next_run_at is None
+PeriodicTask.objects.filter(name="pg-2").update(description="words only")
+assert PeriodicTask.objects.get(name="pg-2").next_run_at is not None
+with connection.cursor() as cursor:
+    cursor.execute("UPDATE django_tasks_q_intervalschedule SET every = 7200 WHERE id = %s", [hourly.pk])
+assert PeriodicTask.objects.filter(next_run_at__isnull=True).count() == 1200
+scheduler.tick(lease, T0 + timedelta(seconds=1))
+assert PeriodicTask.objects.get(name="pg-1").next_run_at == T0 + timedelta(seconds=61)
+assert PeriodicTask.objects.get(name="pg-3").next_run_at == T0 + timedelta(seconds=7201)
+scheduler.tick(lease, T0 + timedelta(seconds=61))
+assert PeriodicTask.objects.get(name="pg-1").total_run_count == 1
+assert PeriodicTask.objects.get(name="pg-1").next_run_at == T0 + timedelta(seconds=121)
+print("due-time index ok")
+"""
+
+
+def test_the_due_time_index_and_its_triggers_on_postgresql(postgres_url, tmp_path):
+    from tests import servers
+
+    url = servers.create_database(postgres_url, f"tq_beat_{uuid.uuid4().hex[:12]}")
+    env = {**worker_env("memory://"), "TESTPROJECT_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+    env.pop("TESTPROJECT_SQLITE", None)
+    migrate = subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "-v0"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    script = tmp_path / "check.py"
+    script.write_text(POSTGRES_INDEX_CHECK)
+    done = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "due-time index ok" in done.stdout, done.stdout + done.stderr

@@ -321,3 +321,66 @@ def test_many_new_tasks_on_a_few_schedules_are_counted_in_a_few_statements(sent,
     assert sent() == []
     beat(T0 + timedelta(minutes=5))  # 12:05 in London (GMT in March), an hour */3 allows: minute 5's third runs
     assert len(sent()) == 400
+
+
+def test_edits_by_any_means_empty_the_stored_next_run(sent, beat):
+    from django.db import connection as db
+
+    hourly = every(3600)
+    task = PeriodicTask.objects.create(name="planned", task="testproject.videos.tasks.noop", interval=hourly)
+    other = PeriodicTask.objects.create(name="untouched", task="testproject.videos.tasks.noop",
+                                        crontab=CrontabSchedule.objects.create(minute="0", hour="9", timezone="UTC"))
+
+    def planned(row):
+        return PeriodicTask.objects.get(pk=row.pk).next_run_at
+
+    beat(T0)
+    assert planned(task) == T0 + timedelta(hours=1) and planned(other) is not None
+    PeriodicTask.objects.filter(pk=task.pk).update(interval=every(60))  # update(): no save(), no signal
+    assert planned(task) is None and planned(other) is not None
+    beat(T0 + timedelta(seconds=1))
+    assert planned(task) == T0 + timedelta(seconds=61)  # counted from the check that saw the edit
+    with db.cursor() as cursor:  # raw SQL on the schedule row: every task using it is planned again
+        cursor.execute("UPDATE django_tasks_q_intervalschedule SET every = 30 WHERE id = %s",
+                       [PeriodicTask.objects.get(pk=task.pk).interval_id])
+    assert planned(task) is None and planned(other) is not None
+    PeriodicTask.objects.filter(pk=other.pk).update(description="words only")  # not a timing change
+    assert planned(other) is not None
+    PeriodicTask.objects.filter(pk=other.pk).update(enabled=False)
+    assert planned(other) is None
+
+
+def test_a_check_reads_only_due_and_unplanned_tasks(sent, beat):
+    from django.db import connection as db
+    from django.test.utils import CaptureQueriesContext
+
+    hourly = every(3600)
+    PeriodicTask.objects.bulk_create([PeriodicTask(name=f"hourly-{number}", task="testproject.videos.tasks.noop",
+                                                   interval=hourly) for number in range(1200)])
+    beat(T0)  # plans all 1,200
+    assert not PeriodicTask.objects.filter(next_run_at__isnull=True).exists()
+    with CaptureQueriesContext(db) as checked:
+        beat(T0 + timedelta(seconds=1))
+    reads = [query["sql"] for query in checked.captured_queries
+             if query["sql"].startswith("SELECT") and "django_tasks_q_periodictask" in query["sql"]]
+    assert reads and all("next_run_at" in sql for sql in reads), reads  # never every row
+    beat(T0 + timedelta(hours=1))
+    assert len(sent()) == 1200
+
+
+def test_a_large_insert_is_planned_over_several_checks_that_send_what_is_due_first(sent, beat, monkeypatch):
+    from django_tasks_q.beat import scheduler
+
+    monkeypatch.setattr(scheduler, "PLAN_PER_CHECK", 500)
+    due_soon = PeriodicTask.objects.create(name="due-soon", task="testproject.videos.tasks.noop", interval=every(1))
+    beat(T0)  # planned alone: due at T0 + 1 s
+    hourly = every(3600)
+    PeriodicTask.objects.bulk_create([PeriodicTask(name=f"late-{number}", task="testproject.videos.tasks.noop",
+                                                   interval=hourly) for number in range(1200)])
+    beat(T0 + timedelta(seconds=1))
+    assert names(sent()) == ["due-soon"]  # sent first; then this check planned 500 of the 1,200 new rows
+    assert PeriodicTask.objects.filter(next_run_at__isnull=True).count() == 700
+    beat(T0 + timedelta(seconds=1, milliseconds=10))
+    beat(T0 + timedelta(seconds=1, milliseconds=20))
+    assert not PeriodicTask.objects.filter(next_run_at__isnull=True).exists()
+    assert PeriodicTask.objects.get(pk=due_soon.pk).total_run_count == 1
