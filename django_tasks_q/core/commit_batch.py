@@ -56,8 +56,8 @@ def delay_on_commit(task: Task, args: tuple, kwargs: dict, using: str | None = N
     """Send ``task(*args, **kwargs)`` once the transaction on ``using`` commits, with the calls registered
     right before and after it; at once outside a transaction (as ``on_commit`` would)."""
     connection = transaction.get_connection(using)
-    if not connection.in_atomic_block:
-        task.apply_async(args, kwargs)
+    if not connection.in_atomic_block:  # Django's rules: at once in autocommit, an error in manual transactions
+        transaction.on_commit(lambda: task.apply_async(args, kwargs), using)
         return
     batch = getattr(connection, BATCH_ATTRIBUTE, None)
     pending = connection.run_on_commit

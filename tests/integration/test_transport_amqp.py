@@ -90,3 +90,22 @@ def test_connections_to_rabbitmq_read_ahead_and_carry_a_burst_of_messages(amqp_u
                 connection.drain_events(timeout=5)
         assert got == list(range(200))  # every message, in order, none lost between reads
         bound.delete()
+
+
+def test_a_tls_read_that_would_block_is_tried_again_as_py_amqp_does():
+    """``SSLWantReadError`` carries errno ENOENT (2): py-amqp's TLS transport reads again; so does ours."""
+    import errno
+
+    transport = amqp.SSLTransport.__new__(amqp.SSLTransport)
+    transport._read_buffer, transport.raise_on_initial_eintr = b"", True
+    answers = [b"abc", OSError(errno.ENOENT, "want read"), b"defg"]
+
+    def recv(size):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    transport._quick_recv = recv
+    assert transport._read(7) == b"abcdefg"
+    assert answers == []

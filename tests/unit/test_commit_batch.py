@@ -111,3 +111,16 @@ def test_a_task_class_overriding_apply_async_is_sent_through_it(ran):
 def test_outside_a_transaction_it_is_sent_at_once(ran, remember):
     assert remember.delay_on_commit(5) is None
     assert ran == [5]
+
+
+def test_in_manual_transaction_mode_it_refuses_as_django_does(ran, remember):
+    from django.db.transaction import TransactionManagementError
+
+    transaction.set_autocommit(False)
+    try:
+        with pytest.raises(TransactionManagementError):
+            remember.delay_on_commit("never")
+        transaction.rollback()
+    finally:
+        transaction.set_autocommit(True)
+    assert ran == []

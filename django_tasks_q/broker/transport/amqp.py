@@ -34,11 +34,14 @@ class _ReadAhead:
 
     _read_buffer: bytes
     raise_on_initial_eintr: bool
+    #: errors of a read that is tried again, as py-amqp's own transport does (TLS adds ENOENT: SSLWantReadError)
+    retried_errnos: tuple[int, ...] = (errno.EAGAIN, errno.EINTR)
 
     def _quick_recv(self, size: int) -> bytes:  # set per instance by py-amqp when it connects
         raise NotImplementedError
 
-    def _read(self, n: int, initial: bool = False, _errnos: tuple[int, ...] = (errno.EAGAIN, errno.EINTR)) -> bytes:
+    def _read(self, n: int, initial: bool = False, _errnos: tuple[int, ...] | None = None) -> bytes:
+        _errnos = self.retried_errnos if _errnos is None else _errnos
         buffered = self._read_buffer
         try:
             while len(buffered) < n:
@@ -66,6 +69,8 @@ class TCPTransport(_ReadAhead, amqp_transport.TCPTransport):
 
 class SSLTransport(_ReadAhead, amqp_transport.SSLTransport):
     """py-amqp's TLS transport, reading ahead (a TLS read returns at most one record, 16 KiB)."""
+
+    retried_errnos = (errno.ENOENT, errno.EAGAIN, errno.EINTR)
 
 
 class Connection(pyamqp.Connection):
