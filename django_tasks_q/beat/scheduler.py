@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from datetime import timezone as dt_timezone
 
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, connections, router, transaction
 from django.db.models import Min, QuerySet
 from django.utils import timezone
 
@@ -88,10 +88,10 @@ class Scheduler:
         if not leading:
             return self.poll_interval
         sent: list[str] = []
-        if connection.vendor in INDEXED_VENDORS:
+        if connections[router.db_for_write(PeriodicTask)].vendor in INDEXED_VENDORS:
             next_due = self._check_indexed(now, sent)
         else:
-            next_due = min((due for chunk in self._chunks(ENABLED, now) for due in self._check(chunk, now, sent)
+            next_due = min((due for chunk in self._chunks(ENABLED, now) for due, _ in self._check(chunk, now, sent)
                             if due is not None), default=None)
         if self.stop_event.is_set():  # asked to stop: the rest is the next leader's (run() releases the lease)
             return 0.0
@@ -105,14 +105,17 @@ class Scheduler:
         changed: the triggers emptied their ``next_run_at``); each gets its next run time stored. Returns the
         earliest stored one."""
         unplanned = ENABLED.filter(next_run_at__isnull=True)
+        alias = router.db_for_write(PeriodicTask)
         for rows, budget in ((ENABLED.filter(next_run_at__lte=now), None), (unplanned, PLAN_PER_CHECK)):
             for chunk in self._chunks(rows, now):
-                plans: dict[datetime, list[int]] = {}
-                for task, due in zip(chunk, self._check(chunk, now, sent)):
-                    plans.setdefault(due or NEVER, []).append(task.pk)
-                with transaction.atomic():  # one UPDATE per distinct time; setting next_run_at, no trigger fires
-                    for due, pks in plans.items():
-                        PeriodicTask.objects.filter(pk__in=pks).update(next_run_at=due)
+                plans: dict[tuple[datetime, int], list[int]] = {}
+                for task, (due, tried) in zip(chunk, self._check(chunk, now, sent)):
+                    if not tried:  # a run claimed changed last_run_at: the trigger emptied the plan; planned anew
+                        plans.setdefault((due or NEVER, task.plan_version), []).append(task.pk)
+                # one UPDATE per distinct time, each only where no edit came since the read (plan_version)
+                with transaction.atomic(using=alias):
+                    for (due, version), pks in plans.items():
+                        PeriodicTask.objects.filter(pk__in=pks, plan_version=version).update(next_run_at=due)
                 if budget is not None:
                     budget -= len(chunk)
                     if budget <= 0 and unplanned.exists():
@@ -120,17 +123,20 @@ class Scheduler:
         earliest = ENABLED.filter(next_run_at__isnull=False).aggregate(Min("next_run_at"))["next_run_at__min"]
         return None if earliest is None or earliest >= NEVER else earliest
 
-    def _check(self, chunk: list[PeriodicTask], now: datetime, sent: list[str]) -> Iterator[datetime | None]:
-        """Send each task of ``chunk`` that is due by ``now``; yield each one's next run time (None: never)."""
+    def _check(self, chunk: list[PeriodicTask], now: datetime,
+               sent: list[str]) -> Iterator[tuple[datetime | None, bool]]:
+        """Send each task of ``chunk`` that is due by ``now``; yield each one's next run time (None: never) and
+        whether a run of it was tried (claimed, or found claimed by another beat)."""
         for task in chunk:
             if self.stop_event.is_set():
                 return
             due = entries.next_run_at(task, now)
-            if due is not None and due <= now:
+            tried = due is not None and due <= now
+            if due is not None and tried:
                 if self._run(task, due, now):
                     sent.append(task.name)
                 due = entries.next_run_at(task, now)
-            yield due
+            yield due, tried
 
     def _chunks(self, rows: QuerySet[PeriodicTask], now: datetime) -> Iterator[list[PeriodicTask]]:
         """``rows`` with their schedules, :data:`TICK_CHUNK` at a time by primary key (not a server-side cursor,
@@ -156,7 +162,7 @@ class Scheduler:
             digest = entries.fingerprint(task)
             if digest != task.schedule_fingerprint:
                 changed.setdefault(digest, []).append(task)
-        with transaction.atomic():
+        with transaction.atomic(using=router.db_for_write(PeriodicTask)):
             for digest, group in changed.items():
                 PeriodicTask.objects.filter(pk__in=[task.pk for task in group]).update(
                     schedule_fingerprint=digest, baseline_at=now)

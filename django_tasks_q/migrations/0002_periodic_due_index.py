@@ -4,10 +4,15 @@ Beat reads only the tasks that are due (``next_run_at`` at or before now) and th
 (``next_run_at`` empty), through the ``(enabled, next_run_at)`` index. An edit must empty ``next_run_at``
 however it is made -- the admin, ``QuerySet.update()``, raw SQL -- so the database does it: on SQLite and
 PostgreSQL, a trigger empties a task's ``next_run_at`` when its schedule, ``start_time``, ``expires``,
-``enabled``, ``one_off`` or ``last_run_at`` changes (unless the same statement sets ``next_run_at`` itself,
-as the scheduler does), and a trigger on each schedule table empties it for every task using a changed
-schedule row. On other databases there are no triggers, and beat reads every task on every check, as
-before this migration.
+``enabled``, ``one_off`` or ``last_run_at`` changes and counts the change in ``plan_version``; a trigger on
+each schedule table does the same for every task using a changed schedule row; and a new row (a copy, a
+fixture) starts unplanned whatever ``next_run_at`` it carried. The scheduler stores a plan only where
+``plan_version`` is still what it read, so an edit made during a check is never overwritten. On other
+databases there are no triggers, and beat reads every task on every check, as before this migration.
+
+SQLite rebuilds a table for most schema changes, and a rebuild breaks or drops these triggers: a later
+migration that alters ``PeriodicTask`` or a schedule model runs ``drop_triggers`` before and
+``create_triggers`` after its operations.
 """
 
 from django.db import migrations, models
@@ -22,13 +27,16 @@ TASKS = "django_tasks_q_periodictask"
 
 def _sqlite() -> tuple[list[str], list[str]]:
     changed = " OR ".join(f"NEW.{column} IS NOT OLD.{column}" for column in WATCHED)
-    create = [f"""CREATE TRIGGER tasks_q_periodic_replan AFTER UPDATE ON {TASKS} FOR EACH ROW
-                  WHEN NEW.next_run_at IS OLD.next_run_at AND NEW.next_run_at IS NOT NULL AND ({changed})
+    replan = "SET next_run_at = NULL, plan_version = plan_version + 1"
+    create = [f"""CREATE TRIGGER tasks_q_periodic_replan AFTER UPDATE ON {TASKS} FOR EACH ROW WHEN {changed}
+                  BEGIN UPDATE {TASKS} {replan} WHERE id = NEW.id; END""",
+              f"""CREATE TRIGGER tasks_q_periodic_insert AFTER INSERT ON {TASKS} FOR EACH ROW
+                  WHEN NEW.next_run_at IS NOT NULL
                   BEGIN UPDATE {TASKS} SET next_run_at = NULL WHERE id = NEW.id; END"""]
-    drop = ["DROP TRIGGER IF EXISTS tasks_q_periodic_replan"]
+    drop = ["DROP TRIGGER IF EXISTS tasks_q_periodic_replan", "DROP TRIGGER IF EXISTS tasks_q_periodic_insert"]
     for table, column in SCHEDULES:
         create.append(f"""CREATE TRIGGER tasks_q_{table}_replan AFTER UPDATE ON django_tasks_q_{table} FOR EACH ROW
-                          BEGIN UPDATE {TASKS} SET next_run_at = NULL WHERE {column} = NEW.id; END""")
+                          BEGIN UPDATE {TASKS} {replan} WHERE {column} = NEW.id; END""")
         drop.append(f"DROP TRIGGER IF EXISTS tasks_q_{table}_replan")
     return create, drop
 
@@ -36,21 +44,23 @@ def _sqlite() -> tuple[list[str], list[str]]:
 def _postgresql() -> tuple[list[str], list[str]]:
     changed = " OR ".join(f"NEW.{column} IS DISTINCT FROM OLD.{column}" for column in WATCHED)
     # one trigger function for the four schedule tables: its argument names the task column to match
-    branches = " ELSIF ".join(f"TG_ARGV[0] = '{column}' THEN UPDATE {TASKS} SET next_run_at = NULL WHERE "
-                              f"{column} = NEW.id;" for _, column in SCHEDULES)
-    branches = "IF " + branches
+    branches = " ELSIF ".join(f"TG_ARGV[0] = '{column}' THEN UPDATE {TASKS} SET next_run_at = NULL, "
+                              f"plan_version = plan_version + 1 WHERE {column} = NEW.id;" for _, column in SCHEDULES)
     create = [f"""CREATE FUNCTION tasks_q_periodic_replan() RETURNS trigger LANGUAGE plpgsql AS $$
                   BEGIN
-                    IF NEW.next_run_at IS NOT DISTINCT FROM OLD.next_run_at AND ({changed}) THEN
+                    IF TG_OP = 'INSERT' THEN
                       NEW.next_run_at := NULL;
+                    ELSIF {changed} THEN
+                      NEW.next_run_at := NULL;
+                      NEW.plan_version := OLD.plan_version + 1;
                     END IF;
                     RETURN NEW;
                   END $$""",
-              f"""CREATE TRIGGER tasks_q_periodic_replan BEFORE UPDATE ON {TASKS}
+              f"""CREATE TRIGGER tasks_q_periodic_replan BEFORE INSERT OR UPDATE ON {TASKS}
                   FOR EACH ROW EXECUTE FUNCTION tasks_q_periodic_replan()""",
               f"""CREATE FUNCTION tasks_q_schedule_replan() RETURNS trigger LANGUAGE plpgsql AS $$
                   BEGIN
-                    {branches}
+                    IF {branches}
                     END IF;
                     RETURN NULL;
                   END $$"""]
@@ -93,6 +103,11 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name="periodictask",
             index=models.Index(fields=["enabled", "next_run_at"], name="tasks_q_periodic_due"),
+        ),
+        migrations.AddField(
+            model_name="periodictask",
+            name="plan_version",
+            field=models.PositiveIntegerField(default=0, editable=False),
         ),
         migrations.RunPython(create_triggers, drop_triggers, elidable=False),
     ]

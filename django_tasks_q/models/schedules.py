@@ -202,8 +202,12 @@ class PeriodicTask(models.Model):
     baseline_at = models.DateTimeField(null=True, blank=True, editable=False)
     #: written by the scheduler only: when it looks at the task next (its due-time index). Empty: not planned
     #: yet -- a new row, or one whose schedule, timing, enabled flag or last run was changed, which database
-    #: triggers (migration 0002) note by emptying it, whatever made the change
+    #: triggers (migration 0002) note by emptying it, whatever made the change. The triggers also count the
+    #: changes in ``plan_version``: the scheduler stores a plan only where the count is still the one it read.
+    #: A later migration that rebuilds these tables on SQLite must drop the triggers first and create them again
+    #: after (``drop_triggers`` / ``create_triggers`` in migration 0002).
     next_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    plan_version = models.PositiveIntegerField(default=0, editable=False)
 
     class Meta:
         app_label = "django_tasks_q"

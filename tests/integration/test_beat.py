@@ -172,6 +172,13 @@ assert PeriodicTask.objects.get(name="pg-3").next_run_at == T0 + timedelta(secon
 scheduler.tick(lease, T0 + timedelta(seconds=61))
 assert PeriodicTask.objects.get(name="pg-1").total_run_count == 1
 assert PeriodicTask.objects.get(name="pg-1").next_run_at == T0 + timedelta(seconds=121)
+copy = PeriodicTask.objects.get(name="pg-1")
+copy.pk, copy.name = None, "pg-copy"
+copy.save()
+assert PeriodicTask.objects.get(name="pg-copy").next_run_at is None  # a new row starts unplanned
+before = PeriodicTask.objects.get(name="pg-2").plan_version
+PeriodicTask.objects.filter(name="pg-2").update(start_time=T0)
+assert PeriodicTask.objects.get(name="pg-2").plan_version == before + 1  # counted: a plan read before is stale
 print("due-time index ok")
 """
 

@@ -378,9 +378,50 @@ def test_a_large_insert_is_planned_over_several_checks_that_send_what_is_due_fir
     PeriodicTask.objects.bulk_create([PeriodicTask(name=f"late-{number}", task="testproject.videos.tasks.noop",
                                                    interval=hourly) for number in range(1200)])
     beat(T0 + timedelta(seconds=1))
-    assert names(sent()) == ["due-soon"]  # sent first; then this check planned 500 of the 1,200 new rows
-    assert PeriodicTask.objects.filter(next_run_at__isnull=True).count() == 700
+    assert names(sent()) == ["due-soon"]  # sent first; then this check planned 500 rows: due-soon again (its
+    assert PeriodicTask.objects.filter(next_run_at__isnull=True).count() == 701  # run emptied its plan), 499 new
     beat(T0 + timedelta(seconds=1, milliseconds=10))
     beat(T0 + timedelta(seconds=1, milliseconds=20))
     assert not PeriodicTask.objects.filter(next_run_at__isnull=True).exists()
     assert PeriodicTask.objects.get(pk=due_soon.pk).total_run_count == 1
+
+
+def test_an_edit_made_during_a_check_is_not_overwritten_by_the_plan_it_read(sent, beat, monkeypatch):
+    from django_tasks_q.beat import scheduler
+
+    task = PeriodicTask.objects.create(name="edited-meanwhile", task="testproject.videos.tasks.noop",
+                                       interval=every(3600))
+    real = scheduler.entries.next_run_at
+
+    def next_run_at_while_someone_edits(row, now):
+        PeriodicTask.objects.filter(pk=task.pk).update(interval=every(60))  # lands between the read and the plan
+        monkeypatch.setattr(scheduler.entries, "next_run_at", real)
+        return real(row, now)
+
+    monkeypatch.setattr(scheduler.entries, "next_run_at", next_run_at_while_someone_edits)
+    beat(T0)
+    assert PeriodicTask.objects.get(pk=task.pk).next_run_at is None  # the hourly plan was not stored over it
+    beat(T0 + timedelta(seconds=1))
+    assert PeriodicTask.objects.get(pk=task.pk).next_run_at == T0 + timedelta(seconds=61)
+
+
+def test_a_stale_instance_saved_with_an_old_plan_still_empties_it(sent, beat):
+    task = PeriodicTask.objects.create(name="stale", task="testproject.videos.tasks.noop", interval=every(3600))
+    beat(T0)
+    stale = PeriodicTask.objects.get(pk=task.pk)  # carries the plan T0 + 1 h
+    PeriodicTask.objects.filter(pk=task.pk).update(start_time=T0 + timedelta(minutes=30))  # someone else's edit
+    beat(T0 + timedelta(seconds=1))
+    assert PeriodicTask.objects.get(pk=task.pk).next_run_at == T0 + timedelta(minutes=30)  # planned anew
+    stale.interval = every(60)
+    stale.save()  # writes every column: its interval, and its stale plan (T0 + 1 h)
+    assert PeriodicTask.objects.get(pk=task.pk).next_run_at is None  # the interval changed: planned again
+
+
+def test_a_copied_row_starts_unplanned(sent, beat):
+    task = PeriodicTask.objects.create(name="original", task="testproject.videos.tasks.noop", interval=every(3600))
+    beat(T0)
+    copy = PeriodicTask.objects.get(pk=task.pk)
+    assert copy.next_run_at is not None
+    copy.pk, copy.name = None, "copy"
+    copy.save()
+    assert PeriodicTask.objects.get(name="copy").next_run_at is None
