@@ -4,7 +4,8 @@ Beat reads only the tasks that are due (``next_run_at`` at or before now) and th
 (``next_run_at`` empty), through the ``(enabled, next_run_at)`` index. An edit must empty ``next_run_at``
 however it is made -- the admin, ``QuerySet.update()``, raw SQL -- so the database does it: on SQLite and
 PostgreSQL, a trigger empties a task's ``next_run_at`` when its schedule, ``start_time``, ``expires``,
-``enabled``, ``one_off`` or ``last_run_at`` changes and counts the change in ``plan_version``; a trigger on
+``enabled``, ``one_off`` or ``last_run_at`` changes (or ``plan_version`` is written: an old copy of the row)
+and counts the change in ``plan_version``, on from its old value; a trigger on
 each schedule table does the same for every task using a changed schedule row; and a new row (a copy, a
 fixture) starts unplanned whatever ``next_run_at`` it carried. The scheduler stores a plan only where
 ``plan_version`` is still what it read, so an edit made during a check is never overwritten. On other
@@ -28,8 +29,11 @@ TASKS = "django_tasks_q_periodictask"
 def _sqlite() -> tuple[list[str], list[str]]:
     changed = " OR ".join(f"NEW.{column} IS NOT OLD.{column}" for column in WATCHED)
     replan = "SET next_run_at = NULL, plan_version = plan_version + 1"
-    create = [f"""CREATE TRIGGER tasks_q_periodic_replan AFTER UPDATE ON {TASKS} FOR EACH ROW WHEN {changed}
-                  BEGIN UPDATE {TASKS} {replan} WHERE id = NEW.id; END""",
+    # a write of plan_version itself (an old copy of the row) counts as a change, and counts on from the old value
+    create = [f"""CREATE TRIGGER tasks_q_periodic_replan AFTER UPDATE ON {TASKS} FOR EACH ROW
+                  WHEN ({changed}) OR NEW.plan_version IS NOT OLD.plan_version
+                  BEGIN UPDATE {TASKS} SET next_run_at = NULL, plan_version = OLD.plan_version + 1
+                        WHERE id = NEW.id; END""",
               f"""CREATE TRIGGER tasks_q_periodic_insert AFTER INSERT ON {TASKS} FOR EACH ROW
                   WHEN NEW.next_run_at IS NOT NULL
                   BEGIN UPDATE {TASKS} SET next_run_at = NULL WHERE id = NEW.id; END"""]
@@ -50,7 +54,7 @@ def _postgresql() -> tuple[list[str], list[str]]:
                   BEGIN
                     IF TG_OP = 'INSERT' THEN
                       NEW.next_run_at := NULL;
-                    ELSIF {changed} THEN
+                    ELSIF ({changed}) OR NEW.plan_version IS DISTINCT FROM OLD.plan_version THEN
                       NEW.next_run_at := NULL;
                       NEW.plan_version := OLD.plan_version + 1;
                     END IF;

@@ -8,7 +8,7 @@ schedule row turns itself into one of those values with ``as_schedule()``.
 
 from __future__ import annotations
 
-from typing import TypeAlias, Union
+from typing import Any, TypeAlias, Union
 
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
@@ -149,6 +149,8 @@ class SolarSchedule(models.Model):
 
 
 SCHEDULE_FIELDS = ("interval", "crontab", "clocked", "solar")
+#: the columns of PeriodicTask only the scheduler (and the triggers of migration 0002) write
+PLAN_COLUMNS = ("next_run_at", "plan_version")
 #: any of the four schedule rows (for type hints: each has ``as_schedule()``)
 ScheduleRow: TypeAlias = Union[IntervalSchedule, CrontabSchedule, ClockedSchedule, SolarSchedule]
 
@@ -221,6 +223,16 @@ class PeriodicTask(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}: {self.schedule_row}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save, never writing back the scheduler's plan (``next_run_at``, ``plan_version``) when updating a row:
+        an instance read before the scheduler planned the task again would put an old plan back, and
+        the triggers would not see a change."""
+        if self.pk is not None and not self._state.adding and kwargs.get("update_fields") is None \
+                and not kwargs.get("force_insert"):
+            kwargs["update_fields"] = [field.name for field in self._meta.concrete_fields
+                                       if not field.primary_key and field.name not in PLAN_COLUMNS]
+        super().save(*args, **kwargs)
 
     @property
     def schedule_row(self) -> ScheduleRow | None:

@@ -425,3 +425,32 @@ def test_a_copied_row_starts_unplanned(sent, beat):
     copy.pk, copy.name = None, "copy"
     copy.save()
     assert PeriodicTask.objects.get(name="copy").next_run_at is None
+
+
+def test_an_old_copy_saved_without_a_timing_change_does_not_bring_back_its_plan(sent, beat):
+    daily = IntervalSchedule.objects.create(every=86400, period="seconds")
+    task = PeriodicTask.objects.create(name="old-copy", task="testproject.videos.tasks.noop", interval=daily)
+    beat(T0)
+    old = PeriodicTask.objects.get(pk=task.pk)  # carries the plan T0 + 1 day
+    IntervalSchedule.objects.filter(pk=daily.pk).update(every=90)
+    beat(T0 + timedelta(seconds=1))
+    assert PeriodicTask.objects.get(pk=task.pk).next_run_at == T0 + timedelta(seconds=91)
+    old.description = "words only"
+    old.save()
+    assert PeriodicTask.objects.get(pk=task.pk).next_run_at == T0 + timedelta(seconds=91)
+    assert PeriodicTask.objects.get(pk=task.pk).description == "words only"
+
+
+def test_writing_an_old_plan_version_counts_as_a_change(sent, beat):
+    from django.db import connection as db
+
+    task = PeriodicTask.objects.create(name="old-version", task="testproject.videos.tasks.noop",
+                                       interval=every(3600))
+    beat(T0)
+    PeriodicTask.objects.filter(pk=task.pk).update(start_time=T0)  # version 1, plan emptied
+    beat(T0 + timedelta(seconds=1))
+    with db.cursor() as cursor:  # an old copy written back by raw SQL: its version and its plan
+        cursor.execute("UPDATE django_tasks_q_periodictask SET plan_version = 0, next_run_at = %s WHERE id = %s",
+                       [T0 + timedelta(days=1), task.pk])
+    row = PeriodicTask.objects.get(pk=task.pk)
+    assert row.next_run_at is None and row.plan_version == 2
