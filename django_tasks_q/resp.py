@@ -14,7 +14,17 @@ def bulk_string(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
+def bulk_strings(*parts: str | bytes | int | float) -> bytes:
+    """``parts`` as consecutive RESP bulk strings: a command's arguments without its count (for a command
+    written in pieces)."""
+    return b"".join(bulk_string(part if isinstance(part, bytes) else str(part).encode()) for part in parts)
+
+
 def resp(*parts: str | bytes | int | float) -> bytes:
     """One Redis command as RESP bytes (what redis-py's packer makes, without its per-call machinery)."""
-    encoded = [part if isinstance(part, bytes) else str(part).encode() for part in parts]
-    return b"*%d\r\n" % len(encoded) + b"".join(bulk_string(part) for part in encoded)
+    return b"*%d\r\n" % len(parts) + bulk_strings(*parts)
+
+
+def resp_many(commands: list[tuple[str | bytes | int | float, ...]]) -> bytes:
+    """Several commands in one write."""
+    return b"".join(resp(*command) for command in commands)

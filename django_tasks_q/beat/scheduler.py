@@ -88,11 +88,8 @@ class Scheduler:
         if not leading:
             return self.poll_interval
         sent: list[str] = []
-        if connections[router.db_for_write(PeriodicTask)].vendor in INDEXED_VENDORS:
-            next_due = self._check_indexed(now, sent)
-        else:
-            next_due = min((due for chunk in self._chunks(ENABLED, now) for due, _ in self._check(chunk, now, sent)
-                            if due is not None), default=None)
+        indexed = connections[router.db_for_write(PeriodicTask)].vendor in INDEXED_VENDORS
+        next_due = self._check_indexed(now, sent) if indexed else self._check_all(now, sent)
         if self.stop_event.is_set():  # asked to stop: the rest is the next leader's (run() releases the lease)
             return 0.0
         signals.send(signals.beat_tick, sender=self, due=sent)
@@ -123,6 +120,11 @@ class Scheduler:
         earliest = ENABLED.filter(next_run_at__isnull=False).aggregate(Min("next_run_at"))["next_run_at__min"]
         return None if earliest is None or earliest >= NEVER else earliest
 
+    def _check_all(self, now: datetime, sent: list[str]) -> datetime | None:
+        """Without the index's triggers: every enabled task, every check. Returns the earliest next run."""
+        dues = (due for chunk in self._chunks(ENABLED, now) for due, _ in self._check(chunk, now, sent))
+        return min((due for due in dues if due is not None), default=None)
+
     def _check(self, chunk: list[PeriodicTask], now: datetime,
                sent: list[str]) -> Iterator[tuple[datetime | None, bool]]:
         """Send each task of ``chunk`` that is due by ``now``; yield each one's next run time (None: never) and
@@ -131,12 +133,12 @@ class Scheduler:
             if self.stop_event.is_set():
                 return
             due = entries.next_run_at(task, now)
-            tried = due is not None and due <= now
-            if due is not None and tried:
-                if self._run(task, due, now):
-                    sent.append(task.name)
-                due = entries.next_run_at(task, now)
-            yield due, tried
+            if due is None or due > now:
+                yield due, False
+                continue
+            if self._run(task, due, now):
+                sent.append(task.name)
+            yield entries.next_run_at(task, now), True
 
     def _chunks(self, rows: QuerySet[PeriodicTask], now: datetime) -> Iterator[list[PeriodicTask]]:
         """``rows`` with their schedules, :data:`TICK_CHUNK` at a time by primary key (not a server-side cursor,
@@ -161,14 +163,13 @@ class Scheduler:
         for task in tasks:
             digest = entries.fingerprint(task)
             if digest != task.schedule_fingerprint:
+                task.schedule_fingerprint, task.baseline_at = digest, now
                 changed.setdefault(digest, []).append(task)
         with transaction.atomic(using=router.db_for_write(PeriodicTask)):
             for digest, group in changed.items():
                 PeriodicTask.objects.filter(pk__in=[task.pk for task in group]).update(
                     schedule_fingerprint=digest, baseline_at=now)
-        for digest, group in changed.items():
-            for task in group:
-                task.schedule_fingerprint, task.baseline_at = digest, now
+        for group in changed.values():
             row = group[0].schedule_row
             described = row.as_schedule().describe() if row else "missing"
             if len(group) == 1:

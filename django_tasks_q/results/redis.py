@@ -30,7 +30,7 @@ from ..conf import settings
 from ..core.states import READY_STATES, TaskState
 from ..exceptions import TimeoutError
 from ..lua import load_script
-from ..resp import resp
+from ..resp import resp_many
 from .backend import ResultBackend, ResultMeta
 from .celery_meta import decode_group, decode_meta, encode_group, encode_meta
 from .redis_keys import GROUP_PREFIX, TASK_PREFIX, group_key, task_key  # noqa: F401  (re-exported)
@@ -85,7 +85,7 @@ class ThreadConnection:
             self._loaded.add(sha)
         commands.append(("EVALSHA", sha, len(keys), *keys, *arguments))
         self.owed.append(what)
-        self.connection.send_packed_command([b"".join(resp(*command) for command in commands)], check_health=False)
+        self.connection.send_packed_command([resp_many(commands)], check_health=False)
 
     def call(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send ``commands`` in one write and wait for their answers (a final state's SET and PUBLISH):
@@ -95,7 +95,7 @@ class ThreadConnection:
         sooner. An error answer is raised once every answer is read, so none is left on the connection."""
         if not self.owed or self.connection._sock is None:
             self._ready()  # idle since the last write: Redis may have closed the connection meanwhile
-        self.connection.send_packed_command([b"".join(resp(*command) for command in commands)], check_health=False)
+        self.connection.send_packed_command([resp_many(commands)], check_health=False)
         self._settle()  # the quiet writes' answers come first, in order
         answers, refused = [], None
         for _ in commands:

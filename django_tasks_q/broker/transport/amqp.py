@@ -32,7 +32,7 @@ class _ReadAhead:
     """``_read`` for py-amqp's TCP and TLS transports: ``n`` bytes, from the buffer first, then from the socket
     as much as it holds (up to :data:`READ_AHEAD`)."""
 
-    _read_buffer: bytes
+    _read_buffer: bytes | memoryview
     raise_on_initial_eintr: bool
     #: errors of a read that is tried again, as py-amqp's own transport does (TLS adds ENOENT: SSLWantReadError)
     retried_errnos: tuple[int, ...] = (errno.EAGAIN, errno.EINTR)
@@ -55,12 +55,15 @@ class _ReadAhead:
                     continue
                 if not chunk:
                     raise OSError("Server unexpectedly closed connection")
-                buffered += chunk
+                buffered = bytes(buffered) + chunk  # only once the rest kept is shorter than a frame part
         except BaseException:
             self._read_buffer = buffered  # a timeout mid-frame: the next read goes on from here
             raise
-        self._read_buffer = buffered[n:]
-        return buffered[:n]
+        # the rest is kept as a view, not copied: a burst of small frames is read without copying the
+        # buffer's tail once per frame part (py-amqp only ever prepends bytes to it, or reads it through here)
+        view = memoryview(buffered)
+        self._read_buffer = view[n:]
+        return bytes(view[:n])
 
 
 class TCPTransport(_ReadAhead, amqp_transport.TCPTransport):

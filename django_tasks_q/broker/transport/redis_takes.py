@@ -24,8 +24,9 @@ from kombu.utils.encoding import bytes_to_str
 from redis.exceptions import NoScriptError, ResponseError
 
 from ...core.protocol import fast_loads
+from ...resp import bulk_strings
 from .redis_scripts import GIVE_BACK_SCRIPT, POP_SCRIPT
-from .redis_sends import WAKE_PREFIX, bulk_string, resp
+from .redis_sends import WAKE_PREFIX, resp
 
 if TYPE_CHECKING:
     from .redis import Channel
@@ -177,7 +178,7 @@ class Takes:
             return None
         head, flags = self._take_parts()
         stamp = time()
-        command = head + bulk_string(repr(stamp).encode()) + bulk_string(b"%d" % want) + flags
+        command = head + bulk_strings(repr(stamp), want) + flags
         return Take(command, stamp, frozenset(self.unrecorded))
 
     def _take_parts(self) -> tuple[bytes, bytes]:
@@ -193,10 +194,9 @@ class Takes:
         flags = ([int(queue in unrecorded) for pri in channel.priority_steps for queue in queues]
                  if unrecorded else [])  # none (a worker's task queues): every take is recorded
         keys += [channel.unacked_key, channel.unacked_index_key]
-        sha = self._sha(POP_SCRIPT)
-        head = resp("EVALSHA", sha, len(keys), *keys)
         size = 3 + len(keys) + 2 + len(flags)  # the call's parts: its name, sha, key count, keys, stamp, count, flags
-        parts = b"*%d" % size + head[head.index(b"\r\n"):], b"".join(bulk_string(b"%d" % flag) for flag in flags)
+        parts = (b"*%d\r\n" % size + bulk_strings("EVALSHA", self._sha(POP_SCRIPT), len(keys), *keys),
+                 bulk_strings(*flags))
         self._take_cache = ((queues, unrecorded), parts)
         return parts
 
